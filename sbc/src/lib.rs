@@ -1,0 +1,8 @@
+//! sbc: an edge session border controller. Carriers send SIP over TLS with SDES-SRTP audio; sbc
+//! answers with its own keys and bridges each call to a voice agent over a TLS 1.3 WebSocket that
+//! speaks the Twilio Media Streams protocol.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod sip;
+pub mod tls;

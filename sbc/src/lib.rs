@@ -4,5 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod logging;
+pub mod server;
 pub mod sip;
 pub mod tls;

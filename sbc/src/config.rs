@@ -58,7 +58,10 @@ pub struct TlsConfig {
 #[derive(Clone, Debug)]
 pub enum TlsIdentity {
     /// PEM certificate chain and private key.
-    Files { certificate: PathBuf, private_key: PathBuf },
+    Files {
+        certificate: PathBuf,
+        private_key: PathBuf,
+    },
     /// A self-signed development certificate generated at start (loopback only).
     DevSelfSigned,
 }
@@ -180,7 +183,9 @@ pub enum NumberPrivacy {
     /// Keep the last 4 digits.
     Masked,
     /// HMAC-SHA256 with a secret salt, hex.
-    Hashed { salt: Vec<u8> },
+    Hashed {
+        salt: Vec<u8>,
+    },
 }
 
 impl std::fmt::Debug for NumberPrivacy {

@@ -3,8 +3,13 @@
 //! speaks the Twilio Media Streams protocol.
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod audit;
+pub mod call;
 pub mod config;
 pub mod logging;
+pub mod metrics;
+pub mod ports;
 pub mod server;
 pub mod sip;
 pub mod tls;

@@ -1,6 +1,30 @@
-//! The tokio shell: listeners, connections, call tasks. (Lead's file.)
+//! The tokio shell: listeners, connections, admission, the Call-ID → mailbox map, shutdown.
+//!
+//! One task per TLS connection reads and frames SIP and routes each message: to the call task that
+//! owns its Call-ID, or, for a new INVITE, to a new call task. One task per call owns everything of
+//! that call (`call.rs`). The only shared map is Call-ID → mailbox.
 
-use crate::config::Config;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use crate::audit::{Audit, CallRecord, Decision, SipTls};
+use crate::call::{self, CallInput};
+use crate::config::{CarrierConfig, Config};
+use crate::metrics as m;
+use crate::ports::PortPool;
+use crate::sip::framing::{Frame, FrameError, Framer};
+use crate::sip::message::ALLOW;
+use crate::sip::{Method, Request, Response, SipMessage, UasConfig};
 
 /// Errors that stop the daemon at start.
 #[derive(Debug, thiserror::Error)]
@@ -15,10 +39,621 @@ pub enum ServerError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    /// The audit log could not be opened.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    /// The metrics listener could not start.
+    #[error("{0}")]
+    Metrics(String),
 }
 
-/// Runs the daemon until SIGTERM/SIGINT.
+/// Per-carrier admission state.
+pub struct CarrierState {
+    pub config: CarrierConfig,
+    pub active: AtomicU32,
+    /// Token bucket for `max_calls_per_second`: (tokens, last refill).
+    bucket: Mutex<(f64, Instant)>,
+}
+
+impl CarrierState {
+    fn take_token(&self, now: Instant) -> bool {
+        let rate = f64::from(self.config.max_calls_per_second.max(1));
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let elapsed = now.saturating_duration_since(b.1).as_secs_f64();
+        b.0 = (b.0 + elapsed * rate).min(rate);
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// State shared by connection and call tasks.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub agent_tls: Arc<rustls::ClientConfig>,
+    pub audit: Audit,
+    pub ports: Arc<PortPool>,
+    pub uas: UasConfig,
+    pub carriers: Vec<Arc<CarrierState>>,
+    calls: Mutex<HashMap<String, mpsc::Sender<CallInput>>>,
+    per_ip: Mutex<HashMap<IpAddr, u32>>,
+    pub active_calls: AtomicU32,
+    pub draining: AtomicBool,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    fn carrier_for(&self, ip: IpAddr) -> Option<Arc<CarrierState>> {
+        let ip = canonical_ip(ip);
+        self.carriers
+            .iter()
+            .find(|c| c.config.sources.iter().any(|net| net.contains(&ip)))
+            .cloned()
+    }
+
+    /// A fresh identifier (connections, calls).
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Removes a call from the Call-ID map (called by the call task on exit).
+    pub fn unregister(&self, sip_call_id: &str) {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(sip_call_id);
+    }
+
+    fn lookup(&self, sip_call_id: &str) -> Option<mpsc::Sender<CallInput>> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sip_call_id)
+            .filter(|tx| !tx.is_closed())
+            .cloned()
+    }
+
+    fn all_calls(&self) -> Vec<mpsc::Sender<CallInput>> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (dual-stack sockets) compare as IPv4.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// The sending half of a carrier connection. Responses go back on the connection the request came
+/// on (RFC 3261 §18.2.2); the call task keeps the latest one for its in-dialog requests.
+#[derive(Clone)]
+pub struct ConnHandle {
+    pub id: u64,
+    pub peer: SocketAddr,
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl ConnHandle {
+    /// Queues a message; false when the connection is gone or hopelessly backed up.
+    pub fn send(&self, msg: &SipMessage) -> bool {
+        if let SipMessage::Response(r) = msg {
+            m::sip_response(r.status);
+        }
+        self.tx.try_send(Bytes::from(msg.to_bytes())).is_ok()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT, then drains.
 pub async fn run(config: Config) -> Result<(), ServerError> {
-    let _ = config;
-    unimplemented!("server stub")
+    let config = Arc::new(config);
+    let sip_tls = crate::tls::sip_server_config(&config.tls, &config.sip)?;
+    let agent_tls = crate::tls::agent_client_config(&config.agent)?;
+    let audit = Audit::open(&config.audit)?;
+    if let Some(mc) = &config.metrics {
+        m::install(mc.listen).map_err(ServerError::Metrics)?;
+    }
+    let uas = UasConfig {
+        t1: config.sip.t1,
+        t2: config.sip.t2,
+        t4: config.sip.t4,
+        host: config.sip.host.clone(),
+        port: config.sip.listen.first().map(|a| a.port()).unwrap_or(5061),
+        server_header: config.sip.server_header.clone(),
+        session_expires: config.sip.session_expires,
+        min_se: config.sip.min_se,
+    };
+    let shared = Arc::new(Shared {
+        agent_tls,
+        audit,
+        ports: PortPool::new(
+            config.media.bind_address,
+            config.media.port_first,
+            config.media.port_last,
+        ),
+        uas,
+        carriers: config
+            .carriers
+            .iter()
+            .map(|c| {
+                Arc::new(CarrierState {
+                    config: c.clone(),
+                    active: AtomicU32::new(0),
+                    bucket: Mutex::new((f64::from(c.max_calls_per_second), Instant::now())),
+                })
+            })
+            .collect(),
+        calls: Mutex::new(HashMap::new()),
+        per_ip: Mutex::new(HashMap::new()),
+        active_calls: AtomicU32::new(0),
+        draining: AtomicBool::new(false),
+        next_id: AtomicU64::new(1),
+        config: Arc::clone(&config),
+    });
+
+    let acceptor = TlsAcceptor::from(sip_tls);
+    let mut listeners = Vec::new();
+    for addr in &config.sip.listen {
+        let l = bind_listener(*addr).map_err(|source| ServerError::Bind {
+            addr: *addr,
+            source,
+        })?;
+        info!(%addr, "SIP over TLS listening");
+        listeners.push(tokio::spawn(accept_loop(
+            l,
+            acceptor.clone(),
+            Arc::clone(&shared),
+        )));
+    }
+
+    wait_for_shutdown_signal().await;
+    info!("shutdown requested: refusing new calls, draining active calls");
+    shared.draining.store(true, Ordering::SeqCst);
+    let drain_deadline = Instant::now() + config.limits.drain_timeout;
+    while shared.active_calls.load(Ordering::SeqCst) > 0 && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let remaining = shared.all_calls();
+    if !remaining.is_empty() {
+        info!(
+            calls = remaining.len(),
+            "drain timeout: hanging up remaining calls"
+        );
+        for tx in remaining {
+            let _ = tx.try_send(CallInput::Hangup(crate::sip::HangupCause::Shutdown));
+        }
+        // Give the BYEs a moment and the call tasks time to write their end records.
+        let hard = Instant::now() + Duration::from_secs(5);
+        while shared.active_calls.load(Ordering::SeqCst) > 0 && Instant::now() < hard {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for l in listeners {
+        l.abort();
+    }
+    info!("sbc stopped");
+    Ok(())
+}
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(1024)
+}
+
+async fn wait_for_shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot install SIGTERM handler; only Ctrl-C stops sbc");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = Arc::clone(&shared);
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move { serve_connection(shared, acceptor, tcp, peer).await });
+    }
+}
+
+/// Decrements the per-IP connection count on drop.
+struct IpSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let ip = canonical_ip(peer.ip());
+    // The source check comes before the TLS handshake and before any SIP is parsed.
+    let Some(carrier) = shared.carrier_for(ip) else {
+        info!(%peer, "connection from a source no carrier allows: closed");
+        m::connection_refused("source_not_allowed");
+        return;
+    };
+    let _slot = {
+        let mut map = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= shared.config.limits.max_connections_per_ip {
+            drop(map);
+            warn!(%peer, limit = shared.config.limits.max_connections_per_ip, "too many connections from this address: closed");
+            m::connection_refused("per_ip_limit");
+            return;
+        }
+        *n += 1;
+        IpSlot {
+            shared: Arc::clone(&shared),
+            ip,
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let handshake = tokio::time::timeout(
+        shared.config.limits.tls_handshake_timeout,
+        acceptor.accept(tcp),
+    )
+    .await;
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            info!(%peer, error = %e, "TLS handshake failed");
+            m::tls_handshake("none", "none", "failed");
+            return;
+        }
+        Err(_) => {
+            info!(%peer, "TLS handshake timed out");
+            m::tls_handshake("none", "none", "timeout");
+            m::connection_refused("handshake_timeout");
+            return;
+        }
+    };
+    let sip_tls = {
+        let conn = tls.get_ref().1;
+        SipTls {
+            version: conn
+                .protocol_version()
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default(),
+            cipher: conn
+                .negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite()))
+                .unwrap_or_default(),
+            sni: conn.server_name().map(str::to_string),
+            client_cert_subject: conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|_| "present".to_string()),
+        }
+    };
+    m::tls_handshake(&sip_tls.version, &sip_tls.cipher, "ok");
+    let conn_id = shared.next_id();
+    let span = info_span!("conn", id = conn_id, %peer, carrier = %carrier.config.name);
+    async move {
+        debug!(version = %sip_tls.version, cipher = %sip_tls.cipher, "TLS established");
+        let (mut rd, mut wr) = tokio::io::split(tls);
+        let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+        let writer = tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                if wr.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        let handle = ConnHandle {
+            id: conn_id,
+            peer,
+            tx,
+        };
+        let ctx = ConnCtx {
+            shared: Arc::clone(&shared),
+            carrier,
+            sip_tls,
+            handle,
+        };
+        let mut framer = Framer::new(shared.config.limits.max_message_bytes);
+        let mut buf = BytesMut::with_capacity(8192);
+        let idle = shared.config.limits.idle_timeout;
+        'read: loop {
+            buf.clear();
+            let n = match tokio::time::timeout(idle, rd.read_buf(&mut buf)).await {
+                Err(_) => {
+                    debug!("idle timeout: closing");
+                    break;
+                }
+                Ok(Err(e)) => {
+                    debug!(error = %e, "read error: closing");
+                    break;
+                }
+                Ok(Ok(0)) => {
+                    debug!("peer closed the connection");
+                    break;
+                }
+                Ok(Ok(n)) => n,
+            };
+            framer.push(&buf[..n]);
+            loop {
+                match framer.next_frame() {
+                    Ok(None) => break,
+                    Ok(Some(Frame::Ping)) => {
+                        let _ = ctx.handle.tx.try_send(Bytes::from_static(b"\r\n"));
+                    }
+                    Ok(Some(Frame::Pong)) => {}
+                    Ok(Some(Frame::Message(msg))) => ctx.handle_message(&msg),
+                    Err(e) => {
+                        warn!(error = %e, "SIP framing error: closing the connection");
+                        let head = match &e {
+                            FrameError::TooLarge { head, .. } => {
+                                head.clone().map(|h| (h, 413, "Request Entity Too Large"))
+                            }
+                            FrameError::MissingContentLength { head } => {
+                                Some((head.clone(), 400, "Missing Content-Length"))
+                            }
+                            FrameError::BadContentLength { head } => {
+                                Some((head.clone(), 400, "Bad Content-Length"))
+                            }
+                            #[allow(unreachable_patterns)]
+                            _ => None,
+                        };
+                        if let Some((head, status, reason)) = head {
+                            if let Ok(SipMessage::Request(req)) = SipMessage::parse(&head) {
+                                if req.method != Method::Ack {
+                                    ctx.reply(&req, status, reason, &[]);
+                                }
+                            }
+                        }
+                        break 'read;
+                    }
+                }
+            }
+        }
+        drop(ctx);
+        // The writer ends when every handle (ours and the calls') is dropped; give queued
+        // responses a moment to leave, then stop waiting.
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+/// What a connection task knows when it routes a message.
+struct ConnCtx {
+    shared: Arc<Shared>,
+    carrier: Arc<CarrierState>,
+    sip_tls: SipTls,
+    handle: ConnHandle,
+}
+
+impl ConnCtx {
+    fn reply(&self, req: &Request, status: u16, reason: &str, extra: &[(&str, String)]) {
+        let mut resp: Response = req.response(status, reason, None);
+        if status == 405 || status == 501 || (req.method == Method::Options && status == 200) {
+            resp.headers.push("Allow", ALLOW);
+        }
+        if req.method == Method::Options && status == 200 {
+            resp.headers.push("Accept", "application/sdp");
+            resp.headers.push("Supported", "timer");
+        }
+        if let Some(s) = &self.shared.config.sip.server_header {
+            resp.headers.push("Server", s.clone());
+        }
+        for (k, v) in extra {
+            resp.headers.push(k, v.clone());
+        }
+        self.handle.send(&SipMessage::Response(resp));
+    }
+
+    fn handle_message(&self, data: &[u8]) {
+        let msg = match SipMessage::parse(data) {
+            Ok(m) => m,
+            Err(e) => {
+                // Without parsable Via/Call-ID there is nothing to address a response to.
+                warn!(error = %e, "unparsable SIP message dropped");
+                return;
+            }
+        };
+        match msg {
+            SipMessage::Response(resp) => {
+                let tx = resp
+                    .headers
+                    .get("Call-ID")
+                    .and_then(|id| self.shared.lookup(id));
+                match tx {
+                    Some(tx) => {
+                        let _ = tx.try_send(CallInput::Response(resp));
+                    }
+                    None => debug!(status = resp.status, "response for no known call dropped"),
+                }
+            }
+            SipMessage::Request(req) => self.handle_request(req),
+        }
+    }
+
+    fn handle_request(&self, req: Request) {
+        if req.headers.0.len() > self.shared.config.limits.max_headers {
+            warn!(count = req.headers.0.len(), "too many headers");
+            if req.method != Method::Ack {
+                self.reply(&req, 400, "Too Many Headers", &[]);
+            }
+            return;
+        }
+        if let Err(rej) = req.validate() {
+            info!(method = ?req.method, status = rej.status, reason = %rej.reason, "request rejected");
+            if req.method != Method::Ack {
+                self.reply(&req, rej.status, &rej.reason, &[]);
+            }
+            return;
+        }
+        let call_id = req.call_id().unwrap_or_default().to_string();
+        if let Some(tx) = self.shared.lookup(&call_id) {
+            if tx
+                .try_send(CallInput::Request(req, self.handle.clone()))
+                .is_err()
+            {
+                warn!(%call_id, "call mailbox full or closed: request dropped");
+            }
+            return;
+        }
+        match req.method {
+            Method::Invite => {
+                let has_to_tag = req
+                    .headers
+                    .get("To")
+                    .is_some_and(|t| t.contains(";tag=") || t.contains("; tag="));
+                if has_to_tag {
+                    self.reply(&req, 481, "Call/Transaction Does Not Exist", &[]);
+                } else {
+                    self.new_invite(req, call_id);
+                }
+            }
+            Method::Options => self.reply(&req, 200, "OK", &[]),
+            Method::Ack => debug!(%call_id, "ACK for no known call dropped"),
+            _ => self.reply(&req, 481, "Call/Transaction Does Not Exist", &[]),
+        }
+    }
+
+    fn new_invite(&self, req: Request, call_id: String) {
+        let shared = &self.shared;
+        let carrier = &self.carrier;
+        let now = Instant::now();
+        let refuse = |status: u16, reason: &str, why: &str, retry: Option<u32>| {
+            info!(%call_id, status, why, "INVITE refused at admission");
+            let extra: Vec<(&str, String)> = retry
+                .map(|r| ("Retry-After", r.to_string()))
+                .into_iter()
+                .collect();
+            self.reply(&req, status, reason, &extra);
+            let rec = CallRecord {
+                call_id: format!("c{}", shared.next_id()),
+                sip_call_id: call_id.clone(),
+                carrier: carrier.config.name.clone(),
+                source: self.handle.peer.to_string(),
+                sip_tls: self.sip_tls.clone(),
+                from: shared
+                    .audit
+                    .number(&req.caller_number().unwrap_or_default()),
+                to: shared
+                    .audit
+                    .number(&req.called_number().unwrap_or_default()),
+                decision: Decision {
+                    outcome: "refused",
+                    status,
+                    reason: why.to_string(),
+                },
+                received_at: crate::audit::now_rfc3339(),
+                ..Default::default()
+            };
+            shared.audit.write("call.refused", &rec);
+            m::call_outcome("refused");
+        };
+        if shared.draining.load(Ordering::SeqCst) {
+            return refuse(503, "Service Unavailable", "shutting down", Some(30));
+        }
+        // Reserve global and carrier capacity atomically; released by the call task.
+        let global = shared.active_calls.fetch_add(1, Ordering::SeqCst);
+        if global >= shared.config.limits.max_concurrent_calls {
+            shared.active_calls.fetch_sub(1, Ordering::SeqCst);
+            return refuse(
+                503,
+                "Service Unavailable",
+                "over capacity (max_concurrent_calls)",
+                Some(5),
+            );
+        }
+        let c = carrier.active.fetch_add(1, Ordering::SeqCst);
+        if c >= carrier.config.max_concurrent_calls {
+            carrier.active.fetch_sub(1, Ordering::SeqCst);
+            shared.active_calls.fetch_sub(1, Ordering::SeqCst);
+            return refuse(
+                503,
+                "Service Unavailable",
+                "carrier over capacity (max_concurrent_calls)",
+                Some(5),
+            );
+        }
+        if !carrier.take_token(now) {
+            carrier.active.fetch_sub(1, Ordering::SeqCst);
+            shared.active_calls.fetch_sub(1, Ordering::SeqCst);
+            return refuse(
+                503,
+                "Service Unavailable",
+                "carrier call rate limit (max_calls_per_second)",
+                Some(1),
+            );
+        }
+        let (tx, rx) = mpsc::channel(256);
+        shared
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(call_id.clone(), tx);
+        let setup = call::CallSetup {
+            shared: Arc::clone(shared),
+            carrier: Arc::clone(carrier),
+            invite: req,
+            conn: self.handle.clone(),
+            sip_tls: self.sip_tls.clone(),
+            sip_call_id: call_id,
+            rx,
+            received: now,
+        };
+        tokio::spawn(call::run(setup));
+    }
+}
+
+/// Logs a task panic as a failed call instead of losing it silently.
+pub fn log_internal(what: &str, e: &dyn std::fmt::Display) {
+    error!(what, error = %e, "internal error");
 }

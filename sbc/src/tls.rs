@@ -11,7 +11,10 @@ use crate::config::{AgentConfig, ConfigError, SipConfig, TlsConfig};
 /// when `min_version` is 1.2; no 0-RTT; client certificates verified against `client_ca` if set.
 /// With `TlsIdentity::DevSelfSigned` it generates an ECDSA P-256 certificate for `sip.host`, and
 /// refuses when any listen address is not loopback.
-pub fn sip_server_config(tls: &TlsConfig, sip: &SipConfig) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+pub fn sip_server_config(
+    tls: &TlsConfig,
+    sip: &SipConfig,
+) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
     let _ = (tls, sip);
     unimplemented!("tls stub")
 }

@@ -104,12 +104,23 @@ pub struct Bridge {}
 
 impl Bridge {
     /// Creates the core and queues `connected` and `start` for the agent.
-    pub fn new(now: Instant, params: MediaParams, stream: StreamInfo, config: BridgeConfig) -> Self {
+    pub fn new(
+        now: Instant,
+        params: MediaParams,
+        stream: StreamInfo,
+        config: BridgeConfig,
+    ) -> Self {
         let _ = (now, params, stream, config);
         unimplemented!("srtp-bridge stub")
     }
     /// A datagram from the carrier on `component`, from `from`.
-    pub fn handle_carrier_datagram(&mut self, now: Instant, component: Component, from: SocketAddr, data: &[u8]) {
+    pub fn handle_carrier_datagram(
+        &mut self,
+        now: Instant,
+        component: Component,
+        from: SocketAddr,
+        data: &[u8],
+    ) {
         let _ = (now, component, from, data);
         unimplemented!("srtp-bridge stub")
     }

@@ -80,7 +80,12 @@ pub struct UasCall {}
 
 impl UasCall {
     /// Takes the initial INVITE (already validated) and queues `100 Trying`.
-    pub fn new(now: Instant, invite: Request, config: UasConfig, rng: &mut dyn rand::RngCore) -> Self {
+    pub fn new(
+        now: Instant,
+        invite: Request,
+        config: UasConfig,
+        rng: &mut dyn rand::RngCore,
+    ) -> Self {
         let _ = (now, invite, config, rng);
         unimplemented!("sip stub")
     }
@@ -110,7 +115,14 @@ impl UasCall {
         unimplemented!("sip stub")
     }
     /// Queue a final error response. `warning` becomes `Warning: 399 <host> "<warning>"`.
-    pub fn reject(&mut self, now: Instant, status: u16, reason: &str, warning: Option<&str>, retry_after: Option<u32>) {
+    pub fn reject(
+        &mut self,
+        now: Instant,
+        status: u16,
+        reason: &str,
+        warning: Option<&str>,
+        retry_after: Option<u32>,
+    ) {
         let _ = (now, status, reason, warning, retry_after);
         unimplemented!("sip stub")
     }

@@ -1,0 +1,288 @@
+//! One audit record per call event, as JSON Lines: `call.refused` for every refused INVITE,
+//! `call.start` when a call is answered, `call.end` when it ends. Each record is written and
+//! flushed as it happens (optionally fsynced), so a crash loses at most the end record of calls in
+//! progress. A record is built in memory and written with one `write_all`, so a crash cannot leave
+//! a partial line from a record that was complete.
+//!
+//! No field ever holds key material: the record types have no field that could take a key, and
+//! `interop-tests` greps a real call's records for the keys.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::Mutex;
+
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use sha2::Sha256;
+
+use crate::config::{AuditConfig, AuditSink, NumberPrivacy};
+
+/// The audit sink.
+pub struct Audit {
+    out: Mutex<Box<dyn Write + Send>>,
+    file: Option<File>,
+    fsync: bool,
+    privacy: NumberPrivacy,
+}
+
+/// Errors opening the audit file.
+#[derive(Debug, thiserror::Error)]
+#[error("audit log {path}: {source}")]
+pub struct AuditError {
+    pub path: String,
+    pub source: std::io::Error,
+}
+
+impl Audit {
+    pub fn open(config: &AuditConfig) -> Result<Audit, AuditError> {
+        let (out, file): (Box<dyn Write + Send>, Option<File>) = match &config.sink {
+            AuditSink::Stdout => (Box::new(std::io::stdout()), None),
+            AuditSink::File(path) => {
+                let err = |source| AuditError {
+                    path: path.display().to_string(),
+                    source,
+                };
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(err)?;
+                }
+                let f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(err)?;
+                let clone = f.try_clone().map_err(err)?;
+                (Box::new(f), Some(clone))
+            }
+        };
+        Ok(Audit {
+            out: Mutex::new(out),
+            file,
+            fsync: config.fsync,
+            privacy: config.number_privacy.clone(),
+        })
+    }
+
+    /// Applies the configured privacy rule to a phone number or SIP user.
+    pub fn number(&self, number: &str) -> String {
+        protect_number(&self.privacy, number)
+    }
+
+    /// Writes one record as a single line.
+    pub fn write(&self, event: &'static str, record: &CallRecord) {
+        let line = Line {
+            ts: now_rfc3339(),
+            event,
+            record,
+        };
+        let mut text = match serde_json::to_vec(&line) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "audit record could not be serialised");
+                return;
+            }
+        };
+        text.push(b'\n');
+        // The lock is only poisoned if a writer panicked mid-write; keep writing regardless.
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let result = out.write_all(&text).and_then(|()| out.flush());
+        if let Err(e) = result {
+            tracing::error!(error = %e, "audit record could not be written");
+            return;
+        }
+        if self.fsync {
+            if let Some(f) = &self.file {
+                if let Err(e) = f.sync_data() {
+                    tracing::error!(error = %e, "audit fsync failed");
+                }
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    ts: String,
+    event: &'static str,
+    #[serde(flatten)]
+    record: &'a CallRecord,
+}
+
+/// Current UTC time, RFC 3339 with milliseconds.
+pub fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    now.format(&fmt)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
+}
+
+/// Masks or hashes a number per the privacy rule. `Masked` keeps a leading `+` and the last four
+/// digits; `Hashed` is HMAC-SHA256 under the secret salt, hex (first 16 bytes).
+pub fn protect_number(privacy: &NumberPrivacy, number: &str) -> String {
+    match privacy {
+        NumberPrivacy::AsIs => number.to_string(),
+        NumberPrivacy::Masked => {
+            let n = number.chars().count();
+            number
+                .chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if i + 4 >= n || (i == 0 && c == '+') {
+                        c
+                    } else {
+                        '*'
+                    }
+                })
+                .collect()
+        }
+        NumberPrivacy::Hashed { salt } => {
+            // HMAC accepts keys of any length, so `new_from_slice` cannot fail.
+            let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(salt) else {
+                return "hmac-error".into();
+            };
+            mac.update(number.as_bytes());
+            let digest = mac.finalize().into_bytes();
+            digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+        }
+    }
+}
+
+/// The SIP leg's TLS parameters.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SipTls {
+    pub version: String,
+    pub cipher: String,
+    pub sni: Option<String>,
+    pub client_cert_subject: Option<String>,
+}
+
+/// The decision on the INVITE.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Decision {
+    /// `accepted` or `refused`.
+    pub outcome: &'static str,
+    pub status: u16,
+    pub reason: String,
+}
+
+/// SRTP negotiation, names only.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SrtpAudit {
+    pub offered: Vec<String>,
+    /// The suite the carrier uses towards us (we accepted it).
+    pub chosen_inbound: Option<String>,
+    /// The suite we use towards the carrier (same suite, our key).
+    pub chosen_outbound: Option<String>,
+}
+
+/// The agent leg.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AgentAudit {
+    pub target: String,
+    pub url_host: Option<String>,
+    pub tls_version: Option<String>,
+    pub cipher: Option<String>,
+    pub mtls: bool,
+    pub connect_ms: Option<u64>,
+}
+
+/// Media counters.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MediaAudit {
+    pub rtp_in: u64,
+    pub rtp_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub srtcp_in: u64,
+    pub srtcp_out: u64,
+    pub auth_failures: u64,
+    pub replays: u64,
+    pub dtmf_events: u64,
+    pub agent_media_in: u64,
+    pub agent_media_out: u64,
+    pub agent_malformed: u64,
+}
+
+/// Everything known about one call. The same value is written at refusal, start and end, so each
+/// record is self-contained.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CallRecord {
+    pub call_id: String,
+    pub sip_call_id: String,
+    pub carrier: String,
+    pub source: String,
+    pub sip_tls: SipTls,
+    pub from: String,
+    pub to: String,
+    pub decision: Decision,
+    pub srtp: SrtpAudit,
+    pub agent: AgentAudit,
+    pub received_at: String,
+    pub answered_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub setup_ms: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub end_reason: Option<String>,
+    pub end_detail: Option<String>,
+    pub media: MediaAudit,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masking_keeps_plus_and_last_four() {
+        assert_eq!(
+            protect_number(&NumberPrivacy::Masked, "+15550001111"),
+            "+*******1111"
+        );
+        assert_eq!(protect_number(&NumberPrivacy::Masked, "123"), "123");
+        assert_eq!(protect_number(&NumberPrivacy::AsIs, "+1555"), "+1555");
+    }
+
+    #[test]
+    fn hashing_depends_on_salt_and_hides_number() {
+        let a = protect_number(
+            &NumberPrivacy::Hashed {
+                salt: b"one".to_vec(),
+            },
+            "+15550001111",
+        );
+        let b = protect_number(
+            &NumberPrivacy::Hashed {
+                salt: b"two".to_vec(),
+            },
+            "+15550001111",
+        );
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+        assert!(!a.contains("5550001111"));
+    }
+
+    #[test]
+    fn records_are_single_lines_with_event_and_timestamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/audit.jsonl");
+        let audit = Audit::open(&AuditConfig {
+            sink: AuditSink::File(path.clone()),
+            fsync: true,
+            number_privacy: NumberPrivacy::AsIs,
+        })
+        .unwrap();
+        let rec = CallRecord {
+            sip_call_id: "abc\ndef".into(),
+            ..Default::default()
+        };
+        audit.write("call.refused", &rec);
+        audit.write("call.start", &rec);
+        let text = std::fs::read_to_string(path).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(v["event"], "call.refused");
+        assert_eq!(v["sip_call_id"], "abc\ndef");
+        assert!(v["ts"].as_str().unwrap().ends_with('Z'));
+    }
+}

@@ -1,0 +1,887 @@
+//! One tokio task per call. It owns the call's `UasCall` (SIP dialog), its UDP sockets, its
+//! `srtp_bridge::Bridge` and its agent WebSocket, and reaches nothing shared on the media path.
+//! Other tasks reach it through its mailbox (`CallInput`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use rand::{RngCore, SeedableRng};
+use srtp_bridge::{Bridge, BridgeConfig, BridgeEvent, Component, MediaParams, StreamInfo};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::{debug, info, info_span, trace, warn, Instrument};
+
+use crate::agent::{self, AgentConn};
+use crate::audit::{CallRecord, Decision, SipTls};
+use crate::config::{AgentTarget, CodecName, RouteMatch, SrtpSuiteName};
+use crate::metrics as m;
+use crate::ports::MediaSockets;
+use crate::server::{CarrierState, ConnHandle, Shared};
+use crate::sip::{CallEvent, CallState, HangupCause, Request, Response, UasCall};
+
+/// What other tasks send to a call.
+#[derive(Debug)]
+pub enum CallInput {
+    /// A request for this Call-ID and the connection it came on.
+    Request(Request, ConnHandle),
+    /// A response to a request the call sent.
+    Response(Response),
+    /// End the call from our side (ops, shutdown).
+    Hangup(HangupCause),
+}
+
+impl std::fmt::Debug for ConnHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConnHandle({}, {})", self.id, self.peer)
+    }
+}
+
+/// Everything a new call task starts with.
+pub struct CallSetup {
+    pub shared: Arc<Shared>,
+    pub carrier: Arc<CarrierState>,
+    pub invite: Request,
+    pub conn: ConnHandle,
+    pub sip_tls: SipTls,
+    pub sip_call_id: String,
+    pub rx: mpsc::Receiver<CallInput>,
+    pub received: Instant,
+}
+
+/// A refusal of the initial INVITE.
+struct Refuse {
+    status: u16,
+    reason: &'static str,
+    warning: Option<String>,
+    retry_after: Option<u32>,
+    /// For the audit record and logs.
+    why: String,
+}
+
+/// The agent side once connected.
+enum AgentSide {
+    Ws(Box<AgentConn>),
+    Echo,
+}
+
+/// Runs a call to its end. Releases the admission slots and the Call-ID on exit.
+pub async fn run(setup: CallSetup) {
+    let shared = Arc::clone(&setup.shared);
+    let carrier = Arc::clone(&setup.carrier);
+    let sip_call_id = setup.sip_call_id.clone();
+    let call_id = format!("c{}", shared.next_id());
+    let span = info_span!("call", id = %call_id, sip_call_id = %sip_call_id, carrier = %carrier.config.name);
+    m::call_started();
+    Call::new(setup, call_id).run().instrument(span).await;
+    m::call_ended();
+    shared.unregister(&sip_call_id);
+    carrier.active.fetch_sub(1, Ordering::SeqCst);
+    shared.active_calls.fetch_sub(1, Ordering::SeqCst);
+}
+
+struct Call {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<CallInput>,
+    conn: ConnHandle,
+    uas: UasCall,
+    invite: Request,
+    record: CallRecord,
+    received: Instant,
+    rng: rand::rngs::StdRng,
+    end_reason: Option<&'static str>,
+    end_detail: Option<String>,
+}
+
+impl Call {
+    fn new(setup: CallSetup, call_id: String) -> Call {
+        let mut rng = rand::rngs::StdRng::from_entropy();
+        let now = Instant::now();
+        let shared = setup.shared;
+        let uas = UasCall::new(now, setup.invite.clone(), shared.uas.clone(), &mut rng);
+        let record = CallRecord {
+            call_id,
+            sip_call_id: setup.sip_call_id,
+            carrier: setup.carrier.config.name.clone(),
+            source: setup.conn.peer.to_string(),
+            sip_tls: setup.sip_tls,
+            from: shared
+                .audit
+                .number(&setup.invite.caller_number().unwrap_or_default()),
+            to: shared
+                .audit
+                .number(&setup.invite.called_number().unwrap_or_default()),
+            received_at: crate::audit::now_rfc3339(),
+            ..Default::default()
+        };
+        Call {
+            shared,
+            rx: setup.rx,
+            conn: setup.conn,
+            uas,
+            invite: setup.invite,
+            record,
+            received: setup.received,
+            rng,
+            end_reason: None,
+            end_detail: None,
+        }
+    }
+
+    async fn run(mut self) {
+        self.flush_sip();
+        match self.setup().await {
+            Ok(Some((media, negotiated, agent, answer_sdp))) => {
+                self.active(media, negotiated, agent, answer_sdp).await
+            }
+            Ok(None) => {
+                // Cancelled or the carrier went away during setup.
+                self.finish_without_media().await;
+            }
+            Err(refuse) => {
+                info!(status = refuse.status, why = %refuse.why, "call refused");
+                self.uas.reject(
+                    Instant::now(),
+                    refuse.status,
+                    refuse.reason,
+                    refuse.warning.as_deref(),
+                    refuse.retry_after,
+                );
+                self.flush_sip();
+                self.record.decision = Decision {
+                    outcome: "refused",
+                    status: refuse.status,
+                    reason: refuse.why,
+                };
+                self.shared.audit.write("call.refused", &self.record);
+                m::call_outcome("refused");
+                self.finish_without_media().await;
+            }
+        }
+    }
+
+    /// Sends everything the SIP core queued, on the dialog's connection.
+    fn flush_sip(&mut self) {
+        while let Some(msg) = self.uas.poll_transmit() {
+            if !self.conn.send(&msg) {
+                // Carrier connection gone: responses have nowhere to go. A BYE would need a new
+                // connection to the carrier's Contact (not done yet: the core's timers end it).
+                debug!("carrier connection closed: SIP message not sent");
+            }
+        }
+    }
+
+    fn on_input(&mut self, input: CallInput) {
+        let now = Instant::now();
+        match input {
+            CallInput::Request(req, conn) => {
+                self.conn = conn;
+                self.uas.handle_request(now, req);
+            }
+            CallInput::Response(resp) => self.uas.handle_response(now, resp),
+            CallInput::Hangup(cause) => {
+                self.set_end(end_reason_for(cause), None);
+                self.uas.hangup(now, cause);
+            }
+        }
+        self.flush_sip();
+    }
+
+    fn set_end(&mut self, reason: &'static str, detail: Option<String>) {
+        if self.end_reason.is_none() {
+            self.end_reason = Some(reason);
+            self.end_detail = detail;
+        }
+    }
+
+    /// Pumps SIP until the dialog is over (after a refusal or cancel): absorbs the ACK.
+    async fn finish_without_media(&mut self) {
+        let hard_stop = Instant::now() + self.shared.uas.t1 * 64 + Duration::from_secs(1);
+        loop {
+            while let Some(ev) = self.uas.poll_event() {
+                if ev == CallEvent::Terminated {
+                    return;
+                }
+            }
+            if self.uas.state() == CallState::Terminated {
+                return;
+            }
+            let deadline = self.uas.poll_timeout().unwrap_or(hard_stop).min(hard_stop);
+            tokio::select! {
+                input = self.rx.recv() => match input {
+                    Some(i) => self.on_input(i),
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if Instant::now() >= hard_stop { return; }
+                    self.uas.handle_timeout(Instant::now());
+                    self.flush_sip();
+                }
+            }
+        }
+    }
+
+    /// From INVITE to 200 OK: SDP, route, ports, agent. `Ok(None)` when cancelled.
+    async fn setup(
+        &mut self,
+    ) -> Result<Option<(MediaSockets, sdp::Negotiated, AgentSide, Bytes)>, Refuse> {
+        let cfg = Arc::clone(&self.shared.config);
+        let body = self.invite.body.clone();
+        self.record.srtp.offered = offered_suite_names(&body);
+        if body.is_empty() {
+            return Err(refuse_488("no SDP offer in the INVITE".into()));
+        }
+        if body.len() > cfg.limits.max_sdp_bytes {
+            return Err(refuse_488(format!(
+                "SDP larger than {} bytes",
+                cfg.limits.max_sdp_bytes
+            )));
+        }
+        let offer = sdp::SessionDescription::parse(&body).map_err(|e| Refuse {
+            status: 400,
+            reason: "Bad Request",
+            warning: Some(sanitize_warning(&e.to_string())),
+            retry_after: None,
+            why: format!("malformed SDP: {e}"),
+        })?;
+        let media_lines = count_media_lines(&body);
+        if media_lines > cfg.limits.max_media_lines {
+            return Err(refuse_488(format!("too many media lines ({media_lines})")));
+        }
+        let called = self.invite.called_number().unwrap_or_default();
+        let Some(target) = route(&cfg.agent.routes, &called) else {
+            return Err(Refuse {
+                status: 404,
+                reason: "Not Found",
+                warning: None,
+                retry_after: None,
+                why: format!(
+                    "no route for called number {}",
+                    self.shared.audit.number(&called)
+                ),
+            });
+        };
+        let Some(media) = self.shared.ports.allocate() else {
+            return Err(Refuse {
+                status: 503,
+                reason: "Service Unavailable",
+                warning: Some("no media ports available".into()),
+                retry_after: Some(5),
+                why: "media port range exhausted".into(),
+            });
+        };
+        let policy = self.answer_policy(media.port, None);
+        let answer = sdp::answer_offer(&offer, &policy, &mut self.rng).map_err(|r| {
+            let text = sanitize_warning(&r.to_string());
+            refuse_488(text)
+        })?;
+        self.record.srtp.offered = answer.negotiated.offered_suites.clone();
+        let suite = answer.negotiated.suite.name().to_string();
+        self.record.srtp.chosen_inbound = Some(suite.clone());
+        self.record.srtp.chosen_outbound = Some(suite);
+
+        // Connect the agent while answering CANCEL and sending 180 if it is slow.
+        self.record.agent.target = match &target {
+            AgentTarget::Echo => "builtin:echo".into(),
+            AgentTarget::Url(u) => u.clone(),
+        };
+        let agent = match target {
+            AgentTarget::Echo => AgentSide::Echo,
+            AgentTarget::Url(url) => {
+                self.record.agent.url_host = agent::url_host(&url);
+                let started = Instant::now();
+                let connect = agent::connect(
+                    &url,
+                    Arc::clone(&self.shared.agent_tls),
+                    cfg.agent.connect_timeout,
+                );
+                tokio::pin!(connect);
+                let ring_at = self.received + cfg.sip.ringing_after;
+                let mut rung = false;
+                let result = loop {
+                    let sip_deadline = self.uas.poll_timeout();
+                    tokio::select! {
+                        res = &mut connect => break res,
+                        input = self.rx.recv() => match input {
+                            Some(i) => self.on_input(i),
+                            None => return Ok(None),
+                        },
+                        _ = tokio::time::sleep_until(ring_at.into()), if !rung => {
+                            rung = true;
+                            self.uas.ringing(Instant::now());
+                            self.flush_sip();
+                        }
+                        _ = sleep_opt(sip_deadline) => {
+                            self.uas.handle_timeout(Instant::now());
+                            self.flush_sip();
+                        }
+                    }
+                    if self.cancelled() {
+                        return Ok(None);
+                    }
+                };
+                let elapsed = started.elapsed();
+                m::agent_connect(elapsed);
+                self.record.agent.connect_ms = Some(elapsed.as_millis() as u64);
+                match result {
+                    Ok(conn) => {
+                        self.record.agent.tls_version = Some(conn.tls_version.clone());
+                        self.record.agent.cipher = Some(conn.cipher.clone());
+                        self.record.agent.mtls = conn.mtls;
+                        AgentSide::Ws(Box::new(conn))
+                    }
+                    Err(e) => {
+                        return Err(Refuse {
+                            status: 503,
+                            reason: "Service Unavailable",
+                            warning: Some("voice agent unreachable".into()),
+                            retry_after: Some(5),
+                            why: format!("agent {}: {e}", e.kind()),
+                        })
+                    }
+                }
+            }
+        };
+        if self.cancelled() {
+            return Ok(None);
+        }
+        Ok(Some((
+            media,
+            answer.negotiated,
+            agent,
+            Bytes::from(answer.sdp.to_string()),
+        )))
+    }
+
+    /// Drains SIP events during setup; true when the INVITE was cancelled.
+    fn cancelled(&mut self) -> bool {
+        let mut cancelled = false;
+        while let Some(ev) = self.uas.poll_event() {
+            match ev {
+                CallEvent::Cancelled => cancelled = true,
+                CallEvent::Terminated => cancelled = true,
+                other => debug!(event = ?other, "SIP event during setup ignored"),
+            }
+        }
+        if cancelled {
+            info!("call cancelled by the carrier before answer");
+            self.record.decision = Decision {
+                outcome: "refused",
+                status: 487,
+                reason: "cancelled by carrier".into(),
+            };
+            self.shared.audit.write("call.refused", &self.record);
+            m::call_outcome("cancelled");
+        }
+        cancelled
+    }
+
+    fn answer_policy(&self, port: u16, local_key: Option<sdp::KeySalt>) -> sdp::AnswerPolicy {
+        let cfg = &self.shared.config;
+        sdp::AnswerPolicy {
+            suites: cfg
+                .srtp
+                .suites
+                .iter()
+                .map(|s| match s {
+                    SrtpSuiteName::AesCm128HmacSha1_80 => sdp::SrtpSuite::AesCm128HmacSha1_80,
+                    SrtpSuiteName::AesCm128HmacSha1_32 => sdp::SrtpSuite::AesCm128HmacSha1_32,
+                })
+                .collect(),
+            codecs: cfg
+                .media
+                .codecs
+                .iter()
+                .map(|c| match c {
+                    CodecName::Pcmu => sdp::Codec::Pcmu,
+                    CodecName::Pcma => sdp::Codec::Pcma,
+                })
+                .collect(),
+            address: cfg.media.advertise_address,
+            port,
+            session_id: session_id(&self.record.call_id),
+            session_version: 1,
+            local_key,
+        }
+    }
+
+    async fn active(
+        mut self,
+        media: MediaSockets,
+        negotiated: sdp::Negotiated,
+        agent: AgentSide,
+        answer_sdp: Bytes,
+    ) {
+        let now = Instant::now();
+        let cfg = Arc::clone(&self.shared.config);
+        let mut version = 1u64;
+        let mut local_key = negotiated.local_key.clone();
+        let stream = self.stream_info();
+        let mut bridge = Bridge::new(
+            now,
+            media_params(&negotiated),
+            stream,
+            BridgeConfig {
+                inactivity_timeout: cfg.media.rtp_timeout,
+                rtcp_interval: Duration::from_secs(5),
+                ssrc: self.rng.next_u32(),
+            },
+        );
+        self.uas.accept(now, answer_sdp);
+        self.flush_sip();
+        m::srtp_suite(negotiated.suite.name());
+        m::call_outcome("accepted");
+        self.record.decision = Decision {
+            outcome: "accepted",
+            status: 200,
+            reason: "OK".into(),
+        };
+        self.record.answered_at = Some(crate::audit::now_rfc3339());
+        self.record.setup_ms = Some(self.received.elapsed().as_millis() as u64);
+        self.shared.audit.write("call.start", &self.record);
+        info!(
+            suite = negotiated.suite.name(),
+            codec = ?negotiated.codec,
+            remote_rtp = %negotiated.remote_rtp,
+            agent = %self.record.agent.target,
+            "call answered"
+        );
+        let answered = Instant::now();
+
+        let (mut ws_tx, mut ws_rx, echo) = match agent {
+            AgentSide::Ws(conn) => {
+                let (tx, rx) = conn.ws.split();
+                (Some(tx), Some(rx), false)
+            }
+            AgentSide::Echo => (None, None, true),
+        };
+        let mut rtp_buf = vec![0u8; 2048];
+        let mut rtcp_buf = vec![0u8; 2048];
+        let mut stopped = false;
+        let mut last_stats = srtp_bridge::BridgeStats::default();
+        let hard_stop_after = self.shared.uas.t1 * 64 + Duration::from_secs(2);
+        let mut hard_stop: Option<Instant> = None;
+
+        loop {
+            // 1. Act on what the cores produced.
+            while let Some(ev) = self.uas.poll_event() {
+                let now = Instant::now();
+                match ev {
+                    CallEvent::Confirmed => debug!("ACK received: dialog confirmed"),
+                    CallEvent::RemoteBye => {
+                        info!("carrier hung up (BYE)");
+                        self.set_end("carrier_bye", None);
+                    }
+                    CallEvent::Cancelled => self.set_end("cancelled", None),
+                    CallEvent::AckTimeout => {
+                        warn!("no ACK for our 200 OK within 64*T1: ending the call");
+                        self.set_end("ack_timeout", None);
+                    }
+                    CallEvent::SessionExpired => {
+                        info!("session timer expired without refresh: ending the call");
+                        self.set_end("session_timer", None);
+                    }
+                    CallEvent::Dtmf { digit, duration } => {
+                        debug!(%digit, "DTMF by SIP INFO");
+                        bridge.signalled_dtmf(now, digit, duration);
+                    }
+                    CallEvent::ReOffer { sdp: offer } => {
+                        version += 1;
+                        let result = sdp::SessionDescription::parse(&offer)
+                            .map_err(|e| sanitize_warning(&format!("malformed SDP: {e}")))
+                            .and_then(|o| {
+                                let mut policy =
+                                    self.answer_policy(media.port, Some(local_key.clone()));
+                                policy.session_version = version;
+                                sdp::answer_offer(&o, &policy, &mut self.rng)
+                                    .map_err(|r| sanitize_warning(&r.to_string()))
+                            });
+                        match result {
+                            Ok(ans) => {
+                                info!(direction = ?ans.negotiated.direction, remote_rtp = %ans.negotiated.remote_rtp, "re-offer accepted: media updated");
+                                local_key = ans.negotiated.local_key.clone();
+                                bridge.update_params(now, media_params(&ans.negotiated));
+                                self.uas
+                                    .answer_reoffer(now, Ok(Bytes::from(ans.sdp.to_string())));
+                            }
+                            Err(w) => {
+                                info!(reason = %w, "re-offer refused (488); media unchanged");
+                                self.uas.answer_reoffer(now, Err(w));
+                            }
+                        }
+                    }
+                    CallEvent::Terminated => {
+                        self.set_end("error", Some("dialog terminated".into()));
+                        hard_stop = Some(now);
+                    }
+                    #[allow(unreachable_patterns)]
+                    other => debug!(event = ?other, "SIP event ignored"),
+                }
+            }
+            while let Some(ev) = bridge.poll_event() {
+                match ev {
+                    BridgeEvent::RtpTimeout => {
+                        if self.end_reason.is_none() {
+                            info!("no RTP from the carrier within the timeout: hanging up");
+                            self.set_end("rtp_timeout", None);
+                            self.uas.hangup(Instant::now(), HangupCause::RtpTimeout);
+                        }
+                    }
+                    BridgeEvent::MediaStarted { from } => debug!(%from, "carrier media started"),
+                    other => debug!(event = ?other, "media event"),
+                }
+            }
+            if self.end_reason.is_some() && !stopped {
+                stopped = true;
+                bridge.stop(Instant::now());
+                hard_stop.get_or_insert(Instant::now() + hard_stop_after);
+            }
+            self.flush_sip();
+            while let Some(d) = bridge.poll_datagram() {
+                let sock = match d.component {
+                    Component::Rtp => &media.rtp,
+                    Component::Rtcp => &media.rtcp,
+                };
+                if let Err(e) = sock.try_send_to(&d.data, d.dest) {
+                    trace!(error = %e, "UDP send failed");
+                }
+            }
+            let mut agent_closed = false;
+            while let Some(text) = bridge.poll_agent_text() {
+                if echo {
+                    if let Some(reply) = srtp_bridge::echo_agent_reply(&text) {
+                        bridge.handle_agent_text(Instant::now(), &reply);
+                    }
+                } else if let Some(tx) = ws_tx.as_mut() {
+                    if tx.send(Message::text(text)).await.is_err() {
+                        agent_closed = true;
+                    }
+                }
+            }
+            if echo {
+                // The echo replies queue more datagrams; send them now rather than next turn.
+                while let Some(d) = bridge.poll_datagram() {
+                    let sock = match d.component {
+                        Component::Rtp => &media.rtp,
+                        Component::Rtcp => &media.rtcp,
+                    };
+                    let _ = sock.try_send_to(&d.data, d.dest);
+                }
+            }
+            if stopped {
+                if let Some(mut tx) = ws_tx.take() {
+                    let _ = tx.send(Message::Close(None)).await;
+                    let _ = tx.close().await;
+                    ws_rx = None;
+                }
+            }
+            if agent_closed && self.end_reason.is_none() {
+                info!("agent WebSocket failed: hanging up");
+                self.set_end("agent_hangup", Some("send failed".into()));
+                self.uas.hangup(Instant::now(), HangupCause::AgentHangup);
+                continue;
+            }
+            self.report_stats(&bridge, &mut last_stats);
+            if self.uas.state() == CallState::Terminated && stopped {
+                break;
+            }
+            if hard_stop.is_some_and(|h| Instant::now() >= h) {
+                break;
+            }
+
+            // 2. Wait for the next input.
+            let deadline = [self.uas.poll_timeout(), bridge.poll_timeout(), hard_stop]
+                .into_iter()
+                .flatten()
+                .min();
+            tokio::select! {
+                input = self.rx.recv() => match input {
+                    Some(i) => self.on_input(i),
+                    None => {
+                        self.set_end("error", Some("mailbox closed".into()));
+                        hard_stop = Some(Instant::now());
+                    }
+                },
+                r = media.rtp.recv_from(&mut rtp_buf) => match r {
+                    Ok((n, from)) => bridge.handle_carrier_datagram(Instant::now(), Component::Rtp, from, &rtp_buf[..n]),
+                    Err(e) => trace!(error = %e, "RTP recv error"),
+                },
+                r = media.rtcp.recv_from(&mut rtcp_buf) => match r {
+                    Ok((n, from)) => bridge.handle_carrier_datagram(Instant::now(), Component::Rtcp, from, &rtcp_buf[..n]),
+                    Err(e) => trace!(error = %e, "RTCP recv error"),
+                },
+                msg = next_ws(&mut ws_rx) => match msg {
+                    Some(Ok(Message::Text(t))) => bridge.handle_agent_text(Instant::now(), t.as_str()),
+                    Some(Ok(Message::Binary(_))) => debug!("binary agent frame ignored"),
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                        ws_rx = None;
+                        if self.end_reason.is_none() {
+                            info!("agent closed the WebSocket: hanging up");
+                            self.set_end("agent_hangup", None);
+                            self.uas.hangup(Instant::now(), HangupCause::AgentHangup);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                },
+                _ = sleep_opt(deadline) => {
+                    let now = Instant::now();
+                    self.uas.handle_timeout(now);
+                    bridge.handle_timeout(now);
+                }
+            }
+        }
+
+        let stats = bridge.stats();
+        self.report_stats(&bridge, &mut last_stats);
+        self.record.media = crate::audit::MediaAudit {
+            rtp_in: stats.rtp_in,
+            rtp_out: stats.rtp_out,
+            bytes_in: stats.bytes_in,
+            bytes_out: stats.bytes_out,
+            srtcp_in: stats.srtcp_in,
+            srtcp_out: stats.srtcp_out,
+            auth_failures: stats.auth_failures,
+            replays: stats.replays,
+            dtmf_events: stats.dtmf_from_carrier + stats.dtmf_from_agent,
+            agent_media_in: stats.agent_media_in,
+            agent_media_out: stats.agent_media_out,
+            agent_malformed: stats.agent_malformed,
+        };
+        self.record.ended_at = Some(crate::audit::now_rfc3339());
+        self.record.duration_ms = Some(answered.elapsed().as_millis() as u64);
+        self.record.end_reason = Some(self.end_reason.unwrap_or("error").to_string());
+        self.record.end_detail = self.end_detail.take();
+        info!(
+            end_reason = self.end_reason.unwrap_or("error"),
+            rtp_in = stats.rtp_in,
+            rtp_out = stats.rtp_out,
+            auth_failures = stats.auth_failures,
+            "call ended"
+        );
+        self.shared.audit.write("call.end", &self.record);
+    }
+
+    /// Pushes counter deltas to Prometheus.
+    fn report_stats(&self, bridge: &Bridge, last: &mut srtp_bridge::BridgeStats) {
+        let s = bridge.stats();
+        m::rtp_packets("carrier_to_agent", s.rtp_in.saturating_sub(last.rtp_in));
+        m::rtp_packets("agent_to_carrier", s.rtp_out.saturating_sub(last.rtp_out));
+        m::srtp_auth_failures(s.auth_failures.saturating_sub(last.auth_failures));
+        *last = s;
+    }
+
+    fn stream_info(&mut self) -> StreamInfo {
+        let cfg = &self.shared.config;
+        let h = &self.invite.headers;
+        let call_sid = h
+            .get("X-Twilio-CallSid")
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("CA{}", hex32(&mut self.rng)));
+        let account_sid = h
+            .get("X-Twilio-AccountSid")
+            .map(str::to_string)
+            .unwrap_or_else(|| cfg.agent.default_account_sid.clone());
+        let custom = cfg
+            .agent
+            .passthrough_headers
+            .iter()
+            .filter_map(|name| h.get(name).map(|v| (name.clone(), v.to_string())))
+            .collect();
+        StreamInfo {
+            stream_sid: format!("MZ{}", hex32(&mut self.rng)),
+            call_sid,
+            account_sid,
+            from: self.invite.caller_number().unwrap_or_default(),
+            to: self.invite.called_number().unwrap_or_default(),
+            carrier: self.record.carrier.clone(),
+            custom,
+        }
+    }
+}
+
+type WsRx = futures_util::stream::SplitStream<
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+>;
+
+async fn next_ws(
+    rx: &mut Option<WsRx>,
+) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+    match rx {
+        Some(rx) => rx.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn media_params(n: &sdp::Negotiated) -> MediaParams {
+    MediaParams {
+        suite: n.suite.clone(),
+        remote_key: n.remote_key.clone(),
+        local_key: n.local_key.clone(),
+        remote_rtp: n.remote_rtp,
+        remote_rtcp: n.remote_rtcp,
+        rtcp_mux: n.rtcp_mux,
+        codec: n.codec,
+        payload_type: n.payload_type,
+        telephone_event: n.telephone_event,
+        direction: n.direction,
+    }
+}
+
+fn end_reason_for(cause: HangupCause) -> &'static str {
+    match cause {
+        HangupCause::AgentHangup => "agent_hangup",
+        HangupCause::RtpTimeout => "rtp_timeout",
+        HangupCause::Shutdown => "shutdown",
+        HangupCause::Ops => "ops",
+        HangupCause::Error => "error",
+    }
+}
+
+fn refuse_488(why: String) -> Refuse {
+    Refuse {
+        status: 488,
+        reason: "Not Acceptable Here",
+        warning: Some(sanitize_warning(&why)),
+        retry_after: None,
+        why,
+    }
+}
+
+/// Warning text goes inside a quoted-string (RFC 3261 §20.43): no quotes, backslashes or
+/// control characters.
+fn sanitize_warning(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c == '"' || c == '\\' || c.is_control() {
+                '\''
+            } else {
+                c
+            }
+        })
+        .take(200)
+        .collect()
+}
+
+/// Picks the agent for a called number: exact matches first, then the longest prefix, then the
+/// default route.
+pub fn route(routes: &[crate::config::Route], called: &str) -> Option<AgentTarget> {
+    if let Some(r) = routes
+        .iter()
+        .find(|r| matches!(&r.matcher, RouteMatch::Exact(n) if n == called))
+    {
+        return Some(r.target.clone());
+    }
+    let best_prefix = routes
+        .iter()
+        .filter_map(|r| match &r.matcher {
+            RouteMatch::Prefix(p) if called.starts_with(p.as_str()) => Some((p.len(), r)),
+            _ => None,
+        })
+        .max_by_key(|(len, _)| *len);
+    if let Some((_, r)) = best_prefix {
+        return Some(r.target.clone());
+    }
+    routes
+        .iter()
+        .find(|r| r.matcher == RouteMatch::Default)
+        .map(|r| r.target.clone())
+}
+
+/// Suite names of every `a=crypto` line in an SDP body, for the audit record of a refusal (names
+/// only: the key parameters are never read here).
+pub fn offered_suite_names(body: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(body);
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("a=crypto:"))
+        .filter_map(|rest| rest.split_whitespace().nth(1))
+        .map(|s| {
+            s.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(64)
+                .collect()
+        })
+        .collect()
+}
+
+fn count_media_lines(body: &[u8]) -> usize {
+    body.split(|&b| b == b'\n')
+        .filter(|l| l.starts_with(b"m="))
+        .count()
+}
+
+fn hex32(rng: &mut dyn RngCore) -> String {
+    let mut b = [0u8; 16];
+    rng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn session_id(call_id: &str) -> u64 {
+    // Any stable number will do (RFC 8866 §5.2 suggests an NTP timestamp); derive from time.
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    t.wrapping_add(call_id.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Route;
+
+    fn r(m: RouteMatch, url: &str) -> Route {
+        Route {
+            matcher: m,
+            target: AgentTarget::Url(url.into()),
+        }
+    }
+
+    #[test]
+    fn routing_prefers_exact_then_longest_prefix_then_default() {
+        let routes = vec![
+            r(RouteMatch::Default, "wss://d/"),
+            r(RouteMatch::Prefix("+1".into()), "wss://p1/"),
+            r(RouteMatch::Prefix("+1555".into()), "wss://p1555/"),
+            r(RouteMatch::Exact("+15550002222".into()), "wss://e/"),
+        ];
+        assert_eq!(
+            route(&routes, "+15550002222"),
+            Some(AgentTarget::Url("wss://e/".into()))
+        );
+        assert_eq!(
+            route(&routes, "+15550003333"),
+            Some(AgentTarget::Url("wss://p1555/".into()))
+        );
+        assert_eq!(
+            route(&routes, "+14155550000"),
+            Some(AgentTarget::Url("wss://p1/".into()))
+        );
+        assert_eq!(
+            route(&routes, "+44"),
+            Some(AgentTarget::Url("wss://d/".into()))
+        );
+        assert_eq!(route(&routes[1..], "+44"), None);
+    }
+
+    #[test]
+    fn offered_suites_are_names_only() {
+        let body = b"v=0\r\nm=audio 1 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:4\r\na=crypto:2 AEAD_AES_256_GCM inline:abc\r\n";
+        let names = offered_suite_names(body);
+        assert_eq!(names, vec!["AES_CM_128_HMAC_SHA1_80", "AEAD_AES_256_GCM"]);
+        assert!(!format!("{names:?}").contains("WVNf"));
+    }
+
+    #[test]
+    fn warning_text_cannot_break_the_header() {
+        assert_eq!(sanitize_warning("a \"b\"\r\nc"), "a 'b''c");
+    }
+}

@@ -1,0 +1,95 @@
+//! Prometheus metrics: names live here so the rest of the daemon cannot misspell them.
+//!
+//! Pure crates return counters as plain structs (`srtp_bridge::BridgeStats`); only this module
+//! talks to the `metrics` facade.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+pub const CALLS_ACTIVE: &str = "sbc_calls_active";
+pub const CALLS_TOTAL: &str = "sbc_calls_total";
+pub const SIP_RESPONSES_TOTAL: &str = "sbc_sip_responses_total";
+pub const TLS_HANDSHAKES_TOTAL: &str = "sbc_tls_handshakes_total";
+pub const SRTP_SUITE_TOTAL: &str = "sbc_srtp_suite_total";
+pub const SRTP_AUTH_FAILURES_TOTAL: &str = "sbc_srtp_auth_failures_total";
+pub const RTP_PACKETS_TOTAL: &str = "sbc_rtp_packets_total";
+pub const AGENT_CONNECT_SECONDS: &str = "sbc_agent_connect_seconds";
+pub const MEDIA_PACKET_LATENCY_SECONDS: &str = "sbc_media_packet_latency_seconds";
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "sbc_connections_refused_total";
+
+/// Starts the HTTP scrape endpoint. Must run inside the tokio runtime.
+pub fn install(listen: SocketAddr) -> Result<(), String> {
+    PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .set_buckets_for_metric(
+            Matcher::Full(AGENT_CONNECT_SECONDS.to_string()),
+            &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(MEDIA_PACKET_LATENCY_SECONDS.to_string()),
+                &[
+                    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025,
+                ],
+            )
+        })
+        .and_then(|b| b.install())
+        .map_err(|e| format!("metrics listener on {listen}: {e}"))
+}
+
+pub fn call_started() {
+    gauge!(CALLS_ACTIVE).increment(1.0);
+}
+
+pub fn call_ended() {
+    gauge!(CALLS_ACTIVE).decrement(1.0);
+}
+
+/// `outcome`: `accepted`, `refused`, `cancelled`, `failed`.
+pub fn call_outcome(outcome: &'static str) {
+    counter!(CALLS_TOTAL, "outcome" => outcome).increment(1);
+}
+
+pub fn sip_response(code: u16) {
+    counter!(SIP_RESPONSES_TOTAL, "code" => code.to_string()).increment(1);
+}
+
+pub fn tls_handshake(version: &str, cipher: &str, result: &'static str) {
+    counter!(TLS_HANDSHAKES_TOTAL, "version" => version.to_string(), "cipher" => cipher.to_string(), "result" => result)
+        .increment(1);
+}
+
+pub fn srtp_suite(suite: &str) {
+    counter!(SRTP_SUITE_TOTAL, "suite" => suite.to_string()).increment(1);
+}
+
+pub fn srtp_auth_failures(n: u64) {
+    if n > 0 {
+        counter!(SRTP_AUTH_FAILURES_TOTAL, "side" => "carrier").increment(n);
+    }
+}
+
+/// `direction`: `carrier_to_agent` or `agent_to_carrier`.
+pub fn rtp_packets(direction: &'static str, n: u64) {
+    if n > 0 {
+        counter!(RTP_PACKETS_TOTAL, "direction" => direction).increment(n);
+    }
+}
+
+pub fn agent_connect(elapsed: Duration) {
+    histogram!(AGENT_CONNECT_SECONDS).record(elapsed.as_secs_f64());
+}
+
+/// `direction`: `carrier_to_agent` or `agent_to_carrier`.
+pub fn media_latency(direction: &'static str, elapsed: Duration) {
+    histogram!(MEDIA_PACKET_LATENCY_SECONDS, "direction" => direction)
+        .record(elapsed.as_secs_f64());
+}
+
+/// `reason`: `source_not_allowed`, `per_ip_limit`, `handshake_timeout`, `handshake_failed`.
+pub fn connection_refused(reason: &'static str) {
+    counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => reason).increment(1);
+}

@@ -20,7 +20,7 @@ use crate::config::{AgentTarget, CodecName, RouteMatch, SrtpSuiteName};
 use crate::metrics as m;
 use crate::ports::MediaSockets;
 use crate::server::{CarrierState, ConnHandle, Shared};
-use crate::sip::{CallEvent, CallState, HangupCause, Request, Response, UasCall};
+use crate::sip::{CallEvent, CallState, HangupCause, Request, Response, SipMessage, UasCall};
 
 /// What other tasks send to a call.
 #[derive(Debug)]
@@ -31,6 +31,8 @@ pub enum CallInput {
     Response(Response),
     /// End the call from our side (ops, shutdown).
     Hangup(HangupCause),
+    /// A new connection to the carrier that sbc opened for this call: use it from now on.
+    Adopt(ConnHandle),
 }
 
 impl std::fmt::Debug for ConnHandle {
@@ -84,6 +86,7 @@ pub async fn run(setup: CallSetup) {
 
 struct Call {
     shared: Arc<Shared>,
+    carrier: Arc<CarrierState>,
     rx: mpsc::Receiver<CallInput>,
     conn: ConnHandle,
     uas: UasCall,
@@ -118,6 +121,7 @@ impl Call {
         };
         Call {
             shared,
+            carrier: setup.carrier,
             rx: setup.rx,
             conn: setup.conn,
             uas,
@@ -165,12 +169,61 @@ impl Call {
     /// Sends everything the SIP core queued, on the dialog's connection.
     fn flush_sip(&mut self) {
         while let Some(msg) = self.uas.poll_transmit() {
-            if !self.conn.send(&msg) {
-                // Carrier connection gone: responses have nowhere to go. A BYE would need a new
-                // connection to the carrier's Contact (not done yet: the core's timers end it).
-                debug!("carrier connection closed: SIP message not sent");
+            if self.conn.send(&msg) {
+                continue;
+            }
+            match msg {
+                // A request we originate (BYE) goes on a new connection to the carrier.
+                SipMessage::Request(req) => self.send_on_new_connection(req),
+                // Responses belong to the connection the request came on (RFC 3261 §18.2.2);
+                // the carrier retransmits its request on a new one if it cares.
+                SipMessage::Response(r) => {
+                    debug!(
+                        status = r.status,
+                        "carrier connection closed: response not sent"
+                    )
+                }
             }
         }
+    }
+
+    /// Opens a TLS connection to the request's target (first Route, else the Request-URI) and
+    /// sends it there; the call adopts the connection for what follows.
+    fn send_on_new_connection(&self, req: Request) {
+        let target = req
+            .headers
+            .get("Route")
+            .and_then(uri_target)
+            .or_else(|| uri_target(&req.uri));
+        let Some((host, port)) = target else {
+            warn!(uri = %req.uri, "no usable target for a request on a new connection");
+            return;
+        };
+        let shared = Arc::clone(&self.shared);
+        let carrier = Arc::clone(&self.carrier);
+        let sip_call_id = self.record.sip_call_id.clone();
+        info!(%host, port, "carrier connection gone: opening a new one");
+        tokio::spawn(
+            async move {
+                match crate::server::connect_outbound(
+                    Arc::clone(&shared),
+                    carrier,
+                    host.clone(),
+                    port,
+                )
+                .await
+                {
+                    Ok(handle) => {
+                        handle.send(&SipMessage::Request(req));
+                        if let Some(tx) = shared.lookup(&sip_call_id) {
+                            let _ = tx.try_send(CallInput::Adopt(handle));
+                        }
+                    }
+                    Err(e) => warn!(%host, port, error = %e, "cannot reach the carrier"),
+                }
+            }
+            .in_current_span(),
+        );
     }
 
     fn on_input(&mut self, input: CallInput) {
@@ -185,6 +238,7 @@ impl Call {
                 self.set_end(end_reason_for(cause), None);
                 self.uas.hangup(now, cause);
             }
+            CallInput::Adopt(conn) => self.conn = conn,
         }
         self.flush_sip();
     }
@@ -812,6 +866,38 @@ pub fn offered_suite_names(body: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// Host and port of a SIP URI (`sip:user@host:port;transport=tls`, `<sips:[::1]:5061;lr>`);
+/// the port defaults to 5061 (SIP over TLS).
+pub fn uri_target(uri: &str) -> Option<(String, u16)> {
+    let uri = uri.trim();
+    let uri = uri
+        .strip_prefix('<')
+        .map(|u| u.split('>').next().unwrap_or(u))
+        .unwrap_or(uri);
+    let rest = uri
+        .strip_prefix("sips:")
+        .or_else(|| uri.strip_prefix("sip:"))?;
+    let hostport = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
+    let hostport = hostport.split([';', '?', '>']).next()?;
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6.split_once(']')?;
+        (h.to_string(), after.strip_prefix(':'))
+    } else {
+        match hostport.split_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (hostport.to_string(), None),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None => 5061,
+    };
+    Some((host, port))
+}
+
 fn count_media_lines(body: &[u8]) -> usize {
     body.split(|&b| b == b'\n')
         .filter(|l| l.starts_with(b"m="))
@@ -878,6 +964,21 @@ mod tests {
         let names = offered_suite_names(body);
         assert_eq!(names, vec!["AES_CM_128_HMAC_SHA1_80", "AEAD_AES_256_GCM"]);
         assert!(!format!("{names:?}").contains("WVNf"));
+    }
+
+    #[test]
+    fn uri_targets() {
+        assert_eq!(
+            uri_target("sip:+1555@10.0.0.1:5071;transport=tls"),
+            Some(("10.0.0.1".into(), 5071))
+        );
+        assert_eq!(
+            uri_target("<sip:edge.example;lr>"),
+            Some(("edge.example".into(), 5061))
+        );
+        assert_eq!(uri_target("sips:u@[::1]:5062"), Some(("::1".into(), 5062)));
+        assert_eq!(uri_target("tel:+1555"), None);
+        assert_eq!(uri_target("sip:u@host:notaport"), None);
     }
 
     #[test]

@@ -75,6 +75,7 @@ impl CarrierState {
 pub struct Shared {
     pub config: Arc<Config>,
     pub agent_tls: Arc<rustls::ClientConfig>,
+    pub carrier_tls: Arc<rustls::ClientConfig>,
     pub audit: Audit,
     pub ports: Arc<PortPool>,
     pub uas: UasConfig,
@@ -108,7 +109,7 @@ impl Shared {
             .remove(sip_call_id);
     }
 
-    fn lookup(&self, sip_call_id: &str) -> Option<mpsc::Sender<CallInput>> {
+    pub(crate) fn lookup(&self, sip_call_id: &str) -> Option<mpsc::Sender<CallInput>> {
         self.calls
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -163,6 +164,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let config = Arc::new(config);
     let sip_tls = crate::tls::sip_server_config(&config.tls, &config.sip)?;
     let agent_tls = crate::tls::agent_client_config(&config.agent)?;
+    let carrier_tls = crate::tls::carrier_client_config(&config.tls)?;
     let audit = Audit::open(&config.audit)?;
     if let Some(mc) = &config.metrics {
         m::install(mc.listen).map_err(ServerError::Metrics)?;
@@ -179,6 +181,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     };
     let shared = Arc::new(Shared {
         agent_tls,
+        carrier_tls,
         audit,
         ports: PortPool::new(
             config.media.bind_address,
@@ -378,6 +381,74 @@ async fn serve_connection(
         }
     };
     m::tls_handshake(&sip_tls.version, &sip_tls.cipher, "ok");
+    run_connection(shared, carrier, sip_tls, tls, peer, None).await;
+}
+
+/// Opens a TLS connection to a carrier for a request sbc originates when the dialog's connection
+/// is gone (RFC 3261 §18.1.1: a new connection to the target). The carrier's certificate is
+/// verified (`tls::carrier_client_config`). Responses on it are routed like any other.
+pub async fn connect_outbound(
+    shared: Arc<Shared>,
+    carrier: Arc<CarrierState>,
+    host: String,
+    port: u16,
+) -> std::io::Result<ConnHandle> {
+    use std::io::{Error, ErrorKind};
+    let server_name = rustls_pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?;
+    let timeout = shared.config.limits.tls_handshake_timeout;
+    let connect = async {
+        let tcp = TcpStream::connect((host.as_str(), port)).await?;
+        let peer = tcp.peer_addr()?;
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&shared.carrier_tls))
+            .connect(server_name, tcp)
+            .await?;
+        Ok::<_, Error>((tls, peer))
+    };
+    let (tls, peer) = tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| Error::new(ErrorKind::TimedOut, "connect timed out"))??;
+    let sip_tls = {
+        let conn = tls.get_ref().1;
+        SipTls {
+            version: conn
+                .protocol_version()
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default(),
+            cipher: conn
+                .negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite()))
+                .unwrap_or_default(),
+            sni: Some(host.clone()),
+            client_cert_subject: None,
+        }
+    };
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(run_connection(
+        shared,
+        carrier,
+        sip_tls,
+        tls,
+        peer,
+        Some(ready_tx),
+    ));
+    ready_rx
+        .await
+        .map_err(|_| Error::new(ErrorKind::ConnectionAborted, "connection task ended"))
+}
+
+/// Reads, frames and routes SIP on an established TLS stream (either direction) until it closes.
+async fn run_connection<S>(
+    shared: Arc<Shared>,
+    carrier: Arc<CarrierState>,
+    sip_tls: SipTls,
+    tls: S,
+    peer: SocketAddr,
+    ready: Option<tokio::sync::oneshot::Sender<ConnHandle>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
     let conn_id = shared.next_id();
     let span = info_span!("conn", id = conn_id, %peer, carrier = %carrier.config.name);
     async move {
@@ -397,6 +468,9 @@ async fn serve_connection(
             peer,
             tx,
         };
+        if let Some(ready) = ready {
+            let _ = ready.send(handle.clone());
+        }
         let ctx = ConnCtx {
             shared: Arc::clone(&shared),
             carrier,

@@ -19,7 +19,7 @@ use crate::audit::{CallRecord, Decision, SipTls};
 use crate::config::{AgentTarget, CodecName, RouteMatch, SrtpSuiteName};
 use crate::metrics as m;
 use crate::ports::MediaSockets;
-use crate::server::{CarrierState, ConnHandle, Shared};
+use crate::server::{CarrierState, ConnHandle, Live, Shared};
 use crate::sip::{CallEvent, CallState, HangupCause, Request, Response, SipMessage, UasCall};
 
 /// What other tasks send to a call.
@@ -86,6 +86,8 @@ pub async fn run(setup: CallSetup) {
 
 struct Call {
     shared: Arc<Shared>,
+    /// The configuration this call started with (a reload does not change a call in progress).
+    live: Arc<Live>,
     carrier: Arc<CarrierState>,
     rx: mpsc::Receiver<CallInput>,
     conn: ConnHandle,
@@ -120,6 +122,7 @@ impl Call {
             ..Default::default()
         };
         Call {
+            live: shared.live(),
             shared,
             carrier: setup.carrier,
             rx: setup.rx,
@@ -281,7 +284,7 @@ impl Call {
     async fn setup(
         &mut self,
     ) -> Result<Option<(MediaSockets, sdp::Negotiated, AgentSide, Bytes)>, Refuse> {
-        let cfg = Arc::clone(&self.shared.config);
+        let cfg = Arc::clone(&self.live.config);
         let body = self.invite.body.clone();
         self.record.srtp.offered = offered_suite_names(&body);
         if body.is_empty() {
@@ -348,7 +351,7 @@ impl Call {
                 let started = Instant::now();
                 let connect = agent::connect(
                     &url,
-                    Arc::clone(&self.shared.agent_tls),
+                    Arc::clone(&self.live.agent_tls),
                     cfg.agent.connect_timeout,
                 );
                 tokio::pin!(connect);
@@ -433,7 +436,7 @@ impl Call {
     }
 
     fn answer_policy(&self, port: u16, local_key: Option<sdp::KeySalt>) -> sdp::AnswerPolicy {
-        let cfg = &self.shared.config;
+        let cfg = &self.live.config;
         sdp::AnswerPolicy {
             suites: cfg
                 .srtp
@@ -469,7 +472,7 @@ impl Call {
         answer_sdp: Bytes,
     ) {
         let now = Instant::now();
-        let cfg = Arc::clone(&self.shared.config);
+        let cfg = Arc::clone(&self.live.config);
         let mut version = 1u64;
         let mut local_key = negotiated.local_key.clone();
         let stream = self.stream_info();
@@ -727,7 +730,7 @@ impl Call {
     }
 
     fn stream_info(&mut self) -> StreamInfo {
-        let cfg = &self.shared.config;
+        let cfg = &self.live.config;
         let h = &self.invite.headers;
         let call_sid = h
             .get("X-Twilio-CallSid")

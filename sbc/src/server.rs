@@ -71,15 +71,54 @@ impl CarrierState {
     }
 }
 
-/// State shared by connection and call tasks.
-pub struct Shared {
+/// What a reload (SIGHUP) replaces as a whole. Tasks take a snapshot (`Shared::live`); a call
+/// keeps the snapshot it started with, so calls in progress are not disturbed by a reload.
+pub struct Live {
     pub config: Arc<Config>,
+    pub acceptor: TlsAcceptor,
     pub agent_tls: Arc<rustls::ClientConfig>,
     pub carrier_tls: Arc<rustls::ClientConfig>,
+    pub carriers: Vec<Arc<CarrierState>>,
+}
+
+impl Live {
+    /// Builds every TLS config and carrier state from `config`; fails without side effects.
+    fn build(config: Config, previous: Option<&Live>) -> Result<Live, ServerError> {
+        let sip_tls = crate::tls::sip_server_config(&config.tls, &config.sip)?;
+        let agent_tls = crate::tls::agent_client_config(&config.agent)?;
+        let carrier_tls = crate::tls::carrier_client_config(&config.tls)?;
+        let carriers = config
+            .carriers
+            .iter()
+            .map(|c| {
+                // Keep the live call count of a carrier that survives the reload.
+                let active = previous
+                    .and_then(|p| p.carriers.iter().find(|o| o.config.name == c.name))
+                    .map(|o| o.active.load(Ordering::SeqCst))
+                    .unwrap_or(0);
+                Arc::new(CarrierState {
+                    config: c.clone(),
+                    active: AtomicU32::new(active),
+                    bucket: Mutex::new((f64::from(c.max_calls_per_second), Instant::now())),
+                })
+            })
+            .collect();
+        Ok(Live {
+            config: Arc::new(config),
+            acceptor: TlsAcceptor::from(sip_tls),
+            agent_tls,
+            carrier_tls,
+            carriers,
+        })
+    }
+}
+
+/// State shared by connection and call tasks.
+pub struct Shared {
+    live: std::sync::RwLock<Arc<Live>>,
     pub audit: Audit,
     pub ports: Arc<PortPool>,
     pub uas: UasConfig,
-    pub carriers: Vec<Arc<CarrierState>>,
     calls: Mutex<HashMap<String, mpsc::Sender<CallInput>>>,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
     pub active_calls: AtomicU32,
@@ -88,9 +127,32 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The current configuration snapshot.
+    pub fn live(&self) -> Arc<Live> {
+        Arc::clone(&self.live.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Re-reads the configuration file and swaps it in atomically; on any error the running
+    /// configuration stays. Listen addresses, the media port range, SIP timers and the audit
+    /// sink need a restart (a change to them is logged and ignored).
+    pub fn reload(&self) -> Result<(), ServerError> {
+        let old = self.live();
+        let config = Config::load(&old.config.path)?;
+        if config.sip.listen != old.config.sip.listen
+            || config.media.port_first != old.config.media.port_first
+            || config.media.port_last != old.config.media.port_last
+        {
+            warn!("reload: listen addresses and the media port range change only on restart");
+        }
+        let live = Live::build(config, Some(&old))?;
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+        Ok(())
+    }
+
     fn carrier_for(&self, ip: IpAddr) -> Option<Arc<CarrierState>> {
         let ip = canonical_ip(ip);
-        self.carriers
+        self.live()
+            .carriers
             .iter()
             .find(|c| c.config.sources.iter().any(|net| net.contains(&ip)))
             .cloned()
@@ -161,10 +223,8 @@ impl ConnHandle {
 
 /// Runs the daemon until SIGTERM/SIGINT, then drains.
 pub async fn run(config: Config) -> Result<(), ServerError> {
-    let config = Arc::new(config);
-    let sip_tls = crate::tls::sip_server_config(&config.tls, &config.sip)?;
-    let agent_tls = crate::tls::agent_client_config(&config.agent)?;
-    let carrier_tls = crate::tls::carrier_client_config(&config.tls)?;
+    let live = Live::build(config, None)?;
+    let config = Arc::clone(&live.config);
     let audit = Audit::open(&config.audit)?;
     if let Some(mc) = &config.metrics {
         m::install(mc.listen).map_err(ServerError::Metrics)?;
@@ -180,8 +240,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         min_se: config.sip.min_se,
     };
     let shared = Arc::new(Shared {
-        agent_tls,
-        carrier_tls,
+        live: std::sync::RwLock::new(Arc::new(live)),
         audit,
         ports: PortPool::new(
             config.media.bind_address,
@@ -189,26 +248,13 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             config.media.port_last,
         ),
         uas,
-        carriers: config
-            .carriers
-            .iter()
-            .map(|c| {
-                Arc::new(CarrierState {
-                    config: c.clone(),
-                    active: AtomicU32::new(0),
-                    bucket: Mutex::new((f64::from(c.max_calls_per_second), Instant::now())),
-                })
-            })
-            .collect(),
         calls: Mutex::new(HashMap::new()),
         per_ip: Mutex::new(HashMap::new()),
         active_calls: AtomicU32::new(0),
         draining: AtomicBool::new(false),
         next_id: AtomicU64::new(1),
-        config: Arc::clone(&config),
     });
 
-    let acceptor = TlsAcceptor::from(sip_tls);
     let mut listeners = Vec::new();
     for addr in &config.sip.listen {
         let l = bind_listener(*addr).map_err(|source| ServerError::Bind {
@@ -216,14 +262,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             source,
         })?;
         info!(%addr, "SIP over TLS listening");
-        listeners.push(tokio::spawn(accept_loop(
-            l,
-            acceptor.clone(),
-            Arc::clone(&shared),
-        )));
+        listeners.push(tokio::spawn(accept_loop(l, Arc::clone(&shared))));
     }
 
-    wait_for_shutdown_signal().await;
+    wait_for_shutdown_signal(&shared).await;
     info!("shutdown requested: refusing new calls, draining active calls");
     shared.draining.store(true, Ordering::SeqCst);
     let drain_deadline = Instant::now() + config.limits.drain_timeout;
@@ -263,15 +305,23 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     sock.listen(1024)
 }
 
-async fn wait_for_shutdown_signal() {
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads the configuration meanwhile.
+async fn wait_for_shutdown_signal(shared: &Shared) {
     use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).ok();
     match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
+        Ok(mut term) => loop {
             tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    match shared.reload() {
+                        Ok(()) => info!("configuration reloaded"),
+                        Err(e) => error!(error = %e, "reload refused: the running configuration stays"),
+                    }
+                }
             }
-        }
+        },
         Err(e) => {
             warn!(error = %e, "cannot install SIGTERM handler; only Ctrl-C stops sbc");
             let _ = tokio::signal::ctrl_c().await;
@@ -279,7 +329,7 @@ async fn wait_for_shutdown_signal() {
     }
 }
 
-async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -291,8 +341,7 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<S
             }
         };
         let shared = Arc::clone(&shared);
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move { serve_connection(shared, acceptor, tcp, peer).await });
+        tokio::spawn(async move { serve_connection(shared, tcp, peer).await });
     }
 }
 
@@ -314,13 +363,9 @@ impl Drop for IpSlot {
     }
 }
 
-async fn serve_connection(
-    shared: Arc<Shared>,
-    acceptor: TlsAcceptor,
-    tcp: TcpStream,
-    peer: SocketAddr,
-) {
+async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let ip = canonical_ip(peer.ip());
+    let live = shared.live();
     // The source check comes before the TLS handshake and before any SIP is parsed.
     let Some(carrier) = shared.carrier_for(ip) else {
         info!(%peer, "connection from a source no carrier allows: closed");
@@ -330,9 +375,9 @@ async fn serve_connection(
     let _slot = {
         let mut map = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(ip).or_insert(0);
-        if *n >= shared.config.limits.max_connections_per_ip {
+        if *n >= live.config.limits.max_connections_per_ip {
             drop(map);
-            warn!(%peer, limit = shared.config.limits.max_connections_per_ip, "too many connections from this address: closed");
+            warn!(%peer, limit = live.config.limits.max_connections_per_ip, "too many connections from this address: closed");
             m::connection_refused("per_ip_limit");
             return;
         }
@@ -344,8 +389,8 @@ async fn serve_connection(
     };
     let _ = tcp.set_nodelay(true);
     let handshake = tokio::time::timeout(
-        shared.config.limits.tls_handshake_timeout,
-        acceptor.accept(tcp),
+        live.config.limits.tls_handshake_timeout,
+        live.acceptor.accept(tcp),
     )
     .await;
     let tls = match handshake {
@@ -396,12 +441,13 @@ pub async fn connect_outbound(
     use std::io::{Error, ErrorKind};
     let server_name = rustls_pki_types::ServerName::try_from(host.clone())
         .map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?;
-    let timeout = shared.config.limits.tls_handshake_timeout;
+    let live = shared.live();
+    let timeout = live.config.limits.tls_handshake_timeout;
     let connect = async {
         let tcp = TcpStream::connect((host.as_str(), port)).await?;
         let peer = tcp.peer_addr()?;
         let _ = tcp.set_nodelay(true);
-        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&shared.carrier_tls))
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&live.carrier_tls))
             .connect(server_name, tcp)
             .await?;
         Ok::<_, Error>((tls, peer))
@@ -477,9 +523,10 @@ async fn run_connection<S>(
             sip_tls,
             handle,
         };
-        let mut framer = Framer::new(shared.config.limits.max_message_bytes);
+        let live = shared.live();
+        let mut framer = Framer::new(live.config.limits.max_message_bytes);
         let mut buf = BytesMut::with_capacity(8192);
-        let idle = shared.config.limits.idle_timeout;
+        let idle = live.config.limits.idle_timeout;
         'read: loop {
             buf.clear();
             let n = match tokio::time::timeout(idle, rd.read_buf(&mut buf)).await {
@@ -560,7 +607,7 @@ impl ConnCtx {
             resp.headers.push("Accept", "application/sdp");
             resp.headers.push("Supported", "timer");
         }
-        if let Some(s) = &self.shared.config.sip.server_header {
+        if let Some(s) = &self.shared.live().config.sip.server_header {
             resp.headers.push("Server", s.clone());
         }
         for (k, v) in extra {
@@ -596,7 +643,7 @@ impl ConnCtx {
     }
 
     fn handle_request(&self, req: Request) {
-        if req.headers.0.len() > self.shared.config.limits.max_headers {
+        if req.headers.0.len() > self.shared.live().config.limits.max_headers {
             warn!(count = req.headers.0.len(), "too many headers");
             if req.method != Method::Ack {
                 self.reply(&req, 400, "Too Many Headers", &[]);
@@ -677,7 +724,7 @@ impl ConnCtx {
         }
         // Reserve global and carrier capacity atomically; released by the call task.
         let global = shared.active_calls.fetch_add(1, Ordering::SeqCst);
-        if global >= shared.config.limits.max_concurrent_calls {
+        if global >= shared.live().config.limits.max_concurrent_calls {
             shared.active_calls.fetch_sub(1, Ordering::SeqCst);
             return refuse(
                 503,

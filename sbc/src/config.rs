@@ -1,8 +1,18 @@
 //! Configuration: TOML parsed into a raw serde layer (`deny_unknown_fields`), then converted once
 //! into the typed values below, so that impossible values cannot exist past `Config::load`.
 //!
-//! INTERFACE STUB: the typed structs below are the contract the rest of the daemon uses. The
-//! config helper writes the raw layer, the conversion and the errors, and may add fields.
+//! Two steps, two files: `config/raw.rs` is what the TOML says (every value with its byte span),
+//! `config/convert.rs` turns it into the types below and refuses what the policy forbids. Errors
+//! read `file:line:column: message`, or `file: message` for a key that is missing or a
+//! certificate file that is wrong.
+//!
+//! [`Config::parse_str`] reads no certificate file (used to check the shipped examples);
+//! [`Config::load`] also loads every certificate and key and builds the rustls configs, which is
+//! what `sbc check-config` and `sbc run` do. Relative paths resolve against the config file's
+//! directory.
+
+mod convert;
+mod raw;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -58,7 +68,10 @@ pub struct TlsConfig {
 #[derive(Clone, Debug)]
 pub enum TlsIdentity {
     /// PEM certificate chain and private key.
-    Files { certificate: PathBuf, private_key: PathBuf },
+    Files {
+        certificate: PathBuf,
+        private_key: PathBuf,
+    },
     /// A self-signed development certificate generated at start (loopback only).
     DevSelfSigned,
 }
@@ -145,7 +158,7 @@ pub struct Route {
     pub target: AgentTarget,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RouteMatch {
     Exact(String),
     Prefix(String),
@@ -180,7 +193,9 @@ pub enum NumberPrivacy {
     /// Keep the last 4 digits.
     Masked,
     /// HMAC-SHA256 with a secret salt, hex.
-    Hashed { salt: Vec<u8> },
+    Hashed {
+        salt: Vec<u8>,
+    },
 }
 
 impl std::fmt::Debug for NumberPrivacy {
@@ -230,10 +245,117 @@ pub enum LogFormat {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+impl ConfigError {
+    /// An error about a file that is not the config itself (a certificate, a key): `path: msg`.
+    pub fn in_file(path: &Path, msg: impl std::fmt::Display) -> ConfigError {
+        ConfigError(format!("{}: {msg}", path.display()))
+    }
+}
+
 impl Config {
-    /// Reads, parses and validates `path`, including the certificate files it names.
+    /// Reads, parses and validates `path`, including the certificate files it names: each chain
+    /// and key is loaded, the key checked against its certificate, and every rustls config built.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let _ = path;
-        unimplemented!("config stub")
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::in_file(path, format!("cannot read the configuration file: {e}"))
+        })?;
+        let config = Config::parse_str(&text, path)?;
+        config.check_tls()?;
+        Ok(config)
+    }
+
+    /// Parses and validates `text` as if read from `path` (used for error positions and to
+    /// resolve relative paths). Certificate files are not touched; the one file it reads is
+    /// `audit.hash_salt_file` with `number_privacy = "hashed"`, because the typed value holds
+    /// the salt.
+    pub fn parse_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let ctx = convert::Ctx { path, text, base };
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+            let msg = e.message().trim_end().replace('\n', "; ");
+            match e.span() {
+                Some(span) => ctx.at(span, msg),
+                None => ConfigError::in_file(path, msg),
+            }
+        })?;
+        convert::convert(&ctx, raw)
+    }
+
+    /// Loads the certificate and key files and builds every rustls config sbc uses, so that
+    /// `check-config` finds what `run` would.
+    pub fn check_tls(&self) -> Result<(), ConfigError> {
+        crate::tls::sip_server_config(&self.tls, &self.sip)?;
+        crate::tls::agent_client_config(&self.agent)?;
+        crate::tls::carrier_client_config(&self.tls)?;
+        Ok(())
+    }
+}
+
+impl Tls12Suite {
+    /// Every suite the policy allows, in the default preference order.
+    pub const ALL: [Tls12Suite; 6] = convert::DEFAULT_TLS12_SUITES;
+
+    /// The IANA name, as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tls12Suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => {
+                "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"
+            }
+            Tls12Suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => {
+                "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"
+            }
+            Tls12Suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => {
+                "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"
+            }
+            Tls12Suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => {
+                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+            }
+            Tls12Suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => {
+                "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"
+            }
+            Tls12Suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => {
+                "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"
+            }
+        }
+    }
+
+    /// The suite with this IANA name (case-insensitive), if the policy allows it.
+    pub fn from_name(name: &str) -> Option<Tls12Suite> {
+        Tls12Suite::ALL
+            .into_iter()
+            .find(|s| s.name().eq_ignore_ascii_case(name))
+    }
+}
+
+impl SrtpSuiteName {
+    /// The RFC 4568 name, as written in `a=crypto` and in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            SrtpSuiteName::AesCm128HmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",
+            SrtpSuiteName::AesCm128HmacSha1_32 => "AES_CM_128_HMAC_SHA1_32",
+        }
+    }
+
+    /// The suite with this exact name, if the policy allows it.
+    pub fn from_name(name: &str) -> Option<SrtpSuiteName> {
+        [
+            SrtpSuiteName::AesCm128HmacSha1_80,
+            SrtpSuiteName::AesCm128HmacSha1_32,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
+    }
+}
+
+impl CodecName {
+    /// The RTP encoding name (`PCMU`, `PCMA`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CodecName::Pcmu => "PCMU",
+            CodecName::Pcma => "PCMA",
+        }
     }
 }

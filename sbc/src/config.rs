@@ -359,3 +359,278 @@ impl CodecName {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[tls]
+dev_self_signed = true
+[sip]
+listen = ["127.0.0.1:5061"]
+[[carriers]]
+name = "lo"
+source_cidrs = ["127.0.0.0/8"]
+[media]
+advertise_address = "127.0.0.1"
+[agent]
+[[agent.routes]]
+default = true
+url = "builtin:echo"
+[audit]
+path = "-"
+"#;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse_str(text, Path::new("/etc/sbc/t.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.sip.host, "127.0.0.1");
+        assert_eq!(c.sip.server_header, None);
+        assert_eq!(
+            (c.sip.t1, c.sip.t2, c.sip.t4),
+            (
+                Duration::from_millis(500),
+                Duration::from_secs(4),
+                Duration::from_secs(5)
+            )
+        );
+        assert_eq!(c.sip.ringing_after, Duration::from_secs(1));
+        assert_eq!(
+            (c.sip.session_expires.as_secs(), c.sip.min_se.as_secs()),
+            (1800, 90)
+        );
+        assert_eq!(c.tls.min_version, TlsVersion::Tls12);
+        assert_eq!(c.tls.tls12_suites, Tls12Suite::ALL);
+        assert!(!c.tls.require_client_certificate && c.tls.client_ca.is_none());
+        assert_eq!(c.carriers[0].max_concurrent_calls, 100);
+        assert_eq!(c.carriers[0].max_calls_per_second, 10);
+        assert_eq!(c.media.bind_address, IpAddr::from([0, 0, 0, 0]));
+        assert_eq!((c.media.port_first, c.media.port_last), (20000, 29999));
+        assert_eq!(c.media.codecs, [CodecName::Pcmu, CodecName::Pcma]);
+        assert_eq!(
+            c.srtp.suites,
+            [
+                SrtpSuiteName::AesCm128HmacSha1_80,
+                SrtpSuiteName::AesCm128HmacSha1_32
+            ]
+        );
+        assert_eq!(c.agent.connect_timeout, Duration::from_secs(3));
+        assert_eq!(
+            c.agent.passthrough_headers,
+            ["X-Twilio-CallSid", "P-Asserted-Identity", "Diversion"]
+        );
+        assert_eq!(
+            c.agent.default_account_sid,
+            "ACsbc00000000000000000000000000000"
+        );
+        assert!(matches!(c.audit.sink, AuditSink::Stdout));
+        assert!(matches!(c.audit.number_privacy, NumberPrivacy::AsIs));
+        assert!(c.metrics.is_none());
+        assert_eq!(c.limits.max_sdp_bytes, 8192);
+        assert_eq!(c.limits.drain_timeout, Duration::from_secs(30));
+        assert_eq!(c.log.format, LogFormat::Pretty);
+        assert_eq!(c.log.level, "info");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let text = MINIMAL.replace("path = \"-\"", "path = \"logs/audit.jsonl\"");
+        let c = parse(&text).unwrap();
+        match c.audit.sink {
+            AuditSink::File(p) => assert_eq!(p, Path::new("/etc/sbc/logs/audit.jsonl")),
+            AuditSink::Stdout => panic!("file expected"),
+        }
+    }
+
+    #[test]
+    fn host_is_required_off_loopback() {
+        let text = MINIMAL.replace(
+            "dev_self_signed = true",
+            "certificate = \"c.pem\"\nprivate_key = \"k.pem\"",
+        );
+        let err = parse(&text).unwrap_err();
+        assert!(
+            err.starts_with("/etc/sbc/t.toml: sip.host is required"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn column_counts_characters_not_bytes() {
+        // "=" is byte 6 but the 4th character of line 2.
+        assert_eq!(convert::line_col("a\nbé = x", 6), (2, 4));
+        assert_eq!(convert::line_col("abc", 0), (1, 1));
+        let text = MINIMAL.replace("name = \"lo\"", "name = \"é\"\nmax_calls_per_second = 0");
+        let err = parse(&text).unwrap_err();
+        let (line, _) = text
+            .lines()
+            .enumerate()
+            .find(|(_, l)| l.starts_with("max_calls_per_second"))
+            .map(|(i, l)| (i + 1, l))
+            .unwrap();
+        assert!(
+            err.starts_with(&format!("/etc/sbc/t.toml:{line}:24: ")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_sections_are_named() {
+        for (section, needle) in [
+            ("[media]\nadvertise_address = \"127.0.0.1\"\n", "[media]"),
+            ("[audit]\npath = \"-\"\n", "[audit]"),
+            (
+                "[[carriers]]\nname = \"lo\"\nsource_cidrs = [\"127.0.0.0/8\"]\n",
+                "[[carriers]]",
+            ),
+        ] {
+            let err = parse(&MINIMAL.replace(section, "")).unwrap_err();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn routes_are_checked() {
+        let two_defaults =
+            format!("{MINIMAL}[[agent.routes]]\ndefault = true\nurl = \"builtin:echo\"\n");
+        assert!(parse(&two_defaults)
+            .unwrap_err()
+            .contains("a second default route"));
+        for (url, why) in [
+            ("wss://", "no valid host name"),
+            ("wss://a b/", "spaces"),
+            ("wss://host:0/", "invalid port"),
+            ("wss://user:pw@host/", "credentials"),
+            ("https://host/", "must be a wss:// URL"),
+            ("builtin:music", "must be a wss:// URL"),
+        ] {
+            let err = parse(&MINIMAL.replace("builtin:echo", url)).unwrap_err();
+            assert!(err.contains(why), "{url}: {err}");
+        }
+        for url in [
+            "wss://[::1]:8443/ws",
+            "wss://agent.example?x=1&y=2",
+            "WSS://Agent.Example:443",
+        ] {
+            let c = parse(&MINIMAL.replace("builtin:echo", url)).unwrap();
+            assert_eq!(c.agent.routes[0].target, AgentTarget::Url(url.to_string()));
+        }
+    }
+
+    #[test]
+    fn hashed_number_privacy_reads_the_salt() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("sbc.toml");
+        let audit =
+            "[audit]\npath = \"-\"\nnumber_privacy = \"hashed\"\nhash_salt_file = \"salt\"\n";
+        let text = MINIMAL.replace("[audit]\npath = \"-\"\n", audit);
+
+        let err = Config::parse_str(&text, &cfg).unwrap_err().to_string();
+        assert!(err.contains("cannot read"), "{err}");
+
+        std::fs::write(dir.path().join("salt"), "short\n").unwrap();
+        let err = Config::parse_str(&text, &cfg).unwrap_err().to_string();
+        assert!(err.contains("fewer than 16 bytes"), "{err}");
+
+        std::fs::write(dir.path().join("salt"), "0123456789abcdef0123\n").unwrap();
+        let c = Config::parse_str(&text, &cfg).unwrap();
+        match &c.audit.number_privacy {
+            NumberPrivacy::Hashed { salt } => assert_eq!(salt, b"0123456789abcdef0123"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !format!("{c:?}").contains("0123456789abcdef"),
+            "salt must not be printed"
+        );
+
+        let err = parse(&MINIMAL.replace(
+            "[audit]\npath = \"-\"\n",
+            "[audit]\npath = \"-\"\nnumber_privacy = \"hashed\"\n",
+        ))
+        .unwrap_err();
+        assert!(err.contains("needs audit.hash_salt_file"), "{err}");
+    }
+
+    #[test]
+    fn cross_field_rules() {
+        let cases = [
+            (
+                "[sip]\n",
+                "[sip]\nt1_ms = 5000\n",
+                "sip.t2_ms (4000) must not be lower than sip.t1_ms (5000)",
+            ),
+            ("[sip]\n", "[sip]\nmin_se_secs = 60\n", "at least 90"),
+            (
+                "[sip]\n",
+                "[sip]\nserver_header = \"sbc\\r\\nX: y\"\n",
+                "without line breaks",
+            ),
+            (
+                "dev_self_signed = true",
+                "dev_self_signed = true\ncertificate = \"c.pem\"",
+                "remove tls.certificate",
+            ),
+            (
+                "dev_self_signed = true",
+                "dev_self_signed = true\nrequire_client_certificate = true",
+                "needs tls.client_ca",
+            ),
+            (
+                "dev_self_signed = true",
+                "dev_self_signed = true\nmin_version = \"1.2\"\ntls12_cipher_suites = []",
+                "is empty",
+            ),
+            (
+                "[audit]",
+                "[limits]\nmax_sdp_bytes = 20000\n[audit]",
+                "cannot exceed",
+            ),
+            (
+                "[audit]",
+                "[log]\nformat = \"xml\"\n[audit]",
+                "\"xml\" is not",
+            ),
+            (
+                "[audit]",
+                "[metrics]\nlisten = \"localhost\"\n[audit]",
+                "metrics.listen",
+            ),
+            (
+                "advertise_address = \"127.0.0.1\"",
+                "advertise_address = \"0.0.0.0\"",
+                "cannot be written in SDP",
+            ),
+            (
+                "advertise_address = \"127.0.0.1\"",
+                "advertise_address = \"127.0.0.1\"\ncodecs = [\"G729\"]",
+                "not supported",
+            ),
+            (
+                "source_cidrs = [\"127.0.0.0/8\"]",
+                "source_cidrs = []",
+                "source_cidrs is empty",
+            ),
+        ];
+        for (from, to, why) in cases {
+            let text = MINIMAL.replacen(from, to, 1);
+            assert_ne!(text, MINIMAL, "{from:?} not found");
+            let err = parse(&text).unwrap_err();
+            assert!(err.contains(why), "{to:?}: {err}");
+            assert!(err.starts_with("/etc/sbc/t.toml:"), "{err}");
+        }
+    }
+
+    #[test]
+    fn tls13_only_allows_an_empty_tls12_list() {
+        let text = MINIMAL.replace(
+            "dev_self_signed = true",
+            "dev_self_signed = true\nmin_version = \"1.3\"\ntls12_cipher_suites = []",
+        );
+        assert_eq!(parse(&text).unwrap().tls.min_version, TlsVersion::Tls13);
+    }
+}

@@ -49,6 +49,15 @@ pub fn sip_server_config(
             dev_self_signed(&sip.host)?
         }
     };
+    server_config(tls, provider, chain, key)
+}
+
+fn server_config(
+    tls: &TlsConfig,
+    provider: Arc<CryptoProvider>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions(tls.min_version))
         .map_err(|e| ConfigError(format!("TLS policy: {e}")))?;
@@ -189,7 +198,7 @@ fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> 
     if chain.is_empty() {
         return Err(ConfigError::in_file(
             path,
-            "no CERTIFICATE block in this PEM file",
+            "cannot read certificate: no CERTIFICATE block in this PEM file",
         ));
     }
     Ok(chain)
@@ -289,4 +298,283 @@ fn dev_self_signed(
         vec![cert.der().clone()],
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use rustls::{CipherSuite, ClientConnection, ProtocolVersion, ServerConnection};
+    use std::path::PathBuf;
+
+    /// A CA, a server certificate for `sbc.test` and a client certificate, as PEM files.
+    struct Pki {
+        dir: tempfile::TempDir,
+        ca_der: CertificateDer<'static>,
+    }
+
+    impl Pki {
+        fn new() -> Pki {
+            let dir = tempfile::tempdir().unwrap();
+            let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let ca = p.self_signed(&ca_key).unwrap();
+            std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+            for name in ["server", "client"] {
+                let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+                let cert = rcgen::CertificateParams::new(vec!["sbc.test".to_string()])
+                    .unwrap()
+                    .signed_by(&key, &ca, &ca_key)
+                    .unwrap();
+                std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
+                std::fs::write(
+                    dir.path().join(format!("{name}-key.pem")),
+                    key.serialize_pem(),
+                )
+                .unwrap();
+            }
+            Pki {
+                dir,
+                ca_der: ca.der().clone(),
+            }
+        }
+
+        fn path(&self, n: &str) -> PathBuf {
+            self.dir.path().join(n)
+        }
+
+        fn config(&self, tls_extra: &str) -> Config {
+            let text = format!(
+                "[sip]\nlisten = [\"0.0.0.0:5061\"]\nhost = \"sbc.test\"\n\
+                 [tls]\ncertificate = \"server.pem\"\nprivate_key = \"server-key.pem\"\n{tls_extra}\n\
+                 [[carriers]]\nname = \"c\"\nsource_cidrs = [\"192.0.2.0/24\"]\n\
+                 [media]\nadvertise_address = \"192.0.2.1\"\n\
+                 [agent]\nca_bundle = \"ca.pem\"\n[[agent.routes]]\ndefault = true\nurl = \"builtin:echo\"\n\
+                 [audit]\npath = \"-\"\n"
+            );
+            Config::parse_str(&text, &self.path("sbc.toml")).unwrap()
+        }
+
+        /// A client restricted to `versions` and (if non-empty) `suites`, trusting the test CA.
+        fn client(
+            &self,
+            versions: &[&'static SupportedProtocolVersion],
+            suites: &[SupportedCipherSuite],
+            with_cert: bool,
+        ) -> Arc<rustls::ClientConfig> {
+            let mut provider = aws_lc_rs::default_provider();
+            if !suites.is_empty() {
+                provider.cipher_suites = suites.to_vec();
+            }
+            let mut roots = RootCertStore::empty();
+            roots.add(self.ca_der.clone()).unwrap();
+            let b = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(roots);
+            Arc::new(if with_cert {
+                b.with_client_auth_cert(
+                    load_chain(&self.path("client.pem")).unwrap(),
+                    load_key(&self.path("client-key.pem")).unwrap(),
+                )
+                .unwrap()
+            } else {
+                b.with_no_client_auth()
+            })
+        }
+    }
+
+    /// Runs a handshake in memory; returns the negotiated version and suite.
+    fn handshake(
+        server: Arc<rustls::ServerConfig>,
+        client: Arc<rustls::ClientConfig>,
+    ) -> Result<(ProtocolVersion, CipherSuite), rustls::Error> {
+        handshake_to(server, client, "sbc.test")
+    }
+
+    fn handshake_to(
+        server: Arc<rustls::ServerConfig>,
+        client: Arc<rustls::ClientConfig>,
+        name: &str,
+    ) -> Result<(ProtocolVersion, CipherSuite), rustls::Error> {
+        let mut s = ServerConnection::new(server).unwrap();
+        let name = rustls_pki_types::ServerName::try_from(name.to_string()).unwrap();
+        let mut c = ClientConnection::new(client, name).unwrap();
+        for _ in 0..20 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                s.read_tls(&mut rd).unwrap();
+            }
+            s.process_new_packets()?;
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+            }
+            c.process_new_packets()?;
+            if !s.is_handshaking() && !c.is_handshaking() {
+                // The client's last flight (its Finished, or an alert) must reach the server.
+                let mut buf = Vec::new();
+                while c.wants_write() {
+                    c.write_tls(&mut buf).unwrap();
+                }
+                let mut rd = &buf[..];
+                while !rd.is_empty() {
+                    s.read_tls(&mut rd).unwrap();
+                }
+                s.process_new_packets()?;
+                return Ok((
+                    s.protocol_version().unwrap(),
+                    s.negotiated_cipher_suite().unwrap().suite(),
+                ));
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    use aws_lc_rs::cipher_suite as cs;
+    const TLS12: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    const TLS13: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+    fn server(c: &Config) -> Arc<rustls::ServerConfig> {
+        sip_server_config(&c.tls, &c.sip).unwrap()
+    }
+
+    #[test]
+    fn tls13_is_always_offered_and_preferred() {
+        let pki = Pki::new();
+        let (v, _) = handshake(
+            server(&pki.config("")),
+            pki.client(rustls::DEFAULT_VERSIONS, &[], false),
+        )
+        .unwrap();
+        assert_eq!(v, ProtocolVersion::TLSv1_3);
+    }
+
+    #[test]
+    fn tls12_uses_the_configured_ecdhe_aead_suites_in_our_order() {
+        let pki = Pki::new();
+        let c = pki.config("tls12_cipher_suites = [\"TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256\", \"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256\"]");
+        let client = pki.client(
+            TLS12,
+            &[
+                cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            ],
+            false,
+        );
+        let (v, suite) = handshake(server(&c), client).unwrap();
+        assert_eq!(v, ProtocolVersion::TLSv1_2);
+        assert_eq!(
+            suite,
+            CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        );
+
+        // A suite the client offers but the config leaves out is never chosen.
+        let client = pki.client(TLS12, &[cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384], false);
+        assert!(handshake(server(&c), client).is_err());
+    }
+
+    #[test]
+    fn min_version_1_3_refuses_tls12_clients() {
+        let pki = Pki::new();
+        let c = pki.config("min_version = \"1.3\"");
+        assert!(handshake(server(&c), pki.client(TLS12, &[], false)).is_err());
+        assert!(handshake(server(&c), pki.client(TLS13, &[], false)).is_ok());
+    }
+
+    #[test]
+    fn no_early_data() {
+        let pki = Pki::new();
+        let s = server(&pki.config(""));
+        assert_eq!(s.max_early_data_size, 0);
+        assert!(!s.send_half_rtt_data);
+        let a = agent_client_config(&pki.config("").agent).unwrap();
+        assert!(!a.enable_early_data);
+        assert!(a.alpn_protocols.is_empty());
+    }
+
+    #[test]
+    fn client_certificates_are_verified_when_required() {
+        let pki = Pki::new();
+        let c = pki.config("client_ca = \"ca.pem\"\nrequire_client_certificate = true");
+        assert!(handshake(server(&c), pki.client(TLS13, &[], false)).is_err());
+        assert!(handshake(server(&c), pki.client(TLS13, &[], true)).is_ok());
+        let c = pki.config("client_ca = \"ca.pem\"");
+        assert!(handshake(server(&c), pki.client(TLS13, &[], false)).is_ok());
+    }
+
+    #[test]
+    fn agent_leg_is_tls13_only() {
+        let pki = Pki::new();
+        let c = pki.config("");
+        let agent = agent_client_config(&c.agent).unwrap();
+        let (v, _) = handshake(server(&c), agent.clone()).unwrap();
+        assert_eq!(v, ProtocolVersion::TLSv1_3);
+        // A server that only speaks TLS 1.2 is refused.
+        let only12 = rustls::ServerConfig::builder_with_provider(provider(
+            TlsVersion::Tls12,
+            &Tls12Suite::ALL,
+        ))
+        .with_protocol_versions(TLS12)
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            load_chain(&pki.path("server.pem")).unwrap(),
+            load_key(&pki.path("server-key.pem")).unwrap(),
+        )
+        .unwrap();
+        assert!(handshake(Arc::new(only12), agent).is_err());
+    }
+
+    #[test]
+    fn carrier_client_follows_the_listener_policy() {
+        let pki = Pki::new();
+        let c = pki.config("client_ca = \"ca.pem\"\nmin_version = \"1.3\"");
+        let carrier = carrier_client_config(&c.tls).unwrap();
+        let (v, _) = handshake(server(&c), carrier).unwrap();
+        assert_eq!(v, ProtocolVersion::TLSv1_3);
+    }
+
+    #[test]
+    fn dev_certificate_only_on_loopback() {
+        let pki = Pki::new();
+        let mut c = pki.config("");
+        c.tls.identity = TlsIdentity::DevSelfSigned;
+        let err = sip_server_config(&c.tls, &c.sip).unwrap_err().to_string();
+        assert!(err.contains("not a loopback address"), "{err}");
+        c.sip.listen = vec![
+            "127.0.0.1:5061".parse().unwrap(),
+            "[::1]:5061".parse().unwrap(),
+        ];
+        sip_server_config(&c.tls, &c.sip).unwrap();
+
+        // The generated certificate verifies for sip.host, localhost and both loopback addresses
+        // once a client trusts it.
+        let (chain, key) = dev_self_signed("sbc.test").unwrap();
+        let server =
+            server_config(&c.tls, provider(TlsVersion::Tls13, &[]), chain.clone(), key).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(chain[0].clone()).unwrap();
+        let client = Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider(TlsVersion::Tls13, &[]))
+                .with_protocol_versions(TLS13)
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        for name in ["sbc.test", "localhost", "127.0.0.1", "::1"] {
+            handshake_to(server.clone(), client.clone(), name)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        assert!(handshake_to(server, client, "other.test").is_err());
+    }
 }

@@ -856,12 +856,14 @@ fn audit(ctx: &Ctx, r: raw::RawAudit) -> Result<AuditConfig, ConfigError> {
             }
             NumberPrivacy::Hashed { salt }
         }
-        other => return Err(ctx.at_opt(
-            privacy_span,
-            format!(
+        other => {
+            return Err(ctx.at_opt(
+                privacy_span,
+                format!(
                 "audit.number_privacy: {other:?} is not one of \"as-is\", \"masked\", \"hashed\""
             ),
-        )),
+            ))
+        }
     };
     Ok(AuditConfig {
         sink,

@@ -633,4 +633,70 @@ path = "-"
         );
         assert_eq!(parse(&text).unwrap().tls.min_version, TlsVersion::Tls13);
     }
+
+    /// Every key the raw layer accepts, per table, read back from serde's own
+    /// `unknown field ..., expected one of ...` message so the list cannot go stale.
+    fn accepted_keys() -> Vec<(&'static str, Vec<String>)> {
+        fn keys<T: serde::de::DeserializeOwned + std::fmt::Debug>(
+            table: &'static str,
+        ) -> (&'static str, Vec<String>) {
+            let err = toml::from_str::<T>("zz_not_a_key = 1")
+                .unwrap_err()
+                .message()
+                .to_string();
+            // serde says "expected `a`", "expected `a` or `b`" or "expected one of `a`, `b`, ...".
+            let list = err
+                .split("expected ")
+                .nth(1)
+                .unwrap_or_else(|| panic!("{err}"));
+            let list = list.trim_start_matches("one of ").replace(" or ", ", ");
+            let keys = list
+                .split(", ")
+                .map(|k| k.trim_matches('`').to_string())
+                .collect();
+            (table, keys)
+        }
+        vec![
+            keys::<raw::RawSip>("sip"),
+            keys::<raw::RawTls>("tls"),
+            keys::<raw::RawCarrier>("carriers"),
+            keys::<raw::RawMedia>("media"),
+            keys::<raw::RawSrtp>("srtp"),
+            keys::<raw::RawAgent>("agent"),
+            keys::<raw::RawRoute>("agent.routes"),
+            keys::<raw::RawAudit>("audit"),
+            keys::<raw::RawMetrics>("metrics"),
+            keys::<raw::RawLimits>("limits"),
+            keys::<raw::RawLog>("log"),
+        ]
+    }
+
+    #[test]
+    fn production_example_and_reference_document_every_key() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let example =
+            std::fs::read_to_string(root.join("configs/production.example.toml")).unwrap();
+        let reference = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+        let mut n = 0;
+        for (table, keys) in accepted_keys() {
+            for key in keys {
+                // Set or commented out, at the start of a line.
+                let in_example = example.lines().any(|l| {
+                    let l = l.trim_start_matches("# ");
+                    l.starts_with(&format!("{key} =")) || l == format!("[[{table}.{key}]]")
+                });
+                assert!(
+                    in_example,
+                    "[{table}] {key} missing from production.example.toml"
+                );
+                assert!(
+                    reference.contains(&format!("| `{key}` |"))
+                        || reference.contains(&format!("`[[{table}.{key}]]`")),
+                    "[{table}] {key} missing from docs/configuration.md"
+                );
+                n += 1;
+            }
+        }
+        assert!(n > 50, "only {n} keys found");
+    }
 }

@@ -449,9 +449,20 @@ path = "-"
 
     #[test]
     fn host_is_required_off_loopback() {
-        let text = MINIMAL.replace(
+        let text = MINIMAL
+            .replace(
+                "dev_self_signed = true",
+                "certificate = \"c.pem\"\nprivate_key = \"k.pem\"",
+            )
+            .replace("127.0.0.1:5061", "0.0.0.0:5061");
+        let c = parse(&MINIMAL.replace(
             "dev_self_signed = true",
             "certificate = \"c.pem\"\nprivate_key = \"k.pem\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.sip.host, "127.0.0.1",
+            "loopback-only listeners default the host"
         );
         let err = parse(&text).unwrap_err();
         assert!(
@@ -483,7 +494,6 @@ path = "-"
     fn missing_sections_are_named() {
         for (section, needle) in [
             ("[media]\nadvertise_address = \"127.0.0.1\"\n", "[media]"),
-            ("[audit]\npath = \"-\"\n", "[audit]"),
             (
                 "[[carriers]]\nname = \"lo\"\nsource_cidrs = [\"127.0.0.0/8\"]\n",
                 "[[carriers]]",
@@ -491,6 +501,12 @@ path = "-"
         ] {
             let err = parse(&MINIMAL.replace(section, "")).unwrap_err();
             assert!(err.contains(needle), "{err}");
+        }
+        // [audit] is optional: records go to the default path.
+        let c = parse(&MINIMAL.replace("[audit]\npath = \"-\"\n", "")).unwrap();
+        match c.audit.sink {
+            AuditSink::File(p) => assert_eq!(p, Path::new("/var/log/sbc/audit.jsonl")),
+            AuditSink::Stdout => panic!("file expected"),
         }
     }
 

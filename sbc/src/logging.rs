@@ -1,6 +1,8 @@
 //! tracing-subscriber setup from `[log]`. Logs go to stderr (stdout may carry audit records when
 //! `audit.path = "-"`). `RUST_LOG`, when set, overrides `log.level` for one run.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{ConfigError, LogConfig, LogFormat};
@@ -16,7 +18,9 @@ pub fn init(log: &LogConfig) -> Result<(), ConfigError> {
         .map_err(|e| ConfigError(format!("log level {directive:?}: {e}")))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only on a terminal: journald and log shippers get plain text.
+        .with_ansi(std::io::stderr().is_terminal());
     let result = match log.format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder

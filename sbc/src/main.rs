@@ -13,7 +13,6 @@ use sbc::config::{Config, TlsIdentity};
 #[command(
     name = "sbc",
     version,
-    about,
     after_help = "Examples:\n  \
         sbc check-config /etc/sbc/sbc.toml     validate a config, its certificates and keys; exit 0 or 1\n  \
         sbc run --config /etc/sbc/sbc.toml     start the daemon (SIGTERM drains calls, then exits)\n\n\

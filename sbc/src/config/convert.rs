@@ -24,6 +24,7 @@ pub(crate) const DEFAULT_TLS12_SUITES: [Tls12Suite; 6] = [
 /// Headers copied into the agent's `customParameters` by default (Twilio's call identifiers).
 const DEFAULT_PASSTHROUGH: [&str; 3] = ["X-Twilio-CallSid", "P-Asserted-Identity", "Diversion"];
 const DEFAULT_ACCOUNT_SID: &str = "ACsbc00000000000000000000000000000";
+const DEFAULT_AUDIT_PATH: &str = "/var/log/sbc/audit.jsonl";
 
 /// Where errors point: the file's path (as given) and its text, for line/column.
 pub(crate) struct Ctx<'a> {
@@ -147,7 +148,7 @@ pub(crate) fn convert(ctx: &Ctx, raw: raw::RawConfig) -> Result<Config, ConfigEr
             "missing section [tls]: set certificate and private_key, or dev_self_signed = true",
         )
     })?;
-    let sip = sip(ctx, raw.sip.unwrap_or_default(), &tls_raw)?;
+    let sip = sip(ctx, raw.sip.unwrap_or_default())?;
     let tls = tls(ctx, tls_raw, &sip)?;
     let carriers = carriers(ctx, raw.carriers)?;
     let media = media(
@@ -163,12 +164,7 @@ pub(crate) fn convert(ctx: &Ctx, raw: raw::RawConfig) -> Result<Config, ConfigEr
             ctx.file("missing section [agent] (at least one [[agent.routes]] is required)")
         })?,
     )?;
-    let audit = audit(
-        ctx,
-        raw.audit.ok_or_else(|| {
-            ctx.file("missing section [audit] (audit.path is required; \"-\" = stdout)")
-        })?,
-    )?;
+    let audit = audit(ctx, raw.audit.unwrap_or_default())?;
     let metrics = raw.metrics.map(|m| metrics(ctx, m)).transpose()?;
     let limits = limits(ctx, raw.limits.unwrap_or_default())?;
     let log = log(ctx, raw.log.unwrap_or_default())?;
@@ -187,7 +183,7 @@ pub(crate) fn convert(ctx: &Ctx, raw: raw::RawConfig) -> Result<Config, ConfigEr
     })
 }
 
-fn sip(ctx: &Ctx, r: raw::RawSip, tls: &raw::RawTls) -> Result<SipConfig, ConfigError> {
+fn sip(ctx: &Ctx, r: raw::RawSip) -> Result<SipConfig, ConfigError> {
     let listen = match &r.listen {
         None => vec![
             SocketAddr::from(([0, 0, 0, 0], 5061)),
@@ -229,10 +225,9 @@ fn sip(ctx: &Ctx, r: raw::RawSip, tls: &raw::RawTls) -> Result<SipConfig, Config
             s.clone()
         }
         None => {
-            // A development setup on loopback may leave it out; anything public must say which
+            // A trial on loopback may leave it out; anything reachable from outside must say which
             // name carriers reach it by.
-            let dev = tls.dev_self_signed.as_ref().is_some_and(|d| *d.get_ref());
-            if dev && listen.iter().all(|a| a.ip().is_loopback()) {
+            if listen.iter().all(|a| a.ip().is_loopback()) {
                 listen[0].ip().to_string()
             } else {
                 return Err(ctx.file(
@@ -808,10 +803,10 @@ fn agent_target(ctx: &Ctx, url: &S<String>) -> Result<AgentTarget, ConfigError> 
 }
 
 fn audit(ctx: &Ctx, r: raw::RawAudit) -> Result<AuditConfig, ConfigError> {
-    let sink = if r.path.get_ref() == "-" {
-        AuditSink::Stdout
-    } else {
-        AuditSink::File(ctx.resolve(&r.path, "audit.path")?)
+    let sink = match &r.path {
+        None => AuditSink::File(PathBuf::from(DEFAULT_AUDIT_PATH)),
+        Some(p) if p.get_ref() == "-" => AuditSink::Stdout,
+        Some(p) => AuditSink::File(ctx.resolve(p, "audit.path")?),
     };
     let (fsync, _) = val(&r.fsync, false);
     let (privacy, privacy_span) = val(&r.number_privacy, "as-is".to_string());

@@ -98,10 +98,10 @@ pub(crate) struct RawRoute {
     pub url: S<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAudit {
-    pub path: S<String>,
+    pub path: Option<S<String>>,
     pub fsync: Option<S<bool>>,
     pub number_privacy: Option<S<String>>,
     pub hash_salt_file: Option<S<String>>,

@@ -632,6 +632,18 @@ path = "-"
                 "source_cidrs is empty",
             ),
         ];
+        let cases = cases.into_iter().chain([
+            (
+                "source_cidrs = [\"127.0.0.0/8\"]",
+                "source_cidrs = [\"127.0.0.0/8\"]\ncertificate_names = [\"carrier.example\"]",
+                "needs tls.client_ca",
+            ),
+            (
+                "advertise_address = \"127.0.0.1\"",
+                "advertise_address = \"127.0.0.1\"\nport_min = 20001\nport_max = 20002",
+                "no even RTP port",
+            ),
+        ]);
         for (from, to, why) in cases {
             let text = MINIMAL.replacen(from, to, 1);
             assert_ne!(text, MINIMAL, "{from:?} not found");

@@ -150,7 +150,7 @@ pub(crate) fn convert(ctx: &Ctx, raw: raw::RawConfig) -> Result<Config, ConfigEr
     })?;
     let sip = sip(ctx, raw.sip.unwrap_or_default())?;
     let tls = tls(ctx, tls_raw, &sip)?;
-    let carriers = carriers(ctx, raw.carriers)?;
+    let carriers = carriers(ctx, raw.carriers, tls.client_ca.is_some())?;
     let media = media(
         ctx,
         raw.media.ok_or_else(|| {
@@ -423,6 +423,7 @@ fn tls(ctx: &Ctx, r: raw::RawTls, sip: &SipConfig) -> Result<TlsConfig, ConfigEr
 fn carriers(
     ctx: &Ctx,
     r: Option<S<Vec<S<raw::RawCarrier>>>>,
+    has_client_ca: bool,
 ) -> Result<Vec<CarrierConfig>, ConfigError> {
     let Some(list) = r.filter(|l| !l.get_ref().is_empty()) else {
         return Err(
@@ -477,6 +478,14 @@ fn carriers(
         let certificate_names = match &c.certificate_names {
             None => Vec::new(),
             Some(l) => {
+                if !l.get_ref().is_empty() && !has_client_ca {
+                    // Without a CA no certificate is asked for, so the names could never be
+                    // checked: refuse rather than let a security setting do nothing.
+                    return Err(ctx.at(
+                        l.span(),
+                        format!("carrier {name:?}: certificate_names needs tls.client_ca to verify carrier certificates"),
+                    ));
+                }
                 for n in l.get_ref() {
                     if !valid_host(n.get_ref()) || n.get_ref().parse::<IpAddr>().is_ok() {
                         return Err(ctx.at(
@@ -545,6 +554,14 @@ fn media(ctx: &Ctx, r: raw::RawMedia) -> Result<MediaConfig, ConfigError> {
         return Err(ctx.at_opt(
             first_span.or(last_span.clone()),
             format!("media port range is inverted or empty: port_min ({port_first}) must be lower than port_max ({port_last})"),
+        ));
+    }
+    // RTP takes an even port and RTCP the odd one after it: the range must hold one such pair.
+    let first_even = port_first + port_first % 2;
+    if first_even >= port_last {
+        return Err(ctx.at_opt(
+            first_span.or(last_span),
+            format!("media port range {port_first}-{port_last} holds no even RTP port with its RTCP port after it"),
         ));
     }
     let rtp_timeout = secs(ctx, &r.rtp_timeout_secs, 30, "media.rtp_timeout_secs")?;

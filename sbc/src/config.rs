@@ -1,8 +1,18 @@
 //! Configuration: TOML parsed into a raw serde layer (`deny_unknown_fields`), then converted once
 //! into the typed values below, so that impossible values cannot exist past `Config::load`.
 //!
-//! INTERFACE STUB: the typed structs below are the contract the rest of the daemon uses. The
-//! config helper writes the raw layer, the conversion and the errors, and may add fields.
+//! Two steps, two files: `config/raw.rs` is what the TOML says (every value with its byte span),
+//! `config/convert.rs` turns it into the types below and refuses what the policy forbids. Errors
+//! read `file:line:column: message`, or `file: message` for a key that is missing or a
+//! certificate file that is wrong.
+//!
+//! [`Config::parse_str`] reads no certificate file (used to check the shipped examples);
+//! [`Config::load`] also loads every certificate and key and builds the rustls configs, which is
+//! what `sbc check-config` and `sbc run` do. Relative paths resolve against the config file's
+//! directory.
+
+mod convert;
+mod raw;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -148,7 +158,7 @@ pub struct Route {
     pub target: AgentTarget,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RouteMatch {
     Exact(String),
     Prefix(String),
@@ -235,10 +245,486 @@ pub enum LogFormat {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+impl ConfigError {
+    /// An error about a file that is not the config itself (a certificate, a key): `path: msg`.
+    pub fn in_file(path: &Path, msg: impl std::fmt::Display) -> ConfigError {
+        ConfigError(format!("{}: {msg}", path.display()))
+    }
+}
+
 impl Config {
-    /// Reads, parses and validates `path`, including the certificate files it names.
+    /// Reads, parses and validates `path`, including the certificate files it names: each chain
+    /// and key is loaded, the key checked against its certificate, and every rustls config built.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let _ = path;
-        unimplemented!("config stub")
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::in_file(path, format!("cannot read the configuration file: {e}"))
+        })?;
+        let config = Config::parse_str(&text, path)?;
+        config.check_tls()?;
+        Ok(config)
+    }
+
+    /// Parses and validates `text` as if read from `path` (used for error positions and to
+    /// resolve relative paths). Certificate files are not touched; the one file it reads is
+    /// `audit.hash_salt_file` with `number_privacy = "hashed"`, because the typed value holds
+    /// the salt.
+    pub fn parse_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let ctx = convert::Ctx { path, text, base };
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+            let msg = e.message().trim_end().replace('\n', "; ");
+            match e.span() {
+                Some(span) => ctx.at(span, msg),
+                None => ConfigError::in_file(path, msg),
+            }
+        })?;
+        convert::convert(&ctx, raw)
+    }
+
+    /// Loads the certificate and key files and builds every rustls config sbc uses, so that
+    /// `check-config` finds what `run` would.
+    pub fn check_tls(&self) -> Result<(), ConfigError> {
+        crate::tls::sip_server_config(&self.tls, &self.sip)?;
+        crate::tls::agent_client_config(&self.agent)?;
+        crate::tls::carrier_client_config(&self.tls)?;
+        Ok(())
+    }
+}
+
+impl Tls12Suite {
+    /// Every suite the policy allows, in the default preference order.
+    pub const ALL: [Tls12Suite; 6] = convert::DEFAULT_TLS12_SUITES;
+
+    /// The IANA name, as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tls12Suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => {
+                "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"
+            }
+            Tls12Suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => {
+                "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"
+            }
+            Tls12Suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => {
+                "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"
+            }
+            Tls12Suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => {
+                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+            }
+            Tls12Suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => {
+                "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"
+            }
+            Tls12Suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => {
+                "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"
+            }
+        }
+    }
+
+    /// The suite with this IANA name (case-insensitive), if the policy allows it.
+    pub fn from_name(name: &str) -> Option<Tls12Suite> {
+        Tls12Suite::ALL
+            .into_iter()
+            .find(|s| s.name().eq_ignore_ascii_case(name))
+    }
+}
+
+impl SrtpSuiteName {
+    /// The RFC 4568 name, as written in `a=crypto` and in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            SrtpSuiteName::AesCm128HmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",
+            SrtpSuiteName::AesCm128HmacSha1_32 => "AES_CM_128_HMAC_SHA1_32",
+        }
+    }
+
+    /// The suite with this exact name, if the policy allows it.
+    pub fn from_name(name: &str) -> Option<SrtpSuiteName> {
+        [
+            SrtpSuiteName::AesCm128HmacSha1_80,
+            SrtpSuiteName::AesCm128HmacSha1_32,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
+    }
+}
+
+impl CodecName {
+    /// The RTP encoding name (`PCMU`, `PCMA`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CodecName::Pcmu => "PCMU",
+            CodecName::Pcma => "PCMA",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[tls]
+dev_self_signed = true
+[sip]
+listen = ["127.0.0.1:5061"]
+[[carriers]]
+name = "lo"
+source_cidrs = ["127.0.0.0/8"]
+[media]
+advertise_address = "127.0.0.1"
+[agent]
+[[agent.routes]]
+default = true
+url = "builtin:echo"
+[audit]
+path = "-"
+"#;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse_str(text, Path::new("/etc/sbc/t.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.sip.host, "127.0.0.1");
+        assert_eq!(c.sip.server_header, None);
+        assert_eq!(
+            (c.sip.t1, c.sip.t2, c.sip.t4),
+            (
+                Duration::from_millis(500),
+                Duration::from_secs(4),
+                Duration::from_secs(5)
+            )
+        );
+        assert_eq!(c.sip.ringing_after, Duration::from_secs(1));
+        assert_eq!(
+            (c.sip.session_expires.as_secs(), c.sip.min_se.as_secs()),
+            (1800, 90)
+        );
+        assert_eq!(c.tls.min_version, TlsVersion::Tls12);
+        assert_eq!(c.tls.tls12_suites, Tls12Suite::ALL);
+        assert!(!c.tls.require_client_certificate && c.tls.client_ca.is_none());
+        assert_eq!(c.carriers[0].max_concurrent_calls, 100);
+        assert_eq!(c.carriers[0].max_calls_per_second, 10);
+        assert_eq!(c.media.bind_address, IpAddr::from([0, 0, 0, 0]));
+        assert_eq!((c.media.port_first, c.media.port_last), (20000, 29999));
+        assert_eq!(c.media.codecs, [CodecName::Pcmu, CodecName::Pcma]);
+        assert_eq!(
+            c.srtp.suites,
+            [
+                SrtpSuiteName::AesCm128HmacSha1_80,
+                SrtpSuiteName::AesCm128HmacSha1_32
+            ]
+        );
+        assert_eq!(c.agent.connect_timeout, Duration::from_secs(3));
+        assert_eq!(
+            c.agent.passthrough_headers,
+            ["X-Twilio-CallSid", "P-Asserted-Identity", "Diversion"]
+        );
+        assert_eq!(
+            c.agent.default_account_sid,
+            "ACsbc00000000000000000000000000000"
+        );
+        assert!(matches!(c.audit.sink, AuditSink::Stdout));
+        assert!(matches!(c.audit.number_privacy, NumberPrivacy::AsIs));
+        assert!(c.metrics.is_none());
+        assert_eq!(c.limits.max_sdp_bytes, 8192);
+        assert_eq!(c.limits.drain_timeout, Duration::from_secs(30));
+        assert_eq!(c.log.format, LogFormat::Pretty);
+        assert_eq!(c.log.level, "info");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let text = MINIMAL.replace("path = \"-\"", "path = \"logs/audit.jsonl\"");
+        let c = parse(&text).unwrap();
+        match c.audit.sink {
+            AuditSink::File(p) => assert_eq!(p, Path::new("/etc/sbc/logs/audit.jsonl")),
+            AuditSink::Stdout => panic!("file expected"),
+        }
+    }
+
+    #[test]
+    fn host_is_required_off_loopback() {
+        let text = MINIMAL
+            .replace(
+                "dev_self_signed = true",
+                "certificate = \"c.pem\"\nprivate_key = \"k.pem\"",
+            )
+            .replace("127.0.0.1:5061", "0.0.0.0:5061");
+        let c = parse(&MINIMAL.replace(
+            "dev_self_signed = true",
+            "certificate = \"c.pem\"\nprivate_key = \"k.pem\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.sip.host, "127.0.0.1",
+            "loopback-only listeners default the host"
+        );
+        let err = parse(&text).unwrap_err();
+        assert!(
+            err.starts_with("/etc/sbc/t.toml: sip.host is required"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn column_counts_characters_not_bytes() {
+        // "=" is byte 6 but the 4th character of line 2.
+        assert_eq!(convert::line_col("a\nbé = x", 6), (2, 4));
+        assert_eq!(convert::line_col("abc", 0), (1, 1));
+        let text = MINIMAL.replace("name = \"lo\"", "name = \"é\"\nmax_calls_per_second = 0");
+        let err = parse(&text).unwrap_err();
+        let (line, _) = text
+            .lines()
+            .enumerate()
+            .find(|(_, l)| l.starts_with("max_calls_per_second"))
+            .map(|(i, l)| (i + 1, l))
+            .unwrap();
+        assert!(
+            err.starts_with(&format!("/etc/sbc/t.toml:{line}:24: ")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_sections_are_named() {
+        for (section, needle) in [
+            ("[media]\nadvertise_address = \"127.0.0.1\"\n", "[media]"),
+            (
+                "[[carriers]]\nname = \"lo\"\nsource_cidrs = [\"127.0.0.0/8\"]\n",
+                "[[carriers]]",
+            ),
+        ] {
+            let err = parse(&MINIMAL.replace(section, "")).unwrap_err();
+            assert!(err.contains(needle), "{err}");
+        }
+        // [audit] is optional: records go to the default path.
+        let c = parse(&MINIMAL.replace("[audit]\npath = \"-\"\n", "")).unwrap();
+        match c.audit.sink {
+            AuditSink::File(p) => assert_eq!(p, Path::new("/var/log/sbc/audit.jsonl")),
+            AuditSink::Stdout => panic!("file expected"),
+        }
+    }
+
+    #[test]
+    fn routes_are_checked() {
+        let two_defaults =
+            format!("{MINIMAL}[[agent.routes]]\ndefault = true\nurl = \"builtin:echo\"\n");
+        assert!(parse(&two_defaults)
+            .unwrap_err()
+            .contains("a second default route"));
+        for (url, why) in [
+            ("wss://", "no valid host name"),
+            ("wss://a b/", "spaces"),
+            ("wss://host:0/", "invalid port"),
+            ("wss://user:pw@host/", "credentials"),
+            ("https://host/", "must be a wss:// URL"),
+            ("builtin:music", "must be a wss:// URL"),
+        ] {
+            let err = parse(&MINIMAL.replace("builtin:echo", url)).unwrap_err();
+            assert!(err.contains(why), "{url}: {err}");
+        }
+        for url in [
+            "wss://[::1]:8443/ws",
+            "wss://agent.example?x=1&y=2",
+            "WSS://Agent.Example:443",
+        ] {
+            let c = parse(&MINIMAL.replace("builtin:echo", url)).unwrap();
+            assert_eq!(c.agent.routes[0].target, AgentTarget::Url(url.to_string()));
+        }
+    }
+
+    #[test]
+    fn hashed_number_privacy_reads_the_salt() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("sbc.toml");
+        let audit =
+            "[audit]\npath = \"-\"\nnumber_privacy = \"hashed\"\nhash_salt_file = \"salt\"\n";
+        let text = MINIMAL.replace("[audit]\npath = \"-\"\n", audit);
+
+        let err = Config::parse_str(&text, &cfg).unwrap_err().to_string();
+        assert!(err.contains("cannot read"), "{err}");
+
+        std::fs::write(dir.path().join("salt"), "short\n").unwrap();
+        let err = Config::parse_str(&text, &cfg).unwrap_err().to_string();
+        assert!(err.contains("fewer than 16 bytes"), "{err}");
+
+        std::fs::write(dir.path().join("salt"), "0123456789abcdef0123\n").unwrap();
+        let c = Config::parse_str(&text, &cfg).unwrap();
+        match &c.audit.number_privacy {
+            NumberPrivacy::Hashed { salt } => assert_eq!(salt, b"0123456789abcdef0123"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !format!("{c:?}").contains("0123456789abcdef"),
+            "salt must not be printed"
+        );
+
+        let err = parse(&MINIMAL.replace(
+            "[audit]\npath = \"-\"\n",
+            "[audit]\npath = \"-\"\nnumber_privacy = \"hashed\"\n",
+        ))
+        .unwrap_err();
+        assert!(err.contains("needs audit.hash_salt_file"), "{err}");
+    }
+
+    #[test]
+    fn cross_field_rules() {
+        let cases = [
+            (
+                "[sip]\n",
+                "[sip]\nt1_ms = 5000\n",
+                "sip.t2_ms (4000) must not be lower than sip.t1_ms (5000)",
+            ),
+            ("[sip]\n", "[sip]\nmin_se_secs = 60\n", "at least 90"),
+            (
+                "[sip]\n",
+                "[sip]\nserver_header = \"sbc\\r\\nX: y\"\n",
+                "without line breaks",
+            ),
+            (
+                "dev_self_signed = true",
+                "dev_self_signed = true\ncertificate = \"c.pem\"",
+                "remove tls.certificate",
+            ),
+            (
+                "dev_self_signed = true",
+                "dev_self_signed = true\nrequire_client_certificate = true",
+                "needs tls.client_ca",
+            ),
+            (
+                "dev_self_signed = true",
+                "dev_self_signed = true\nmin_version = \"1.2\"\ntls12_cipher_suites = []",
+                "is empty",
+            ),
+            (
+                "[audit]",
+                "[limits]\nmax_sdp_bytes = 20000\n[audit]",
+                "cannot exceed",
+            ),
+            (
+                "[audit]",
+                "[log]\nformat = \"xml\"\n[audit]",
+                "\"xml\" is not",
+            ),
+            (
+                "[audit]",
+                "[metrics]\nlisten = \"localhost\"\n[audit]",
+                "metrics.listen",
+            ),
+            (
+                "advertise_address = \"127.0.0.1\"",
+                "advertise_address = \"0.0.0.0\"",
+                "cannot be written in SDP",
+            ),
+            (
+                "advertise_address = \"127.0.0.1\"",
+                "advertise_address = \"127.0.0.1\"\ncodecs = [\"G729\"]",
+                "not supported",
+            ),
+            (
+                "source_cidrs = [\"127.0.0.0/8\"]",
+                "source_cidrs = []",
+                "source_cidrs is empty",
+            ),
+        ];
+        let cases = cases.into_iter().chain([
+            (
+                "source_cidrs = [\"127.0.0.0/8\"]",
+                "source_cidrs = [\"127.0.0.0/8\"]\ncertificate_names = [\"carrier.example\"]",
+                "needs tls.client_ca",
+            ),
+            (
+                "advertise_address = \"127.0.0.1\"",
+                "advertise_address = \"127.0.0.1\"\nport_min = 20001\nport_max = 20002",
+                "no even RTP port",
+            ),
+        ]);
+        for (from, to, why) in cases {
+            let text = MINIMAL.replacen(from, to, 1);
+            assert_ne!(text, MINIMAL, "{from:?} not found");
+            let err = parse(&text).unwrap_err();
+            assert!(err.contains(why), "{to:?}: {err}");
+            assert!(err.starts_with("/etc/sbc/t.toml:"), "{err}");
+        }
+    }
+
+    #[test]
+    fn tls13_only_allows_an_empty_tls12_list() {
+        let text = MINIMAL.replace(
+            "dev_self_signed = true",
+            "dev_self_signed = true\nmin_version = \"1.3\"\ntls12_cipher_suites = []",
+        );
+        assert_eq!(parse(&text).unwrap().tls.min_version, TlsVersion::Tls13);
+    }
+
+    /// Every key the raw layer accepts, per table, read back from serde's own
+    /// `unknown field ..., expected one of ...` message so the list cannot go stale.
+    fn accepted_keys() -> Vec<(&'static str, Vec<String>)> {
+        fn keys<T: serde::de::DeserializeOwned + std::fmt::Debug>(
+            table: &'static str,
+        ) -> (&'static str, Vec<String>) {
+            let err = toml::from_str::<T>("zz_not_a_key = 1")
+                .unwrap_err()
+                .message()
+                .to_string();
+            // serde says "expected `a`", "expected `a` or `b`" or "expected one of `a`, `b`, ...".
+            let list = err
+                .split("expected ")
+                .nth(1)
+                .unwrap_or_else(|| panic!("{err}"));
+            let list = list.trim_start_matches("one of ").replace(" or ", ", ");
+            let keys = list
+                .split(", ")
+                .map(|k| k.trim_matches('`').to_string())
+                .collect();
+            (table, keys)
+        }
+        vec![
+            keys::<raw::RawSip>("sip"),
+            keys::<raw::RawTls>("tls"),
+            keys::<raw::RawCarrier>("carriers"),
+            keys::<raw::RawMedia>("media"),
+            keys::<raw::RawSrtp>("srtp"),
+            keys::<raw::RawAgent>("agent"),
+            keys::<raw::RawRoute>("agent.routes"),
+            keys::<raw::RawAudit>("audit"),
+            keys::<raw::RawMetrics>("metrics"),
+            keys::<raw::RawLimits>("limits"),
+            keys::<raw::RawLog>("log"),
+        ]
+    }
+
+    #[test]
+    fn production_example_and_reference_document_every_key() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let example =
+            std::fs::read_to_string(root.join("configs/production.example.toml")).unwrap();
+        let reference = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+        let mut n = 0;
+        for (table, keys) in accepted_keys() {
+            for key in keys {
+                // Set or commented out, at the start of a line.
+                let in_example = example.lines().any(|l| {
+                    let l = l.trim_start_matches("# ");
+                    l.starts_with(&format!("{key} =")) || l == format!("[[{table}.{key}]]")
+                });
+                assert!(
+                    in_example,
+                    "[{table}] {key} missing from production.example.toml"
+                );
+                assert!(
+                    reference.contains(&format!("| `{key}` |"))
+                        || reference.contains(&format!("`[[{table}.{key}]]`")),
+                    "[{table}] {key} missing from docs/configuration.md"
+                );
+                n += 1;
+            }
+        }
+        assert!(n > 50, "only {n} keys found");
     }
 }

@@ -1,11 +1,25 @@
 //! Every rustls configuration sbc uses is built here, and only here. Anything that weakens
-//! verification is named `danger_*`.
+//! verification is named `danger_*` (there is none today).
 //!
-//! INTERFACE STUB: the config helper implements these.
+//! Policy (HIPAA 164.312(e), SOC 2): TLS 1.3 is always offered, with its three AEAD suites; TLS
+//! 1.2 only when `tls.min_version = "1.2"`, and then only ECDHE key exchange with AEAD ciphers
+//! (the `Tls12Suite` enum cannot name anything else). No 0-RTT anywhere. The agent leg is TLS 1.3
+//! only. Each config gets its own `CryptoProvider` (aws-lc-rs, suites filtered), so nothing here
+//! depends on the process-wide default provider.
 
+use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::{AgentConfig, ConfigError, SipConfig, TlsConfig};
+use rustls::crypto::{aws_lc_rs, CryptoProvider};
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, SupportedCipherSuite, SupportedProtocolVersion};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::config::{
+    AgentConfig, ConfigError, SipConfig, Tls12Suite, TlsConfig, TlsIdentity, TlsVersion,
+};
 
 /// The SIP listener's server config: TLS 1.3, plus TLS 1.2 with the configured ECDHE+AEAD suites
 /// when `min_version` is 1.2; no 0-RTT; client certificates verified against `client_ca` if set.
@@ -15,21 +29,552 @@ pub fn sip_server_config(
     tls: &TlsConfig,
     sip: &SipConfig,
 ) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
-    let _ = (tls, sip);
-    unimplemented!("tls stub")
+    let provider = provider(tls.min_version, &tls.tls12_suites);
+    let (chain, key) = match &tls.identity {
+        TlsIdentity::Files {
+            certificate,
+            private_key,
+        } => {
+            let chain = load_chain(certificate)?;
+            let key = load_key(private_key)?;
+            check_key_matches(&provider, &chain, &key, certificate, private_key)?;
+            (chain, key)
+        }
+        TlsIdentity::DevSelfSigned => {
+            if let Some(a) = sip.listen.iter().find(|a| !a.ip().is_loopback()) {
+                return Err(ConfigError(format!(
+                    "tls.dev_self_signed is refused: sip.listen has {a}, which is not a loopback address"
+                )));
+            }
+            dev_self_signed(&sip.host)?
+        }
+    };
+    server_config(tls, provider, chain, key)
+}
+
+fn server_config(
+    tls: &TlsConfig,
+    provider: Arc<CryptoProvider>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions(tls.min_version))
+        .map_err(|e| ConfigError(format!("TLS policy: {e}")))?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let roots = load_roots(ca)?;
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            let verifier = if tls.require_client_certificate {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier.build().map_err(|e| {
+                ConfigError::in_file(
+                    ca,
+                    format!("cannot verify client certificates with this CA: {e}"),
+                )
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| ConfigError(format!("TLS server certificate refused: {e}")))?;
+    // No 0-RTT: early data is replayable. (Both are rustls defaults; set so a future default
+    // change cannot turn them on.)
+    config.max_early_data_size = 0;
+    config.send_half_rtt_data = false;
+    // Our suite order (strongest first, ECDSA first) wins over the client's.
+    config.ignore_client_order = true;
+    Ok(Arc::new(config))
 }
 
 /// The agent leg's client config: TLS 1.3 only, server verified against `ca_bundle` (or the
 /// webpki roots), optional client certificate (mTLS).
 pub fn agent_client_config(agent: &AgentConfig) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
-    let _ = agent;
-    unimplemented!("tls stub")
+    let provider = provider(TlsVersion::Tls13, &[]);
+    let roots = match &agent.ca_bundle {
+        Some(ca) => load_roots(ca)?,
+        None => webpki_roots(),
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ConfigError(format!("TLS policy: {e}")))?
+        .with_root_certificates(roots);
+    let mut config = match &agent.client_certificate {
+        None => builder.with_no_client_auth(),
+        Some((cert, key_path)) => {
+            let chain = load_chain(cert)?;
+            let key = load_key(key_path)?;
+            check_key_matches(&provider, &chain, &key, cert, key_path)?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                ConfigError::in_file(cert, format!("agent client certificate refused: {e}"))
+            })?
+        }
+    };
+    config.enable_early_data = false;
+    // No ALPN: the WebSocket upgrade is HTTP/1.1, and the agents in the field do not all offer it.
+    config.alpn_protocols.clear();
+    Ok(Arc::new(config))
 }
 
 /// Client config for requests sbc originates towards a carrier on a new connection (a BYE after
 /// the carrier's connection dropped): same version and suite policy as the listener, carrier
 /// certificate verified against `client_ca` if set, else the webpki roots.
 pub fn carrier_client_config(tls: &TlsConfig) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
-    let _ = tls;
-    unimplemented!("tls stub")
+    let provider = provider(tls.min_version, &tls.tls12_suites);
+    let roots = match &tls.client_ca {
+        Some(ca) => load_roots(ca)?,
+        None => webpki_roots(),
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(tls.min_version))
+        .map_err(|e| ConfigError(format!("TLS policy: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.enable_early_data = false;
+    Ok(Arc::new(config))
+}
+
+fn versions(min: TlsVersion) -> &'static [&'static SupportedProtocolVersion] {
+    static BOTH: [&SupportedProtocolVersion; 2] =
+        [&rustls::version::TLS13, &rustls::version::TLS12];
+    static TLS13_ONLY: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+    match min {
+        TlsVersion::Tls12 => &BOTH,
+        TlsVersion::Tls13 => &TLS13_ONLY,
+    }
+}
+
+/// aws-lc-rs with only the allowed suites: the three TLS 1.3 AEAD suites, then (when TLS 1.2 is
+/// allowed) the configured TLS 1.2 ones in config order. Key exchange groups are the provider's
+/// (X25519MLKEM768, X25519, P-256, P-384): all ephemeral.
+fn provider(min: TlsVersion, tls12: &[Tls12Suite]) -> Arc<CryptoProvider> {
+    use aws_lc_rs::cipher_suite as cs;
+    let mut suites: Vec<SupportedCipherSuite> = vec![
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    if min == TlsVersion::Tls12 {
+        suites.extend(tls12.iter().map(|s| match s {
+            Tls12Suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => {
+                cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            }
+            Tls12Suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => {
+                cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+            }
+            Tls12Suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => {
+                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+            }
+            Tls12Suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => {
+                cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+            }
+            Tls12Suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => {
+                cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
+            }
+            Tls12Suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => {
+                cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+            }
+        }));
+    }
+    Arc::new(CryptoProvider {
+        cipher_suites: suites,
+        ..aws_lc_rs::default_provider()
+    })
+}
+
+/// A PEM certificate chain, leaf first.
+fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let chain = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            ConfigError::in_file(path, format!("cannot read certificate: {}", pem_error(e)))
+        })?;
+    if chain.is_empty() {
+        return Err(ConfigError::in_file(
+            path,
+            "cannot read certificate: no CERTIFICATE block in this PEM file",
+        ));
+    }
+    Ok(chain)
+}
+
+/// A PEM private key: PKCS#8, SEC1 (EC) or PKCS#1 (RSA).
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        ConfigError::in_file(path, format!("cannot read private key: {}", pem_error(e)))
+    })
+}
+
+fn pem_error(e: rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    match e {
+        Error::Io(io) => io.to_string(),
+        Error::NoItemsFound => "no PEM item of the expected type in this file".to_string(),
+        other => format!("not valid PEM ({other:?})"),
+    }
+}
+
+/// The private key must be the one whose public half is in the leaf certificate.
+fn check_key_matches(
+    provider: &CryptoProvider,
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(), ConfigError> {
+    let signing = provider
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map_err(|e| ConfigError::in_file(key_path, format!("unusable private key: {e}")))?;
+    match CertifiedKey::new(chain.to_vec(), signing).keys_match() {
+        Ok(()) => Ok(()),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err(ConfigError(format!(
+                "{}: key does not match certificate {}",
+                key_path.display(),
+                cert_path.display()
+            )))
+        }
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Err(ConfigError(format!(
+                "{}: cannot check that this key matches certificate {}",
+                key_path.display(),
+                cert_path.display()
+            )))
+        }
+        Err(e) => Err(ConfigError::in_file(
+            cert_path,
+            format!("invalid certificate: {e}"),
+        )),
+    }
+}
+
+fn load_roots(path: &Path) -> Result<RootCertStore, ConfigError> {
+    let certs = load_chain(path)?;
+    let mut roots = RootCertStore::empty();
+    for (i, c) in certs.into_iter().enumerate() {
+        roots.add(c).map_err(|e| {
+            ConfigError::in_file(
+                path,
+                format!("CA certificate #{} is not usable: {e}", i + 1),
+            )
+        })?;
+    }
+    Ok(roots)
+}
+
+fn webpki_roots() -> RootCertStore {
+    RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    }
+}
+
+/// An ECDSA P-256 end-entity certificate (not a CA: rustls refuses CA:TRUE leaves) for
+/// `host`, 127.0.0.1, ::1 and localhost. Development only: nothing can verify it.
+fn dev_self_signed(
+    host: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ConfigError> {
+    let mut names = vec![host.to_string()];
+    for n in ["127.0.0.1", "::1", "localhost"] {
+        if !names.iter().any(|h| h.eq_ignore_ascii_case(n)) {
+            names.push(n.to_string());
+        }
+    }
+    let fail =
+        |e: rcgen::Error| ConfigError(format!("cannot generate the development certificate: {e}"));
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(fail)?;
+    let mut params = rcgen::CertificateParams::new(names).map_err(fail)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "sbc development certificate");
+    let cert = params.self_signed(&key).map_err(fail)?;
+    Ok((
+        vec![cert.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use rustls::{CipherSuite, ClientConnection, ProtocolVersion, ServerConnection};
+    use std::path::PathBuf;
+
+    /// A CA, a server certificate for `sbc.test` and a client certificate, as PEM files.
+    struct Pki {
+        dir: tempfile::TempDir,
+        ca_der: CertificateDer<'static>,
+    }
+
+    impl Pki {
+        fn new() -> Pki {
+            let dir = tempfile::tempdir().unwrap();
+            let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let ca = p.self_signed(&ca_key).unwrap();
+            std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+            for name in ["server", "client"] {
+                let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+                let cert = rcgen::CertificateParams::new(vec!["sbc.test".to_string()])
+                    .unwrap()
+                    .signed_by(&key, &ca, &ca_key)
+                    .unwrap();
+                std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
+                std::fs::write(
+                    dir.path().join(format!("{name}-key.pem")),
+                    key.serialize_pem(),
+                )
+                .unwrap();
+            }
+            Pki {
+                dir,
+                ca_der: ca.der().clone(),
+            }
+        }
+
+        fn path(&self, n: &str) -> PathBuf {
+            self.dir.path().join(n)
+        }
+
+        fn config(&self, tls_extra: &str) -> Config {
+            let text = format!(
+                "[sip]\nlisten = [\"0.0.0.0:5061\"]\nhost = \"sbc.test\"\n\
+                 [tls]\ncertificate = \"server.pem\"\nprivate_key = \"server-key.pem\"\n{tls_extra}\n\
+                 [[carriers]]\nname = \"c\"\nsource_cidrs = [\"192.0.2.0/24\"]\n\
+                 [media]\nadvertise_address = \"192.0.2.1\"\n\
+                 [agent]\nca_bundle = \"ca.pem\"\n[[agent.routes]]\ndefault = true\nurl = \"builtin:echo\"\n\
+                 [audit]\npath = \"-\"\n"
+            );
+            Config::parse_str(&text, &self.path("sbc.toml")).unwrap()
+        }
+
+        /// A client restricted to `versions` and (if non-empty) `suites`, trusting the test CA.
+        fn client(
+            &self,
+            versions: &[&'static SupportedProtocolVersion],
+            suites: &[SupportedCipherSuite],
+            with_cert: bool,
+        ) -> Arc<rustls::ClientConfig> {
+            let mut provider = aws_lc_rs::default_provider();
+            if !suites.is_empty() {
+                provider.cipher_suites = suites.to_vec();
+            }
+            let mut roots = RootCertStore::empty();
+            roots.add(self.ca_der.clone()).unwrap();
+            let b = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(roots);
+            Arc::new(if with_cert {
+                b.with_client_auth_cert(
+                    load_chain(&self.path("client.pem")).unwrap(),
+                    load_key(&self.path("client-key.pem")).unwrap(),
+                )
+                .unwrap()
+            } else {
+                b.with_no_client_auth()
+            })
+        }
+    }
+
+    /// Runs a handshake in memory; returns the negotiated version and suite.
+    fn handshake(
+        server: Arc<rustls::ServerConfig>,
+        client: Arc<rustls::ClientConfig>,
+    ) -> Result<(ProtocolVersion, CipherSuite), rustls::Error> {
+        handshake_to(server, client, "sbc.test")
+    }
+
+    fn handshake_to(
+        server: Arc<rustls::ServerConfig>,
+        client: Arc<rustls::ClientConfig>,
+        name: &str,
+    ) -> Result<(ProtocolVersion, CipherSuite), rustls::Error> {
+        let mut s = ServerConnection::new(server).unwrap();
+        let name = rustls_pki_types::ServerName::try_from(name.to_string()).unwrap();
+        let mut c = ClientConnection::new(client, name).unwrap();
+        for _ in 0..20 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                s.read_tls(&mut rd).unwrap();
+            }
+            s.process_new_packets()?;
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+            }
+            c.process_new_packets()?;
+            if !s.is_handshaking() && !c.is_handshaking() {
+                // The client's last flight (its Finished, or an alert) must reach the server.
+                let mut buf = Vec::new();
+                while c.wants_write() {
+                    c.write_tls(&mut buf).unwrap();
+                }
+                let mut rd = &buf[..];
+                while !rd.is_empty() {
+                    s.read_tls(&mut rd).unwrap();
+                }
+                s.process_new_packets()?;
+                return Ok((
+                    s.protocol_version().unwrap(),
+                    s.negotiated_cipher_suite().unwrap().suite(),
+                ));
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    use aws_lc_rs::cipher_suite as cs;
+    const TLS12: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    const TLS13: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+    fn server(c: &Config) -> Arc<rustls::ServerConfig> {
+        sip_server_config(&c.tls, &c.sip).unwrap()
+    }
+
+    #[test]
+    fn tls13_is_always_offered_and_preferred() {
+        let pki = Pki::new();
+        let (v, _) = handshake(
+            server(&pki.config("")),
+            pki.client(rustls::DEFAULT_VERSIONS, &[], false),
+        )
+        .unwrap();
+        assert_eq!(v, ProtocolVersion::TLSv1_3);
+    }
+
+    #[test]
+    fn tls12_uses_the_configured_ecdhe_aead_suites_in_our_order() {
+        let pki = Pki::new();
+        let c = pki.config("tls12_cipher_suites = [\"TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256\", \"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256\"]");
+        let client = pki.client(
+            TLS12,
+            &[
+                cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            ],
+            false,
+        );
+        let (v, suite) = handshake(server(&c), client).unwrap();
+        assert_eq!(v, ProtocolVersion::TLSv1_2);
+        assert_eq!(
+            suite,
+            CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        );
+
+        // A suite the client offers but the config leaves out is never chosen.
+        let client = pki.client(TLS12, &[cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384], false);
+        assert!(handshake(server(&c), client).is_err());
+    }
+
+    #[test]
+    fn min_version_1_3_refuses_tls12_clients() {
+        let pki = Pki::new();
+        let c = pki.config("min_version = \"1.3\"");
+        assert!(handshake(server(&c), pki.client(TLS12, &[], false)).is_err());
+        assert!(handshake(server(&c), pki.client(TLS13, &[], false)).is_ok());
+    }
+
+    #[test]
+    fn no_early_data() {
+        let pki = Pki::new();
+        let s = server(&pki.config(""));
+        assert_eq!(s.max_early_data_size, 0);
+        assert!(!s.send_half_rtt_data);
+        let a = agent_client_config(&pki.config("").agent).unwrap();
+        assert!(!a.enable_early_data);
+        assert!(a.alpn_protocols.is_empty());
+    }
+
+    #[test]
+    fn client_certificates_are_verified_when_required() {
+        let pki = Pki::new();
+        let c = pki.config("client_ca = \"ca.pem\"\nrequire_client_certificate = true");
+        assert!(handshake(server(&c), pki.client(TLS13, &[], false)).is_err());
+        assert!(handshake(server(&c), pki.client(TLS13, &[], true)).is_ok());
+        let c = pki.config("client_ca = \"ca.pem\"");
+        assert!(handshake(server(&c), pki.client(TLS13, &[], false)).is_ok());
+    }
+
+    #[test]
+    fn agent_leg_is_tls13_only() {
+        let pki = Pki::new();
+        let c = pki.config("");
+        let agent = agent_client_config(&c.agent).unwrap();
+        let (v, _) = handshake(server(&c), agent.clone()).unwrap();
+        assert_eq!(v, ProtocolVersion::TLSv1_3);
+        // A server that only speaks TLS 1.2 is refused.
+        let only12 = rustls::ServerConfig::builder_with_provider(provider(
+            TlsVersion::Tls12,
+            &Tls12Suite::ALL,
+        ))
+        .with_protocol_versions(TLS12)
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            load_chain(&pki.path("server.pem")).unwrap(),
+            load_key(&pki.path("server-key.pem")).unwrap(),
+        )
+        .unwrap();
+        assert!(handshake(Arc::new(only12), agent).is_err());
+    }
+
+    #[test]
+    fn carrier_client_follows_the_listener_policy() {
+        let pki = Pki::new();
+        let c = pki.config("client_ca = \"ca.pem\"\nmin_version = \"1.3\"");
+        let carrier = carrier_client_config(&c.tls).unwrap();
+        let (v, _) = handshake(server(&c), carrier).unwrap();
+        assert_eq!(v, ProtocolVersion::TLSv1_3);
+    }
+
+    #[test]
+    fn dev_certificate_only_on_loopback() {
+        let pki = Pki::new();
+        let mut c = pki.config("");
+        c.tls.identity = TlsIdentity::DevSelfSigned;
+        let err = sip_server_config(&c.tls, &c.sip).unwrap_err().to_string();
+        assert!(err.contains("not a loopback address"), "{err}");
+        c.sip.listen = vec![
+            "127.0.0.1:5061".parse().unwrap(),
+            "[::1]:5061".parse().unwrap(),
+        ];
+        sip_server_config(&c.tls, &c.sip).unwrap();
+
+        // The generated certificate verifies for sip.host, localhost and both loopback addresses
+        // once a client trusts it.
+        let (chain, key) = dev_self_signed("sbc.test").unwrap();
+        let server =
+            server_config(&c.tls, provider(TlsVersion::Tls13, &[]), chain.clone(), key).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(chain[0].clone()).unwrap();
+        let client = Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider(TlsVersion::Tls13, &[]))
+                .with_protocol_versions(TLS13)
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        for name in ["sbc.test", "localhost", "127.0.0.1", "::1"] {
+            handshake_to(server.clone(), client.clone(), name)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        assert!(handshake_to(server, client, "other.test").is_err());
+    }
 }

@@ -1,0 +1,972 @@
+//! Raw layer to typed values, once. Every refusal names the file, and the line and column of the
+//! offending value when the file has one (a key left out has no position: the message names the
+//! key instead).
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::raw::{self, S};
+use super::*;
+
+/// The six TLS 1.2 suites the policy allows, in the default preference order.
+pub(crate) const DEFAULT_TLS12_SUITES: [Tls12Suite; 6] = [
+    Tls12Suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    Tls12Suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    Tls12Suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    Tls12Suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    Tls12Suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    Tls12Suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+];
+
+/// Headers copied into the agent's `customParameters` by default (Twilio's call identifiers).
+const DEFAULT_PASSTHROUGH: [&str; 3] = ["X-Twilio-CallSid", "P-Asserted-Identity", "Diversion"];
+const DEFAULT_ACCOUNT_SID: &str = "ACsbc00000000000000000000000000000";
+const DEFAULT_AUDIT_PATH: &str = "/var/log/sbc/audit.jsonl";
+
+/// Where errors point: the file's path (as given) and its text, for line/column.
+pub(crate) struct Ctx<'a> {
+    pub path: &'a Path,
+    pub text: &'a str,
+    /// Relative paths in the file resolve against this directory.
+    pub base: PathBuf,
+}
+
+impl Ctx<'_> {
+    /// `file:line:column: msg`, column counted in characters, both 1-based.
+    pub(crate) fn at(&self, span: Range<usize>, msg: impl std::fmt::Display) -> ConfigError {
+        let (line, col) = line_col(self.text, span.start);
+        ConfigError(format!("{}:{line}:{col}: {msg}", self.path.display()))
+    }
+
+    /// At the value's position if it is in the file, else `file: msg`.
+    fn at_opt(&self, span: Option<Range<usize>>, msg: impl std::fmt::Display) -> ConfigError {
+        match span {
+            Some(s) => self.at(s, msg),
+            None => ConfigError(format!("{}: {msg}", self.path.display())),
+        }
+    }
+
+    fn file(&self, msg: impl std::fmt::Display) -> ConfigError {
+        ConfigError(format!("{}: {msg}", self.path.display()))
+    }
+
+    fn resolve(&self, p: &S<String>, key: &str) -> Result<PathBuf, ConfigError> {
+        if p.get_ref().trim().is_empty() {
+            return Err(self.at(p.span(), format!("{key}: empty path")));
+        }
+        let path = Path::new(p.get_ref());
+        Ok(if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base.join(path)
+        })
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    // Spans from the TOML parser fall on character boundaries; floor defensively anyway.
+    let mut o = offset;
+    while !text.is_char_boundary(o) {
+        o -= 1;
+    }
+    let before = &text[..o];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// A value from the file, or its default (with no position).
+fn val<T: Clone>(v: &Option<S<T>>, default: T) -> (T, Option<Range<usize>>) {
+    match v {
+        Some(s) => (s.get_ref().clone(), Some(s.span())),
+        None => (default, None),
+    }
+}
+
+fn ms(ctx: &Ctx, v: &Option<S<u64>>, default: u64, key: &str) -> Result<Duration, ConfigError> {
+    let (n, span) = val(v, default);
+    if n == 0 {
+        return Err(ctx.at_opt(span, format!("{key} must be greater than 0")));
+    }
+    Ok(Duration::from_millis(n))
+}
+
+fn secs(ctx: &Ctx, v: &Option<S<u64>>, default: u64, key: &str) -> Result<Duration, ConfigError> {
+    let (n, span) = val(v, default);
+    if n == 0 {
+        return Err(ctx.at_opt(span, format!("{key} must be greater than 0")));
+    }
+    Ok(Duration::from_secs(n))
+}
+
+fn positive<T: Copy + PartialEq + Default + std::fmt::Display>(
+    ctx: &Ctx,
+    v: &Option<S<T>>,
+    default: T,
+    key: &str,
+) -> Result<T, ConfigError> {
+    let (n, span) = val(v, default);
+    if n == T::default() {
+        return Err(ctx.at_opt(span, format!("{key} must be greater than 0")));
+    }
+    Ok(n)
+}
+
+fn usize_of(ctx: &Ctx, v: &Option<S<u64>>, default: u64, key: &str) -> Result<usize, ConfigError> {
+    let n = positive(ctx, v, default, key)?;
+    usize::try_from(n)
+        .map_err(|_| ctx.at_opt(v.as_ref().map(|s| s.span()), format!("{key} is too large")))
+}
+
+/// Refuses duplicates in a list of spanned strings (compared as `key` maps them).
+fn no_duplicates(
+    ctx: &Ctx,
+    items: &[S<String>],
+    what: &str,
+    key: impl Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    let mut seen = HashSet::new();
+    for it in items {
+        if !seen.insert(key(it.get_ref())) {
+            return Err(ctx.at(
+                it.span(),
+                format!("{what} {:?} is listed twice", it.get_ref()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn convert(ctx: &Ctx, raw: raw::RawConfig) -> Result<Config, ConfigError> {
+    let tls_raw = raw.tls.ok_or_else(|| {
+        ctx.file(
+            "missing section [tls]: set certificate and private_key, or dev_self_signed = true",
+        )
+    })?;
+    let sip = sip(ctx, raw.sip.unwrap_or_default())?;
+    let tls = tls(ctx, tls_raw, &sip)?;
+    let carriers = carriers(ctx, raw.carriers, tls.client_ca.is_some())?;
+    let media = media(
+        ctx,
+        raw.media.ok_or_else(|| {
+            ctx.file("missing section [media] (media.advertise_address is required)")
+        })?,
+    )?;
+    let srtp = srtp(ctx, raw.srtp.unwrap_or_default())?;
+    let agent = agent(
+        ctx,
+        raw.agent.ok_or_else(|| {
+            ctx.file("missing section [agent] (at least one [[agent.routes]] is required)")
+        })?,
+    )?;
+    let audit = audit(ctx, raw.audit.unwrap_or_default())?;
+    let metrics = raw.metrics.map(|m| metrics(ctx, m)).transpose()?;
+    let limits = limits(ctx, raw.limits.unwrap_or_default())?;
+    let log = log(ctx, raw.log.unwrap_or_default())?;
+    Ok(Config {
+        path: ctx.path.to_path_buf(),
+        sip,
+        tls,
+        carriers,
+        media,
+        srtp,
+        agent,
+        audit,
+        metrics,
+        limits,
+        log,
+    })
+}
+
+fn sip(ctx: &Ctx, r: raw::RawSip) -> Result<SipConfig, ConfigError> {
+    let listen = match &r.listen {
+        None => vec![
+            SocketAddr::from(([0, 0, 0, 0], 5061)),
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 5061)),
+        ],
+        Some(l) => {
+            if l.get_ref().is_empty() {
+                return Err(ctx.at(
+                    l.span(),
+                    "sip.listen is empty: give at least one address like \"0.0.0.0:5061\"",
+                ));
+            }
+            no_duplicates(ctx, l.get_ref(), "listen address", |s| s.to_string())?;
+            l.get_ref()
+                .iter()
+                .map(|a| {
+                    a.get_ref().parse::<SocketAddr>().map_err(|_| {
+                        ctx.at(
+                            a.span(),
+                            format!(
+                                "sip.listen: {:?} is not an IP address and port (e.g. \"0.0.0.0:5061\" or \"[::]:5061\")",
+                                a.get_ref()
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
+    let host = match &r.host {
+        Some(h) => {
+            let s = h.get_ref();
+            if !valid_host(s) {
+                return Err(ctx.at(
+                    h.span(),
+                    format!("sip.host: {s:?} is not an IP address or DNS name"),
+                ));
+            }
+            s.clone()
+        }
+        None => {
+            // A trial on loopback may leave it out; anything reachable from outside must say which
+            // name carriers reach it by.
+            if listen.iter().all(|a| a.ip().is_loopback()) {
+                listen[0].ip().to_string()
+            } else {
+                return Err(ctx.file(
+                    "sip.host is required: the host name or IP address carriers reach sbc at (written in Contact and Via)",
+                ));
+            }
+        }
+    };
+    let server_header = match &r.server_header {
+        None => None,
+        Some(h) => {
+            let s = h.get_ref();
+            if s.trim().is_empty() || s.chars().any(|c| c.is_control()) {
+                return Err(ctx.at(
+                    h.span(),
+                    "sip.server_header must be non-empty printable text without line breaks (omit the key to send no Server header)",
+                ));
+            }
+            Some(s.clone())
+        }
+    };
+    let t1 = ms(ctx, &r.t1_ms, 500, "sip.t1_ms")?;
+    let t2 = ms(ctx, &r.t2_ms, 4000, "sip.t2_ms")?;
+    let t4 = ms(ctx, &r.t4_ms, 5000, "sip.t4_ms")?;
+    if t2 < t1 {
+        return Err(ctx.at_opt(
+            r.t2_ms.as_ref().or(r.t1_ms.as_ref()).map(|s| s.span()),
+            format!(
+                "sip.t2_ms ({}) must not be lower than sip.t1_ms ({})",
+                t2.as_millis(),
+                t1.as_millis()
+            ),
+        ));
+    }
+    let ringing_after = ms(ctx, &r.ringing_after_ms, 1000, "sip.ringing_after_ms")?;
+    let session_expires = secs(
+        ctx,
+        &r.session_expires_secs,
+        1800,
+        "sip.session_expires_secs",
+    )?;
+    let min_se = secs(ctx, &r.min_se_secs, 90, "sip.min_se_secs")?;
+    if min_se < Duration::from_secs(90) {
+        return Err(ctx.at_opt(
+            r.min_se_secs.as_ref().map(|s| s.span()),
+            "sip.min_se_secs must be at least 90 (RFC 4028 section 4)",
+        ));
+    }
+    if session_expires < min_se {
+        return Err(ctx.at_opt(
+            r.session_expires_secs
+                .as_ref()
+                .or(r.min_se_secs.as_ref())
+                .map(|s| s.span()),
+            format!(
+                "sip.session_expires_secs ({}) must not be lower than sip.min_se_secs ({})",
+                session_expires.as_secs(),
+                min_se.as_secs()
+            ),
+        ));
+    }
+    Ok(SipConfig {
+        listen,
+        host,
+        server_header,
+        t1,
+        t2,
+        t4,
+        ringing_after,
+        session_expires,
+        min_se,
+    })
+}
+
+/// An IP address or a DNS name (RFC 1123 labels).
+fn valid_host(s: &str) -> bool {
+    if s.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    !s.is_empty()
+        && s.len() <= 253
+        && s.trim_end_matches('.').split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+fn tls(ctx: &Ctx, r: raw::RawTls, sip: &SipConfig) -> Result<TlsConfig, ConfigError> {
+    let (dev, dev_span) = val(&r.dev_self_signed, false);
+    let identity = match (dev, &r.certificate, &r.private_key) {
+        (true, Some(c), _) | (true, None, Some(c)) => {
+            return Err(ctx.at(
+                c.span(),
+                "tls.dev_self_signed = true generates its own certificate: remove tls.certificate and tls.private_key, or set dev_self_signed = false",
+            ))
+        }
+        (true, None, None) => {
+            if let Some(a) = sip.listen.iter().find(|a| !a.ip().is_loopback()) {
+                return Err(ctx.at_opt(
+                    dev_span,
+                    format!(
+                        "tls.dev_self_signed is refused: sip.listen has {a}, which is not a loopback address; configure tls.certificate and tls.private_key"
+                    ),
+                ));
+            }
+            TlsIdentity::DevSelfSigned
+        }
+        (false, Some(c), Some(k)) => TlsIdentity::Files {
+            certificate: ctx.resolve(c, "tls.certificate")?,
+            private_key: ctx.resolve(k, "tls.private_key")?,
+        },
+        (false, Some(c), None) => {
+            return Err(ctx.at(c.span(), "tls.certificate is set but tls.private_key is missing"))
+        }
+        (false, None, Some(k)) => {
+            return Err(ctx.at(k.span(), "tls.private_key is set but tls.certificate is missing"))
+        }
+        (false, None, None) => {
+            return Err(ctx.at_opt(
+                dev_span,
+                "[tls] needs certificate and private_key (PEM files), or dev_self_signed = true for a loopback trial",
+            ))
+        }
+    };
+    let min_version = match &r.min_version {
+        None => TlsVersion::Tls12,
+        Some(v) => match v.get_ref().as_str() {
+            "1.2" => TlsVersion::Tls12,
+            "1.3" => TlsVersion::Tls13,
+            other => {
+                return Err(ctx.at(
+                    v.span(),
+                    format!("tls.min_version: {other:?} is not allowed; use \"1.2\" or \"1.3\""),
+                ))
+            }
+        },
+    };
+    let tls12_suites = match &r.tls12_cipher_suites {
+        None => DEFAULT_TLS12_SUITES.to_vec(),
+        Some(list) => {
+            no_duplicates(ctx, list.get_ref(), "cipher suite", |s| {
+                s.to_ascii_uppercase()
+            })?;
+            let suites = list
+                .get_ref()
+                .iter()
+                .map(|s| {
+                    Tls12Suite::from_name(s.get_ref()).ok_or_else(|| {
+                        ctx.at(
+                            s.span(),
+                            format!(
+                                "tls.tls12_cipher_suites: {:?} is refused: only ECDHE key exchange with an AEAD cipher is allowed (no CBC, RSA key exchange or SHA-1); allowed: {}",
+                                s.get_ref(),
+                                DEFAULT_TLS12_SUITES.map(|s| s.name()).join(", ")
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if suites.is_empty() && min_version == TlsVersion::Tls12 {
+                return Err(ctx.at(
+                    list.span(),
+                    "tls.tls12_cipher_suites is empty while tls.min_version = \"1.2\": list suites, or set min_version = \"1.3\"",
+                ));
+            }
+            suites
+        }
+    };
+    let client_ca = r
+        .client_ca
+        .as_ref()
+        .map(|p| ctx.resolve(p, "tls.client_ca"))
+        .transpose()?;
+    let (require_client_certificate, req_span) = val(&r.require_client_certificate, false);
+    if require_client_certificate && client_ca.is_none() {
+        return Err(ctx.at_opt(
+            req_span,
+            "tls.require_client_certificate = true needs tls.client_ca (the CA that signs carrier certificates)",
+        ));
+    }
+    Ok(TlsConfig {
+        identity,
+        min_version,
+        tls12_suites,
+        client_ca,
+        require_client_certificate,
+    })
+}
+
+fn carriers(
+    ctx: &Ctx,
+    r: Option<S<Vec<S<raw::RawCarrier>>>>,
+    has_client_ca: bool,
+) -> Result<Vec<CarrierConfig>, ConfigError> {
+    let Some(list) = r.filter(|l| !l.get_ref().is_empty()) else {
+        return Err(
+            ctx.file("no [[carriers]]: at least one carrier (name, source_cidrs) is required")
+        );
+    };
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for c in list.into_inner() {
+        let c = c.into_inner();
+        let name = c.name.get_ref().trim();
+        if name.is_empty() || name.chars().any(|ch| ch.is_control()) {
+            return Err(ctx.at(
+                c.name.span(),
+                "carriers.name must be non-empty printable text",
+            ));
+        }
+        if !names.insert(name.to_string()) {
+            return Err(ctx.at(
+                c.name.span(),
+                format!("carrier name {name:?} is used twice"),
+            ));
+        }
+        if c.source_cidrs.get_ref().is_empty() {
+            return Err(ctx.at(
+                c.source_cidrs.span(),
+                format!("carrier {name:?}: source_cidrs is empty; list the networks its signalling comes from"),
+            ));
+        }
+        let mut sources = Vec::new();
+        for s in c.source_cidrs.get_ref() {
+            let net = s.get_ref().parse::<ipnet::IpNet>().map_err(|_| {
+                ctx.at(
+                    s.span(),
+                    format!(
+                        "carrier {name:?}: {:?} is not a CIDR network (e.g. \"54.172.60.0/30\" or \"2001:db8::/32\"; a single host is \"192.0.2.1/32\")",
+                        s.get_ref()
+                    ),
+                )
+            })?;
+            if net.trunc() != net {
+                return Err(ctx.at(
+                    s.span(),
+                    format!(
+                        "carrier {name:?}: {net} has host bits set; did you mean {}?",
+                        net.trunc()
+                    ),
+                ));
+            }
+            sources.push(net);
+        }
+        let certificate_names = match &c.certificate_names {
+            None => Vec::new(),
+            Some(l) => {
+                if !l.get_ref().is_empty() && !has_client_ca {
+                    // Without a CA no certificate is asked for, so the names could never be
+                    // checked: refuse rather than let a security setting do nothing.
+                    return Err(ctx.at(
+                        l.span(),
+                        format!("carrier {name:?}: certificate_names needs tls.client_ca to verify carrier certificates"),
+                    ));
+                }
+                for n in l.get_ref() {
+                    if !valid_host(n.get_ref()) || n.get_ref().parse::<IpAddr>().is_ok() {
+                        return Err(ctx.at(
+                            n.span(),
+                            format!(
+                                "carrier {name:?}: certificate name {:?} is not a DNS name",
+                                n.get_ref()
+                            ),
+                        ));
+                    }
+                }
+                l.get_ref()
+                    .iter()
+                    .map(|n| n.get_ref().to_ascii_lowercase())
+                    .collect()
+            }
+        };
+        out.push(CarrierConfig {
+            name: name.to_string(),
+            sources,
+            certificate_names,
+            max_concurrent_calls: positive(
+                ctx,
+                &c.max_concurrent_calls,
+                100,
+                "carriers.max_concurrent_calls",
+            )?,
+            max_calls_per_second: positive(
+                ctx,
+                &c.max_calls_per_second,
+                10,
+                "carriers.max_calls_per_second",
+            )?,
+        });
+    }
+    Ok(out)
+}
+
+fn ip(ctx: &Ctx, s: &S<String>, key: &str) -> Result<IpAddr, ConfigError> {
+    s.get_ref().parse().map_err(|_| {
+        ctx.at(
+            s.span(),
+            format!("{key}: {:?} is not an IP address", s.get_ref()),
+        )
+    })
+}
+
+fn media(ctx: &Ctx, r: raw::RawMedia) -> Result<MediaConfig, ConfigError> {
+    let advertise_address = ip(ctx, &r.advertise_address, "media.advertise_address")?;
+    if advertise_address.is_unspecified() || advertise_address.is_multicast() {
+        return Err(ctx.at(
+            r.advertise_address.span(),
+            format!("media.advertise_address: {advertise_address} cannot be written in SDP c=; give the address carriers send RTP to"),
+        ));
+    }
+    let bind_address = match &r.bind_address {
+        None => IpAddr::from([0, 0, 0, 0]),
+        Some(b) => ip(ctx, b, "media.bind_address")?,
+    };
+    let (port_first, first_span) = val(&r.port_min, 20000);
+    let (port_last, last_span) = val(&r.port_max, 29999);
+    if port_first == 0 {
+        return Err(ctx.at_opt(first_span, "media.port_min must be greater than 0"));
+    }
+    if port_first >= port_last {
+        return Err(ctx.at_opt(
+            first_span.or(last_span.clone()),
+            format!("media port range is inverted or empty: port_min ({port_first}) must be lower than port_max ({port_last})"),
+        ));
+    }
+    // RTP takes an even port and RTCP the odd one after it: the range must hold one such pair.
+    let first_even = port_first + port_first % 2;
+    if first_even >= port_last {
+        return Err(ctx.at_opt(
+            first_span.or(last_span),
+            format!("media port range {port_first}-{port_last} holds no even RTP port with its RTCP port after it"),
+        ));
+    }
+    let rtp_timeout = secs(ctx, &r.rtp_timeout_secs, 30, "media.rtp_timeout_secs")?;
+    let codecs = match &r.codecs {
+        None => vec![CodecName::Pcmu, CodecName::Pcma],
+        Some(l) => {
+            if l.get_ref().is_empty() {
+                return Err(ctx.at(l.span(), "media.codecs is empty; use [\"PCMU\", \"PCMA\"]"));
+            }
+            no_duplicates(ctx, l.get_ref(), "codec", |s| s.to_ascii_uppercase())?;
+            l.get_ref()
+                .iter()
+                .map(|c| match c.get_ref().to_ascii_uppercase().as_str() {
+                    "PCMU" => Ok(CodecName::Pcmu),
+                    "PCMA" => Ok(CodecName::Pcma),
+                    _ => Err(ctx.at(
+                        c.span(),
+                        format!("media.codecs: {:?} is not supported; sbc bridges \"PCMU\" and \"PCMA\"", c.get_ref()),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
+    Ok(MediaConfig {
+        advertise_address,
+        bind_address,
+        port_first,
+        port_last,
+        rtp_timeout,
+        codecs,
+    })
+}
+
+fn srtp(ctx: &Ctx, r: raw::RawSrtp) -> Result<SrtpConfig, ConfigError> {
+    let suites = match &r.suites {
+        None => vec![
+            SrtpSuiteName::AesCm128HmacSha1_80,
+            SrtpSuiteName::AesCm128HmacSha1_32,
+        ],
+        Some(l) => {
+            if l.get_ref().is_empty() {
+                return Err(ctx.at(l.span(), "srtp.suites is empty; use [\"AES_CM_128_HMAC_SHA1_80\", \"AES_CM_128_HMAC_SHA1_32\"]"));
+            }
+            no_duplicates(ctx, l.get_ref(), "SRTP suite", |s| s.to_string())?;
+            l.get_ref()
+                .iter()
+                .map(|s| {
+                    SrtpSuiteName::from_name(s.get_ref()).ok_or_else(|| {
+                        ctx.at(
+                            s.span(),
+                            format!(
+                                "srtp.suites: {:?} is refused: only AES_CM_128_HMAC_SHA1_80 and AES_CM_128_HMAC_SHA1_32 are allowed",
+                                s.get_ref()
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
+    Ok(SrtpConfig { suites })
+}
+
+fn agent(ctx: &Ctx, r: raw::RawAgent) -> Result<AgentConfig, ConfigError> {
+    let ca_bundle = r
+        .ca_bundle
+        .as_ref()
+        .map(|p| ctx.resolve(p, "agent.ca_bundle"))
+        .transpose()?;
+    let client_certificate = match (&r.client_certificate, &r.client_private_key) {
+        (Some(c), Some(k)) => Some((
+            ctx.resolve(c, "agent.client_certificate")?,
+            ctx.resolve(k, "agent.client_private_key")?,
+        )),
+        (None, None) => None,
+        (Some(c), None) => {
+            return Err(ctx.at(
+                c.span(),
+                "agent.client_certificate is set but agent.client_private_key is missing",
+            ))
+        }
+        (None, Some(k)) => {
+            return Err(ctx.at(
+                k.span(),
+                "agent.client_private_key is set but agent.client_certificate is missing",
+            ))
+        }
+    };
+    let connect_timeout = ms(ctx, &r.connect_timeout_ms, 3000, "agent.connect_timeout_ms")?;
+    let passthrough_headers = match &r.passthrough_headers {
+        None => DEFAULT_PASSTHROUGH.iter().map(|s| s.to_string()).collect(),
+        Some(l) => {
+            for h in l.get_ref() {
+                if !is_token(h.get_ref()) {
+                    return Err(ctx.at(
+                        h.span(),
+                        format!(
+                            "agent.passthrough_headers: {:?} is not a SIP header name",
+                            h.get_ref()
+                        ),
+                    ));
+                }
+            }
+            no_duplicates(ctx, l.get_ref(), "header", |s| s.to_ascii_lowercase())?;
+            l.get_ref().iter().map(|h| h.get_ref().clone()).collect()
+        }
+    };
+    let default_account_sid = match &r.default_account_sid {
+        None => DEFAULT_ACCOUNT_SID.to_string(),
+        Some(s) => {
+            let v = s.get_ref();
+            if !(v.len() == 34
+                && v.starts_with("AC")
+                && v.chars().all(|c| c.is_ascii_alphanumeric()))
+            {
+                return Err(ctx.at(
+                    s.span(),
+                    "agent.default_account_sid must be \"AC\" followed by 32 letters or digits (34 characters)",
+                ));
+            }
+            v.clone()
+        }
+    };
+    let Some(routes_raw) = r.routes.filter(|l| !l.get_ref().is_empty()) else {
+        return Err(ctx.file(
+            "no [[agent.routes]]: add at least one, e.g. `default = true` with `url = \"builtin:echo\"`",
+        ));
+    };
+    let mut routes = Vec::new();
+    let mut seen = HashSet::new();
+    for route in routes_raw.into_inner() {
+        let route_span = route.span();
+        let route = route.into_inner();
+        let matcher = match (&route.exact, &route.prefix, &route.default) {
+            (Some(e), None, None) => {
+                check_match_value(ctx, e, "exact")?;
+                RouteMatch::Exact(e.get_ref().clone())
+            }
+            (None, Some(p), None) => {
+                check_match_value(ctx, p, "prefix")?;
+                RouteMatch::Prefix(p.get_ref().clone())
+            }
+            (None, None, Some(d)) => {
+                if !*d.get_ref() {
+                    return Err(ctx.at(d.span(), "agent.routes: `default = false` means nothing; remove it and give exact or prefix"));
+                }
+                RouteMatch::Default
+            }
+            _ => return Err(ctx.at(
+                route_span,
+                "each [[agent.routes]] needs exactly one of `exact`, `prefix` or `default = true`",
+            )),
+        };
+        if !seen.insert(matcher.clone()) {
+            let what = match &matcher {
+                RouteMatch::Default => "a second default route".to_string(),
+                RouteMatch::Exact(e) => format!("exact {e:?} is routed twice"),
+                RouteMatch::Prefix(p) => format!("prefix {p:?} is routed twice"),
+            };
+            return Err(ctx.at(route_span, format!("agent.routes: {what}")));
+        }
+        let target = agent_target(ctx, &route.url)?;
+        routes.push(Route { matcher, target });
+    }
+    Ok(AgentConfig {
+        routes,
+        ca_bundle,
+        client_certificate,
+        connect_timeout,
+        passthrough_headers,
+        default_account_sid,
+    })
+}
+
+fn check_match_value(ctx: &Ctx, v: &S<String>, key: &str) -> Result<(), ConfigError> {
+    let s = v.get_ref();
+    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ctx.at(
+            v.span(),
+            format!("agent.routes.{key} must be a non-empty number or user part without spaces"),
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 3261 `token` (header names).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c))
+}
+
+fn agent_target(ctx: &Ctx, url: &S<String>) -> Result<AgentTarget, ConfigError> {
+    let u = url.get_ref();
+    if u == "builtin:echo" {
+        return Ok(AgentTarget::Echo);
+    }
+    let lower = u.to_ascii_lowercase();
+    if lower.starts_with("ws://") {
+        return Err(ctx.at(
+            url.span(),
+            format!("agent.routes.url: {u:?} is refused: the agent leg is TLS only; use wss://"),
+        ));
+    }
+    let Some(rest) = lower.strip_prefix("wss://").map(|_| &u["wss://".len()..]) else {
+        return Err(ctx.at(
+            url.span(),
+            format!("agent.routes.url: {u:?} must be a wss:// URL or \"builtin:echo\""),
+        ));
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let bad = |why: &str| ctx.at(url.span(), format!("agent.routes.url: {u:?}: {why}"));
+    if u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("contains spaces or control characters"));
+    }
+    if rest.contains('#') {
+        return Err(bad(
+            "a fragment (#...) is not sent in a WebSocket request; remove it",
+        ));
+    }
+    if authority.contains('@') {
+        return Err(bad("credentials in the URL are not supported"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let Some(end) = v6.find(']') else {
+            return Err(bad("unterminated IPv6 address"));
+        };
+        if v6[..end].parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad("invalid IPv6 address"));
+        }
+        match &v6[end + 1..] {
+            "" => (None, None),
+            p => match p.strip_prefix(':') {
+                Some(p) => (None, Some(p)),
+                None => return Err(bad("invalid host and port")),
+            },
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(authority), None),
+        }
+    };
+    if let Some(h) = host {
+        if !valid_host(h) {
+            return Err(bad("no valid host name"));
+        }
+    }
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |n| n == 0) {
+            return Err(bad("invalid port"));
+        }
+    }
+    Ok(AgentTarget::Url(u.clone()))
+}
+
+fn audit(ctx: &Ctx, r: raw::RawAudit) -> Result<AuditConfig, ConfigError> {
+    let sink = match &r.path {
+        None => AuditSink::File(PathBuf::from(DEFAULT_AUDIT_PATH)),
+        Some(p) if p.get_ref() == "-" => AuditSink::Stdout,
+        Some(p) => AuditSink::File(ctx.resolve(p, "audit.path")?),
+    };
+    let (fsync, _) = val(&r.fsync, false);
+    let (privacy, privacy_span) = val(&r.number_privacy, "as-is".to_string());
+    let number_privacy = match privacy.as_str() {
+        "as-is" | "masked" => {
+            if let Some(f) = &r.hash_salt_file {
+                return Err(ctx.at(
+                    f.span(),
+                    "audit.hash_salt_file is only used with number_privacy = \"hashed\"; remove it",
+                ));
+            }
+            if privacy == "as-is" {
+                NumberPrivacy::AsIs
+            } else {
+                NumberPrivacy::Masked
+            }
+        }
+        "hashed" => {
+            let Some(f) = &r.hash_salt_file else {
+                return Err(ctx.at_opt(
+                    privacy_span,
+                    "audit.number_privacy = \"hashed\" needs audit.hash_salt_file (a file with at least 16 secret bytes)",
+                ));
+            };
+            let path = ctx.resolve(f, "audit.hash_salt_file")?;
+            let bytes = std::fs::read(&path).map_err(|e| {
+                ctx.at(
+                    f.span(),
+                    format!("audit.hash_salt_file: cannot read {}: {e}", path.display()),
+                )
+            })?;
+            // A trailing newline from `echo`/editors is not part of the secret.
+            let salt = bytes.trim_ascii_end().to_vec();
+            if salt.len() < 16 {
+                return Err(ctx.at(
+                    f.span(),
+                    format!(
+                        "audit.hash_salt_file: {} holds fewer than 16 bytes of salt",
+                        path.display()
+                    ),
+                ));
+            }
+            NumberPrivacy::Hashed { salt }
+        }
+        other => {
+            return Err(ctx.at_opt(
+                privacy_span,
+                format!(
+                "audit.number_privacy: {other:?} is not one of \"as-is\", \"masked\", \"hashed\""
+            ),
+            ))
+        }
+    };
+    Ok(AuditConfig {
+        sink,
+        fsync,
+        number_privacy,
+    })
+}
+
+fn metrics(ctx: &Ctx, r: raw::RawMetrics) -> Result<MetricsConfig, ConfigError> {
+    let listen = match &r.listen {
+        None => SocketAddr::from(([127, 0, 0, 1], 9090)),
+        Some(l) => l.get_ref().parse().map_err(|_| {
+            ctx.at(
+                l.span(),
+                format!(
+                    "metrics.listen: {:?} is not an IP address and port (e.g. \"127.0.0.1:9090\")",
+                    l.get_ref()
+                ),
+            )
+        })?,
+    };
+    Ok(MetricsConfig { listen })
+}
+
+fn limits(ctx: &Ctx, r: raw::RawLimits) -> Result<LimitsConfig, ConfigError> {
+    let l = LimitsConfig {
+        max_message_bytes: usize_of(ctx, &r.max_message_bytes, 16384, "limits.max_message_bytes")?,
+        max_headers: usize_of(ctx, &r.max_headers, 100, "limits.max_headers")?,
+        max_sdp_bytes: usize_of(ctx, &r.max_sdp_bytes, 8192, "limits.max_sdp_bytes")?,
+        max_media_lines: usize_of(ctx, &r.max_media_lines, 8, "limits.max_media_lines")?,
+        max_connections_per_ip: positive(
+            ctx,
+            &r.max_connections_per_ip,
+            64,
+            "limits.max_connections_per_ip",
+        )?,
+        tls_handshake_timeout: ms(
+            ctx,
+            &r.tls_handshake_timeout_ms,
+            5000,
+            "limits.tls_handshake_timeout_ms",
+        )?,
+        idle_timeout: secs(ctx, &r.idle_timeout_secs, 600, "limits.idle_timeout_secs")?,
+        max_concurrent_calls: positive(
+            ctx,
+            &r.max_concurrent_calls,
+            1000,
+            "limits.max_concurrent_calls",
+        )?,
+        drain_timeout: secs(ctx, &r.drain_timeout_secs, 30, "limits.drain_timeout_secs")?,
+    };
+    if l.max_sdp_bytes > l.max_message_bytes {
+        return Err(ctx.at_opt(
+            r.max_sdp_bytes
+                .as_ref()
+                .or(r.max_message_bytes.as_ref())
+                .map(|s| s.span()),
+            format!(
+                "limits.max_sdp_bytes ({}) cannot exceed limits.max_message_bytes ({})",
+                l.max_sdp_bytes, l.max_message_bytes
+            ),
+        ));
+    }
+    Ok(l)
+}
+
+fn log(ctx: &Ctx, r: raw::RawLog) -> Result<LogConfig, ConfigError> {
+    let format = match &r.format {
+        None => LogFormat::Pretty,
+        Some(f) => match f.get_ref().as_str() {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ctx.at(
+                    f.span(),
+                    format!("log.format: {other:?} is not \"pretty\" or \"json\""),
+                ))
+            }
+        },
+    };
+    let level = match &r.level {
+        None => "info".to_string(),
+        Some(l) => {
+            if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(l.get_ref()) {
+                return Err(ctx.at(
+                    l.span(),
+                    format!("log.level: {:?} is not a valid filter: {e}", l.get_ref()),
+                ));
+            }
+            l.get_ref().clone()
+        }
+    };
+    Ok(LogConfig { format, level })
+}

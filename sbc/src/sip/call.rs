@@ -151,7 +151,9 @@ fn phrase(text: &str) -> String {
 }
 
 fn hex(rng: &mut StdRng, bytes: usize) -> String {
-    (0..bytes).map(|_| format!("{:02x}", rng.gen::<u8>())).collect()
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.gen::<u8>()))
+        .collect()
 }
 
 /// `host:port` with IPv6 literals in brackets (RFC 3261 §25.1 `hostport`).
@@ -259,7 +261,8 @@ impl UasCall {
         };
         match negotiate(&call.invite, &call.config) {
             Err(TooSmall) => {
-                let mut resp = call.response_to(&call.invite.clone(), 422, "Session Interval Too Small");
+                let mut resp =
+                    call.response_to(&call.invite.clone(), 422, "Session Interval Too Small");
                 resp.headers
                     .push("Min-SE", call.config.min_se.as_secs().to_string());
                 call.send_final_error(now, resp);
@@ -293,8 +296,7 @@ impl UasCall {
     /// OPTIONS, a retransmitted INVITE).
     pub fn handle_request(&mut self, now: Instant, request: Request) {
         let is_ack = request.method == Method::Ack;
-        if self.state == CallState::Terminated || request.call_id() != Some(self.call_id.as_str())
-        {
+        if self.state == CallState::Terminated || request.call_id() != Some(self.call_id.as_str()) {
             if !is_ack {
                 self.respond(&request, 481, "Call/Transaction Does Not Exist");
             }
@@ -315,14 +317,14 @@ impl UasCall {
             {
                 // A retransmission of the initial INVITE (RFC 3261 §17.2.1).
                 let again = if self.state == CallState::Proceeding {
-                    self.last_provisional.clone().or_else(|| {
-                        Some(self.response_to(&self.invite.clone(), 100, "Trying"))
-                    })
+                    self.last_provisional
+                        .clone()
+                        .or_else(|| Some(self.response_to(&self.invite.clone(), 100, "Trying")))
                 } else {
                     self.final_response.clone()
                 };
                 if let Some(r) = again {
-                    self.transmit.push_back(SipMessage::Response(r));
+                    self.queue(SipMessage::Response(r));
                 }
             }
             _ => self.in_dialog(now, request, cseq),
@@ -331,8 +333,7 @@ impl UasCall {
 
     /// A response to a request we sent (BYE, session refresh).
     pub fn handle_response(&mut self, now: Instant, response: Response) {
-        if response.headers.get("Call-ID") != Some(self.call_id.as_str()) || response.status < 200
-        {
+        if response.headers.get("Call-ID") != Some(self.call_id.as_str()) || response.status < 200 {
             return;
         }
         let Some((cseq, method)) = response.cseq() else {
@@ -417,7 +418,7 @@ impl UasCall {
         let mut resp = self.response_to(&self.invite.clone(), 180, "Ringing");
         resp.headers.push("Contact", self.contact());
         self.last_provisional = Some(resp.clone());
-        self.transmit.push_back(SipMessage::Response(resp));
+        self.queue(SipMessage::Response(resp));
     }
 
     /// Queue `200 OK` with our SDP answer; retransmitted (T1 doubling to T2) until ACK; Timer H.
@@ -480,14 +481,14 @@ impl UasCall {
                     let cseq = req.cseq().map(|c| c.0).unwrap_or(0);
                     self.start_2xx(now, resp, cseq, false);
                 } else {
-                    self.transmit.push_back(SipMessage::Response(resp));
+                    self.queue(SipMessage::Response(resp));
                 }
                 self.arm_session(now);
             }
             Err(warning) => {
                 let mut resp = self.response_to(&req, 488, "Not Acceptable Here");
                 resp.headers.push("Warning", self.warning(&warning));
-                self.transmit.push_back(SipMessage::Response(resp));
+                self.queue(SipMessage::Response(resp));
             }
         }
     }
@@ -555,18 +556,18 @@ impl UasCall {
                 resp.headers.push("Allow", ALLOW);
                 resp.headers.push("Accept", "application/sdp");
                 resp.headers.push("Supported", "timer");
-                self.transmit.push_back(SipMessage::Response(resp));
+                self.queue(SipMessage::Response(resp));
             }
             Method::Info => self.on_info(&req),
             Method::Refer | Method::Other(_) => {
                 let mut resp = self.response_to(&req, 501, "Not Implemented");
                 resp.headers.push("Allow", ALLOW);
-                self.transmit.push_back(SipMessage::Response(resp));
+                self.queue(SipMessage::Response(resp));
             }
             _ => {
                 let mut resp = self.response_to(&req, 405, "Method Not Allowed");
                 resp.headers.push("Allow", ALLOW);
-                self.transmit.push_back(SipMessage::Response(resp));
+                self.queue(SipMessage::Response(resp));
             }
         }
     }
@@ -613,7 +614,7 @@ impl UasCall {
         if self.state == CallState::Proceeding {
             // RFC 3261 §15.1.2: answer the pending INVITE, 487 recommended.
             let resp = self.response_to(&self.invite.clone(), 487, "Request Terminated");
-            self.transmit.push_back(SipMessage::Response(resp));
+            self.queue(SipMessage::Response(resp));
         }
         if let Some(pending) = self.pending_offer.take() {
             self.respond(&pending, 487, "Request Terminated");
@@ -638,7 +639,7 @@ impl UasCall {
             let mut resp = self.response_to(&req, 500, "Server Internal Error");
             let secs = self.rng.gen_range(0..=10u32);
             resp.headers.push("Retry-After", secs.to_string());
-            self.transmit.push_back(SipMessage::Response(resp));
+            self.queue(SipMessage::Response(resp));
             return;
         }
         let session = match negotiate(&req, &self.config) {
@@ -647,7 +648,7 @@ impl UasCall {
                 let mut resp = self.response_to(&req, 422, "Session Interval Too Small");
                 resp.headers
                     .push("Min-SE", self.config.min_se.as_secs().to_string());
-                self.transmit.push_back(SipMessage::Response(resp));
+                self.queue(SipMessage::Response(resp));
                 return;
             }
         };
@@ -664,13 +665,13 @@ impl UasCall {
                 "Warning",
                 self.warning("re-INVITE without SDP offer not supported"),
             );
-            self.transmit.push_back(SipMessage::Response(resp));
+            self.queue(SipMessage::Response(resp));
             return;
         }
         // UPDATE without SDP: a session refresh (RFC 4028 §9).
         if self.state == CallState::Proceeding {
             let resp = self.response_to(&req, 200, "OK");
-            self.transmit.push_back(SipMessage::Response(resp));
+            self.queue(SipMessage::Response(resp));
             return;
         }
         if session.is_some() {
@@ -678,7 +679,7 @@ impl UasCall {
         }
         self.refresh_target(&req);
         let resp = self.ok_with_sdp(&req, None);
-        self.transmit.push_back(SipMessage::Response(resp));
+        self.queue(SipMessage::Response(resp));
         self.arm_session(now);
     }
 
@@ -709,7 +710,7 @@ impl UasCall {
                 let mut resp = self.response_to(req, 415, "Unsupported Media Type");
                 resp.headers
                     .push("Accept", "application/dtmf-relay, application/dtmf");
-                self.transmit.push_back(SipMessage::Response(resp));
+                self.queue(SipMessage::Response(resp));
                 return;
             }
         };
@@ -743,7 +744,7 @@ impl UasCall {
 
     fn respond(&mut self, req: &Request, status: u16, reason: &str) {
         let resp = self.response_to(req, status, reason);
-        self.transmit.push_back(SipMessage::Response(resp));
+        self.queue(SipMessage::Response(resp));
     }
 
     /// 200 OK to an INVITE or UPDATE: Contact, Allow, Supported, session timer, SDP.
@@ -755,7 +756,11 @@ impl UasCall {
         if let Some(s) = &self.session {
             resp.headers.push(
                 "Session-Expires",
-                format!("{};refresher={}", s.interval.as_secs(), s.refresher.as_str()),
+                format!(
+                    "{};refresher={}",
+                    s.interval.as_secs(),
+                    s.refresher.as_str()
+                ),
             );
             if s.uac_supports {
                 resp.headers.push("Require", "timer");
@@ -768,8 +773,9 @@ impl UasCall {
         resp
     }
 
-    fn start_2xx(&mut self, now: Instant, resp: Response, cseq: u32, initial: bool) {
-        self.transmit.push_back(SipMessage::Response(resp.clone()));
+    fn start_2xx(&mut self, now: Instant, mut resp: Response, cseq: u32, initial: bool) {
+        resp.headers.move_to_end("Content-Length");
+        self.queue(SipMessage::Response(resp.clone()));
         self.cancel_timers(TimerKind::Retransmit2xx);
         self.cancel_timers(TimerKind::AckTimeout2xx);
         self.pending_2xx = Some(Pending2xx {
@@ -787,11 +793,12 @@ impl UasCall {
     /// A non-2xx final to the initial INVITE; wait for its ACK (Timer H).
     fn send_final_error(&mut self, now: Instant, resp: Response) {
         self.final_response = Some(resp.clone());
-        self.transmit.push_back(SipMessage::Response(resp));
+        self.queue(SipMessage::Response(resp));
         self.rejected = true;
         self.state = CallState::Terminating;
         self.timers.clear();
-        self.timers.push((now + 64 * self.config.t1, TimerKind::TimerH));
+        self.timers
+            .push((now + 64 * self.config.t1, TimerKind::TimerH));
     }
 
     /// RFC 4028 §10: arm the expiry (UAC refreshes) or our refresh (we refresh).
@@ -886,7 +893,7 @@ impl UasCall {
         self.timers
             .push((now + 64 * self.config.t1, TimerKind::ByeTimeout));
         self.state = CallState::Terminating;
-        self.transmit.push_back(SipMessage::Request(bye));
+        self.queue(SipMessage::Request(bye));
     }
 
     /// RFC 4028 §7.4: a refresh UPDATE without SDP, Session-Expires with refresher=uas.
@@ -907,7 +914,16 @@ impl UasCall {
         self.refresh_cseq = Some(self.local_cseq);
         self.timers
             .push((now + 64 * self.config.t1, TimerKind::RefreshTimeout));
-        self.transmit.push_back(SipMessage::Request(req));
+        self.queue(SipMessage::Request(req));
+    }
+
+    /// Queues a message, Content-Length moved last for readability.
+    fn queue(&mut self, mut msg: SipMessage) {
+        match &mut msg {
+            SipMessage::Request(r) => r.headers.move_to_end("Content-Length"),
+            SipMessage::Response(r) => r.headers.move_to_end("Content-Length"),
+        }
+        self.transmit.push_back(msg);
     }
 
     fn cancel_timers(&mut self, kind: TimerKind) {
@@ -975,3 +991,875 @@ fn parse_dtmf_relay(body: &str) -> Option<(char, Duration)> {
     Some((digit?, duration))
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::ChaCha8Rng;
+
+    const T1: Duration = Duration::from_millis(500);
+    const T2: Duration = Duration::from_secs(4);
+    const CALL_ID: &str = "3a7f5e6c2b1d4f8a9e0c@192.0.2.10";
+    const FROM: &str = "\"+15550001111\" <sip:+15550001111@example.pstn.twilio.com>;tag=77330022";
+    const SDP: &str = "v=0\r\no=root 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 12000 RTP/SAVP 0 101\r\n";
+
+    fn config() -> UasConfig {
+        UasConfig {
+            t1: T1,
+            t2: T2,
+            t4: Duration::from_secs(5),
+            host: "sbc.example.com".into(),
+            port: 5061,
+            server_header: None,
+            session_expires: Duration::from_secs(1800),
+            min_se: Duration::from_secs(90),
+        }
+    }
+
+    fn parse_req(text: &str) -> Request {
+        match SipMessage::parse(text.as_bytes()).unwrap() {
+            SipMessage::Request(r) => r,
+            SipMessage::Response(_) => panic!("request expected"),
+        }
+    }
+
+    /// A Twilio-like INVITE; `extra` lines are appended to the headers.
+    fn invite(extra: &str) -> Request {
+        parse_req(&format!(
+            "INVITE sip:+15550002222@sbc.example.com:5061;transport=tls SIP/2.0\r\n\
+Via: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bKinv1\r\n\
+Record-Route: <sip:192.0.2.10:5061;transport=tls;lr>\r\n\
+Record-Route: <sip:192.0.2.11:5061;transport=tls;lr>\r\n\
+Max-Forwards: 69\r\n\
+From: {FROM}\r\n\
+To: <sip:+15550002222@sbc.example.com>\r\n\
+Call-ID: {CALL_ID}\r\n\
+CSeq: 101 INVITE\r\n\
+Contact: <sip:+15550001111@192.0.2.10:5061;transport=tls>\r\n\
+X-Twilio-AccountSid: AC00000000000000000000000000000000\r\n\
+X-Twilio-CallSid: CA00000000000000000000000000000000\r\n\
+{extra}\
+Content-Type: application/sdp\r\n\
+Content-Length: {}\r\n\r\n{SDP}",
+            SDP.len()
+        ))
+    }
+
+    /// An in-dialog request from the carrier.
+    fn request(call: &UasCall, method: &str, cseq: u32, extra: &str, body: &str) -> Request {
+        request_tagged(call.local_tag(), method, cseq, extra, body)
+    }
+
+    fn request_tagged(tag: &str, method: &str, cseq: u32, extra: &str, body: &str) -> Request {
+        parse_req(&format!(
+            "{method} sip:sbc@sbc.example.com:5061;transport=tls SIP/2.0\r\n\
+Via: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bK{method}{cseq}\r\n\
+Max-Forwards: 70\r\n\
+From: {FROM}\r\n\
+To: <sip:+15550002222@sbc.example.com>;tag={tag}\r\n\
+Call-ID: {CALL_ID}\r\n\
+CSeq: {cseq} {method}\r\n\
+{extra}\
+Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+    }
+
+    fn ack(call: &UasCall, cseq: u32) -> Request {
+        request(call, "ACK", cseq, "", "")
+    }
+
+    fn cancel() -> Request {
+        parse_req(&format!(
+            "CANCEL sip:+15550002222@sbc.example.com:5061;transport=tls SIP/2.0\r\n\
+Via: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bKinv1\r\n\
+Max-Forwards: 70\r\nFrom: {FROM}\r\nTo: <sip:+15550002222@sbc.example.com>\r\n\
+Call-ID: {CALL_ID}\r\nCSeq: 101 CANCEL\r\nContent-Length: 0\r\n\r\n"
+        ))
+    }
+
+    fn start(extra: &str) -> (UasCall, Instant) {
+        let t0 = Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let call = UasCall::new(t0, invite(extra), config(), &mut rng);
+        (call, t0)
+    }
+
+    fn drain(call: &mut UasCall) -> Vec<SipMessage> {
+        std::iter::from_fn(|| call.poll_transmit()).collect()
+    }
+
+    fn events(call: &mut UasCall) -> Vec<CallEvent> {
+        std::iter::from_fn(|| call.poll_event()).collect()
+    }
+
+    fn responses(call: &mut UasCall) -> Vec<Response> {
+        drain(call)
+            .into_iter()
+            .map(|m| match m {
+                SipMessage::Response(r) => r,
+                SipMessage::Request(r) => panic!("unexpected request {}", r.method),
+            })
+            .collect()
+    }
+
+    fn one_response(call: &mut UasCall) -> Response {
+        let mut r = responses(call);
+        assert_eq!(r.len(), 1, "{r:?}");
+        r.remove(0)
+    }
+
+    fn one_request(call: &mut UasCall) -> Request {
+        let mut m = drain(call);
+        assert_eq!(m.len(), 1, "{m:?}");
+        match m.remove(0) {
+            SipMessage::Request(r) => r,
+            SipMessage::Response(r) => panic!("unexpected response {}", r.status),
+        }
+    }
+
+    /// Accepted and ACKed, queues drained.
+    fn confirmed(extra: &str) -> (UasCall, Instant) {
+        let (mut call, t0) = start(extra);
+        call.accept(t0, Bytes::from_static(b"v=0\r\n"));
+        call.handle_request(t0, ack(&call, 101));
+        drain(&mut call);
+        assert_eq!(events(&mut call), vec![CallEvent::Confirmed]);
+        (call, t0)
+    }
+
+    #[test]
+    fn basic_flow_trying_ringing_ok_ack() {
+        let (mut call, t0) = start("Supported: timer\r\nSession-Expires: 1800\r\n");
+        let trying = one_response(&mut call);
+        assert_eq!((trying.status, trying.reason.as_str()), (100, "Trying"));
+        assert_eq!(
+            trying.headers.get("To"),
+            Some("<sip:+15550002222@sbc.example.com>")
+        );
+        assert_eq!(call.state(), CallState::Proceeding);
+        assert_eq!(call.poll_timeout(), None);
+
+        call.ringing(t0);
+        let ringing = one_response(&mut call);
+        assert_eq!(ringing.status, 180);
+        let tag = call.local_tag().to_string();
+        assert_eq!(tag.len(), 16);
+        assert_eq!(
+            tag_of(ringing.headers.get("To").unwrap()),
+            Some(tag.as_str())
+        );
+        assert_eq!(
+            ringing.headers.get("Contact"),
+            Some("<sip:sbc@sbc.example.com:5061;transport=tls>")
+        );
+
+        call.accept(t0, Bytes::from_static(b"v=0\r\n"));
+        let ok = one_response(&mut call);
+        assert_eq!(ok.status, 200);
+        assert_eq!(ok.headers.get("Content-Type"), Some("application/sdp"));
+        assert_eq!(ok.headers.get("Allow"), Some(ALLOW));
+        assert_eq!(ok.headers.get("Supported"), Some("timer"));
+        assert_eq!(
+            ok.headers.get("Session-Expires"),
+            Some("1800;refresher=uac")
+        );
+        assert_eq!(ok.headers.get("Require"), Some("timer"));
+        assert_eq!(ok.headers.get("Server"), None);
+        assert_eq!(ok.headers.get("CSeq"), Some("101 INVITE"));
+        assert_eq!(&ok.body[..], b"v=0\r\n");
+        assert_eq!(call.state(), CallState::Accepted);
+        let bytes = String::from_utf8(ok.to_bytes()).unwrap();
+        assert!(bytes.contains("Content-Length: 5\r\n\r\nv=0\r\n"));
+
+        call.handle_request(t0 + T1 / 2, ack(&call, 101));
+        assert_eq!(call.state(), CallState::Confirmed);
+        assert_eq!(events(&mut call), vec![CallEvent::Confirmed]);
+        assert!(drain(&mut call).is_empty());
+        // Only the session timer is left: 1800 s minus min(32 s, 600 s).
+        assert_eq!(
+            call.poll_timeout(),
+            Some(t0 + Duration::from_secs(1800 - 32))
+        );
+    }
+
+    #[test]
+    fn server_header_from_config() {
+        let mut cfg = config();
+        cfg.server_header = Some("sbc".into());
+        let t0 = Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut call = UasCall::new(t0, invite(""), cfg, &mut rng);
+        assert_eq!(one_response(&mut call).headers.get("Server"), Some("sbc"));
+        call.accept(t0, Bytes::from_static(b"v=0\r\n"));
+        assert_eq!(one_response(&mut call).headers.get("Server"), Some("sbc"));
+    }
+
+    #[test]
+    fn two_xx_retransmits_doubling_to_t2_then_timer_h_queues_bye() {
+        let (mut call, t0) = start("");
+        drain(&mut call);
+        call.accept(t0, Bytes::from_static(b"v=0\r\n"));
+        assert_eq!(one_response(&mut call).status, 200);
+        let mut sent_at = Vec::new();
+        let mut bye = None;
+        while let Some(at) = call.poll_timeout() {
+            call.handle_timeout(at);
+            for m in drain(&mut call) {
+                match m {
+                    SipMessage::Response(r) => {
+                        assert_eq!(r.status, 200);
+                        sent_at.push(at - t0);
+                    }
+                    SipMessage::Request(r) => {
+                        bye = Some((at - t0, r));
+                    }
+                }
+            }
+            if bye.is_some() {
+                break;
+            }
+        }
+        // Intervals T1, 2T1, 4T1, then T2 (RFC 3261 §13.3.1.4).
+        let intervals: Vec<Duration> = std::iter::once(sent_at[0])
+            .chain(sent_at.windows(2).map(|w| w[1] - w[0]))
+            .collect();
+        assert_eq!(&intervals[..4], &[T1, 2 * T1, 4 * T1, T2]);
+        assert!(intervals[4..].iter().all(|i| *i == T2));
+        assert!(*sent_at.last().unwrap() < 64 * T1);
+        let (at, bye) = bye.unwrap();
+        assert_eq!(at, 64 * T1);
+        assert_eq!(events(&mut call), vec![CallEvent::AckTimeout]);
+        assert_eq!(bye.method, Method::Bye);
+        assert_eq!(call.state(), CallState::Terminating);
+        // BYE times out after 64*T1 (Timer F).
+        assert_eq!(call.poll_timeout(), Some(t0 + 128 * T1));
+        call.handle_timeout(t0 + 128 * T1 - Duration::from_micros(1));
+        assert_eq!(call.state(), CallState::Terminating);
+        call.handle_timeout(t0 + 128 * T1);
+        assert_eq!(call.state(), CallState::Terminated);
+        assert_eq!(events(&mut call), vec![CallEvent::Terminated]);
+        assert_eq!(call.poll_timeout(), None);
+    }
+
+    #[test]
+    fn our_hangup_builds_bye_from_dialog() {
+        let (mut call, t0) = confirmed("");
+        let t = t0 + Duration::from_secs(10);
+        call.hangup(t, HangupCause::AgentHangup);
+        let bye = one_request(&mut call);
+        assert_eq!(bye.method, Method::Bye);
+        assert_eq!(bye.uri, "sip:+15550001111@192.0.2.10:5061;transport=tls");
+        let routes: Vec<_> = bye.headers.get_all("Route").collect();
+        assert_eq!(
+            routes,
+            vec![
+                "<sip:192.0.2.10:5061;transport=tls;lr>",
+                "<sip:192.0.2.11:5061;transport=tls;lr>"
+            ]
+        );
+        assert_eq!(bye.headers.get("To"), Some(FROM));
+        assert_eq!(
+            tag_of(bye.headers.get("From").unwrap()),
+            Some(call.local_tag())
+        );
+        assert_eq!(bye.headers.get("Call-ID"), Some(CALL_ID));
+        assert_eq!(bye.cseq(), Some((1, Method::Bye)));
+        assert_eq!(bye.headers.get("Max-Forwards"), Some("70"));
+        let via = bye.headers.get("Via").unwrap();
+        assert!(
+            via.starts_with("SIP/2.0/TLS sbc.example.com:5061;branch=z9hG4bK"),
+            "{via}"
+        );
+        assert!(bye.validate().is_ok());
+        assert_eq!(call.state(), CallState::Terminating);
+        // Its 200 ends the call.
+        let mut ok = bye.response(200, "OK", None);
+        ok.headers.push("X", "y");
+        call.handle_response(t, ok);
+        assert_eq!(call.state(), CallState::Terminated);
+        assert_eq!(events(&mut call), vec![CallEvent::Terminated]);
+        // A second hangup does nothing.
+        call.hangup(t, HangupCause::Ops);
+        assert!(drain(&mut call).is_empty());
+    }
+
+    #[test]
+    fn strict_route_becomes_request_uri() {
+        let t0 = Instant::now();
+        let mut inv = invite("");
+        inv.headers.remove("Record-Route");
+        inv.headers
+            .push("Record-Route", "<sip:192.0.2.20:5061;transport=tls>");
+        let mut call = UasCall::new(t0, inv, config(), &mut ChaCha8Rng::seed_from_u64(3));
+        call.accept(t0, Bytes::new());
+        call.handle_request(t0, ack(&call, 101));
+        drain(&mut call);
+        call.hangup(t0, HangupCause::Shutdown);
+        let bye = one_request(&mut call);
+        assert_eq!(bye.uri, "sip:192.0.2.20:5061;transport=tls");
+        assert_eq!(
+            bye.headers.get("Route"),
+            Some("<sip:+15550001111@192.0.2.10:5061;transport=tls>")
+        );
+    }
+
+    #[test]
+    fn hangup_before_ack_waits_for_ack() {
+        let (mut call, t0) = start("");
+        drain(&mut call);
+        call.accept(t0, Bytes::new());
+        drain(&mut call);
+        call.hangup(t0, HangupCause::AgentHangup);
+        assert!(drain(&mut call).is_empty());
+        call.handle_request(t0 + T1 / 4, ack(&call, 101));
+        assert_eq!(one_request(&mut call).method, Method::Bye);
+        assert_eq!(events(&mut call), vec![CallEvent::Confirmed]);
+    }
+
+    #[test]
+    fn hangup_before_answer_rejects() {
+        let (mut call, t0) = start("");
+        drain(&mut call);
+        call.hangup(t0, HangupCause::AgentHangup);
+        let r = one_response(&mut call);
+        assert_eq!(r.status, 480);
+        assert_eq!(
+            r.headers.get("Warning"),
+            Some("399 sbc.example.com \"agent hung up\"")
+        );
+        let (mut call, t0) = start("");
+        drain(&mut call);
+        call.hangup(t0, HangupCause::Shutdown);
+        assert_eq!(one_response(&mut call).status, 503);
+    }
+
+    #[test]
+    fn reject_with_warning_retry_after_then_ack() {
+        let (mut call, t0) = start("");
+        drain(&mut call);
+        call.reject(
+            t0,
+            503,
+            "Service Unavailable",
+            Some("agent \"x\" down"),
+            Some(30),
+        );
+        let r = one_response(&mut call);
+        assert_eq!(r.status, 503);
+        assert_eq!(
+            r.headers.get("Warning"),
+            Some("399 sbc.example.com \"agent \\\"x\\\" down\"")
+        );
+        assert_eq!(r.headers.get("Retry-After"), Some("30"));
+        assert!(tag_of(r.headers.get("To").unwrap()).is_some());
+        assert_eq!(call.state(), CallState::Terminating);
+        // The INVITE retransmitted: the final response again.
+        call.handle_request(t0, invite(""));
+        assert_eq!(one_response(&mut call).status, 503);
+        // ACK of the non-2xx is absorbed, Timer I is zero over TLS.
+        let mut a = ack(&call, 101);
+        a.headers.remove("Via");
+        a.headers
+            .push("Via", "SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bKinv1");
+        call.handle_request(t0 + T1, a);
+        assert!(drain(&mut call).is_empty());
+        assert_eq!(call.state(), CallState::Terminated);
+        assert_eq!(events(&mut call), vec![CallEvent::Terminated]);
+    }
+
+    #[test]
+    fn reject_without_ack_ends_at_timer_h() {
+        let (mut call, t0) = start("");
+        drain(&mut call);
+        call.reject(t0, 404, "Not Found", None, None);
+        let r = one_response(&mut call);
+        assert_eq!((r.status, r.headers.get("Warning")), (404, None));
+        assert_eq!(call.poll_timeout(), Some(t0 + 64 * T1));
+        call.handle_timeout(t0 + 64 * T1);
+        assert_eq!(call.state(), CallState::Terminated);
+        assert_eq!(events(&mut call), vec![CallEvent::Terminated]);
+        // Calls into a terminated call are harmless.
+        call.accept(t0, Bytes::new());
+        call.reject(t0, 500, "x", None, None);
+        assert!(drain(&mut call).is_empty());
+    }
+
+    #[test]
+    fn cancel_before_final_then_after() {
+        let (mut call, t0) = start("");
+        drain(&mut call);
+        call.ringing(t0);
+        drain(&mut call);
+        call.handle_request(t0, cancel());
+        let r = responses(&mut call);
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            (r[0].status, r[0].headers.get("CSeq")),
+            (200, Some("101 CANCEL"))
+        );
+        assert_eq!(
+            (r[1].status, r[1].headers.get("CSeq")),
+            (487, Some("101 INVITE"))
+        );
+        assert_eq!(events(&mut call), vec![CallEvent::Cancelled]);
+        call.accept(t0, Bytes::new());
+        assert!(drain(&mut call).is_empty());
+        call.handle_request(t0, ack(&call, 101));
+        assert_eq!(call.state(), CallState::Terminated);
+
+        // After the final response: 200 only.
+        let (mut call, t0) = start("");
+        call.accept(t0, Bytes::new());
+        drain(&mut call);
+        call.handle_request(t0, cancel());
+        assert_eq!(one_response(&mut call).status, 200);
+        assert!(events(&mut call).is_empty());
+        assert_eq!(call.state(), CallState::Accepted);
+
+        // Not matching the INVITE's branch: 481.
+        let (mut call, _) = start("");
+        drain(&mut call);
+        let mut c = cancel();
+        c.headers.remove("Via");
+        c.headers
+            .push("Via", "SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bKother");
+        call.handle_request(t0, c);
+        assert_eq!(one_response(&mut call).status, 481);
+        assert_eq!(call.state(), CallState::Proceeding);
+    }
+
+    #[test]
+    fn retransmitted_invite_resends_last_response() {
+        let (mut call, t0) = start("");
+        drain(&mut call);
+        call.handle_request(t0, invite(""));
+        assert_eq!(one_response(&mut call).status, 100);
+        call.ringing(t0);
+        drain(&mut call);
+        call.handle_request(t0, invite(""));
+        assert_eq!(one_response(&mut call).status, 180);
+        call.accept(t0, Bytes::new());
+        drain(&mut call);
+        call.handle_request(t0, invite(""));
+        assert_eq!(one_response(&mut call).status, 200);
+    }
+
+    #[test]
+    fn remote_bye() {
+        let (mut call, t0) = confirmed("");
+        call.handle_request(t0, request(&call, "BYE", 102, "", ""));
+        let r = one_response(&mut call);
+        assert_eq!((r.status, r.headers.get("CSeq")), (200, Some("102 BYE")));
+        assert_eq!(
+            events(&mut call),
+            vec![CallEvent::RemoteBye, CallEvent::Terminated]
+        );
+        assert_eq!(call.state(), CallState::Terminated);
+        assert_eq!(call.poll_timeout(), None);
+        call.handle_request(t0, request(&call, "BYE", 103, "", ""));
+        assert_eq!(one_response(&mut call).status, 481);
+    }
+
+    #[test]
+    fn bye_in_early_dialog_answers_invite_487() {
+        let (mut call, t0) = start("");
+        call.ringing(t0);
+        drain(&mut call);
+        call.handle_request(t0, request(&call, "BYE", 102, "", ""));
+        let r = responses(&mut call);
+        assert_eq!(
+            r.iter().map(|r| r.status).collect::<Vec<_>>(),
+            vec![200, 487]
+        );
+        assert_eq!(call.state(), CallState::Terminated);
+    }
+
+    #[test]
+    fn wrong_tag_481_and_lower_cseq_500() {
+        let (mut call, t0) = confirmed("");
+        call.handle_request(t0, request_tagged("nope", "BYE", 102, "", ""));
+        assert_eq!(one_response(&mut call).status, 481);
+        call.handle_request(t0, request(&call, "OPTIONS", 100, "", ""));
+        let r = one_response(&mut call);
+        assert_eq!((r.status, r.reason.as_str()), (500, "CSeq Out of Order"));
+        assert_eq!(call.state(), CallState::Confirmed);
+        // Wrong Call-ID.
+        let mut r = request(&call, "BYE", 105, "", "");
+        r.headers.remove("Call-ID");
+        r.headers.push("i", "other");
+        call.handle_request(t0, r);
+        assert_eq!(one_response(&mut call).status, 481);
+        assert_eq!(call.state(), CallState::Confirmed);
+    }
+
+    #[test]
+    fn reinvite_offer_answer_and_glare() {
+        let (mut call, t0) = confirmed("");
+        let t = t0 + Duration::from_secs(5);
+        call.handle_request(
+            t,
+            request(
+                &call,
+                "INVITE",
+                102,
+                "Content-Type: application/sdp\r\n",
+                SDP,
+            ),
+        );
+        assert_eq!(
+            events(&mut call),
+            vec![CallEvent::ReOffer {
+                sdp: Bytes::from_static(SDP.as_bytes())
+            }]
+        );
+        assert!(drain(&mut call).is_empty());
+        // A second re-INVITE while the first is unanswered (RFC 3261 §14.2).
+        call.handle_request(
+            t,
+            request(
+                &call,
+                "INVITE",
+                103,
+                "Content-Type: application/sdp\r\n",
+                SDP,
+            ),
+        );
+        let r = one_response(&mut call);
+        assert_eq!(r.status, 500);
+        let secs: u32 = r.headers.get("Retry-After").unwrap().parse().unwrap();
+        assert!(secs <= 10);
+        call.answer_reoffer(t, Ok(Bytes::from_static(b"v=0\r\n")));
+        let ok = one_response(&mut call);
+        assert_eq!(
+            (ok.status, ok.headers.get("CSeq")),
+            (200, Some("102 INVITE"))
+        );
+        assert_eq!(&ok.body[..], b"v=0\r\n");
+        // Retransmitted until its ACK.
+        assert_eq!(call.poll_timeout(), Some(t + T1));
+        call.handle_timeout(t + T1);
+        assert_eq!(one_response(&mut call).status, 200);
+        call.handle_request(t + T1, ack(&call, 102));
+        assert!(call.poll_timeout().is_none_or(|d| d > t + 64 * T1));
+        assert_eq!(call.state(), CallState::Confirmed);
+
+        // Refused offer: 488 with Warning, the call carries on.
+        call.handle_request(
+            t,
+            request(
+                &call,
+                "INVITE",
+                104,
+                "Content-Type: application/sdp\r\n",
+                SDP,
+            ),
+        );
+        events(&mut call);
+        call.answer_reoffer(t, Err("no common crypto suite".into()));
+        let r = one_response(&mut call);
+        assert_eq!(r.status, 488);
+        assert_eq!(
+            r.headers.get("Warning"),
+            Some("399 sbc.example.com \"no common crypto suite\"")
+        );
+        call.handle_request(t, ack(&call, 104));
+        assert!(drain(&mut call).is_empty());
+        assert_eq!(call.state(), CallState::Confirmed);
+        // No pending offer: answering again does nothing.
+        call.answer_reoffer(t, Ok(Bytes::new()));
+        assert!(drain(&mut call).is_empty());
+    }
+
+    #[test]
+    fn reinvite_without_sdp_is_488() {
+        let (mut call, t0) = confirmed("");
+        call.handle_request(t0, request(&call, "INVITE", 102, "", ""));
+        let r = one_response(&mut call);
+        assert_eq!(r.status, 488);
+        assert!(r.headers.get("Warning").is_some());
+        assert!(events(&mut call).is_empty());
+    }
+
+    #[test]
+    fn reinvite_before_final_is_500() {
+        let (mut call, t0) = start("");
+        call.ringing(t0);
+        drain(&mut call);
+        call.handle_request(
+            t0,
+            request(
+                &call,
+                "INVITE",
+                102,
+                "Content-Type: application/sdp\r\n",
+                SDP,
+            ),
+        );
+        assert_eq!(one_response(&mut call).status, 500);
+        // A new INVITE with the same Call-ID and no To tag: merged request.
+        let mut inv = invite("");
+        inv.headers.remove("Via");
+        inv.headers
+            .push("Via", "SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bKinv2");
+        inv.headers.remove("CSeq");
+        inv.headers.push("CSeq", "102 INVITE");
+        call.handle_request(t0, inv);
+        assert_eq!(one_response(&mut call).status, 482);
+    }
+
+    #[test]
+    fn update_offer_and_refresh() {
+        let (mut call, t0) =
+            confirmed("Supported: timer\r\nSession-Expires: 300;refresher=uac\r\n");
+        assert_eq!(
+            call.poll_timeout(),
+            Some(t0 + Duration::from_secs(300 - 32))
+        );
+        let t = t0 + Duration::from_secs(100);
+        call.handle_request(
+            t,
+            request(
+                &call,
+                "UPDATE",
+                102,
+                "Content-Type: application/sdp\r\n",
+                SDP,
+            ),
+        );
+        assert!(matches!(events(&mut call)[..], [CallEvent::ReOffer { .. }]));
+        call.answer_reoffer(t, Ok(Bytes::from_static(b"v=0\r\n")));
+        let ok = one_response(&mut call);
+        assert_eq!(
+            (ok.status, ok.headers.get("CSeq")),
+            (200, Some("102 UPDATE"))
+        );
+        assert_eq!(ok.headers.get("Session-Expires"), Some("300;refresher=uac"));
+        // No ACK for UPDATE: only the session timer, re-armed from t.
+        assert_eq!(call.poll_timeout(), Some(t + Duration::from_secs(300 - 32)));
+
+        // UPDATE without SDP: a pure refresh, answered 200 at once, new interval honoured.
+        let t = t + Duration::from_secs(100);
+        call.handle_request(
+            t,
+            request(&call, "UPDATE", 103, "Supported: timer\r\nSession-Expires: 120;refresher=uac\r\nContact: <sip:new@192.0.2.12;transport=tls>\r\n", ""),
+        );
+        let ok = one_response(&mut call);
+        assert_eq!(ok.status, 200);
+        assert_eq!(ok.headers.get("Session-Expires"), Some("120;refresher=uac"));
+        assert!(ok.body.is_empty());
+        // 120 s minus min(32 s, 40 s).
+        assert_eq!(call.poll_timeout(), Some(t + Duration::from_secs(88)));
+        // Target refreshed.
+        call.hangup(t, HangupCause::Ops);
+        assert_eq!(
+            one_request(&mut call).uri,
+            "sip:new@192.0.2.12;transport=tls"
+        );
+    }
+
+    #[test]
+    fn session_expires_without_refresh() {
+        let (mut call, t0) = confirmed("k: timer\r\nx: 90\r\n");
+        // 90 s minus min(32 s, 30 s).
+        let due = t0 + Duration::from_secs(60);
+        assert_eq!(call.poll_timeout(), Some(due));
+        call.handle_timeout(due - Duration::from_millis(1));
+        assert!(events(&mut call).is_empty());
+        call.handle_timeout(due);
+        assert_eq!(events(&mut call), vec![CallEvent::SessionExpired]);
+        assert_eq!(one_request(&mut call).method, Method::Bye);
+        assert_eq!(call.state(), CallState::Terminating);
+    }
+
+    #[test]
+    fn session_interval_too_small_is_422() {
+        let inv = invite("Supported: timer\r\nSession-Expires: 60\r\n");
+        assert!(UasCall::session_interval_too_small(&inv, &config()));
+        assert!(!UasCall::session_interval_too_small(&invite(""), &config()));
+        let (mut call, t0) = start("Supported: timer\r\nSession-Expires: 60\r\n");
+        let r = one_response(&mut call);
+        assert_eq!(r.status, 422);
+        assert_eq!(r.headers.get("Min-SE"), Some("90"));
+        assert_eq!(call.state(), CallState::Terminating);
+        call.handle_timeout(t0 + 64 * T1);
+        assert_eq!(call.state(), CallState::Terminated);
+    }
+
+    #[test]
+    fn session_timer_negotiation() {
+        let cfg = config();
+        let neg = |extra: &str| negotiate(&invite(extra), &cfg).ok().flatten();
+        assert_eq!(neg(""), None);
+        let st = neg("Supported: timer\r\n").unwrap();
+        assert_eq!(
+            (st.interval.as_secs(), st.refresher),
+            (1800, Refresher::Uac)
+        );
+        // Lowered to our preference, never below their Min-SE.
+        let st = neg("Supported: timer\r\nSession-Expires: 7200\r\nMin-SE: 2000\r\n").unwrap();
+        assert_eq!(st.interval.as_secs(), 2000);
+        let st = neg("Supported: timer\r\nSession-Expires: 7200\r\n").unwrap();
+        assert_eq!(st.interval.as_secs(), 1800);
+        // The UAC does not support timer: we refresh, no Require.
+        let st = neg("Session-Expires: 600\r\n").unwrap();
+        assert_eq!((st.refresher, st.uac_supports), (Refresher::Uas, false));
+        let st = neg("Supported: 100rel, timer\r\nSession-Expires: 600;refresher=uas\r\n").unwrap();
+        assert_eq!(st.refresher, Refresher::Uas);
+    }
+
+    #[test]
+    fn we_refresh_with_update_when_refresher_uas() {
+        let (mut call, t0) =
+            confirmed("Allow: INVITE, ACK, BYE, CANCEL, UPDATE\r\nSession-Expires: 600\r\n");
+        let (mut ok_seen, at) = (false, t0 + Duration::from_secs(300));
+        assert_eq!(call.poll_timeout(), Some(at));
+        call.handle_timeout(at);
+        let upd = one_request(&mut call);
+        assert_eq!(upd.method, Method::Update);
+        assert_eq!(
+            upd.headers.get("Session-Expires"),
+            Some("600;refresher=uas")
+        );
+        assert_eq!(upd.cseq(), Some((1, Method::Update)));
+        assert!(upd.body.is_empty());
+        call.handle_response(at, upd.response(200, "OK", Some("x")));
+        if call.poll_timeout() == Some(at + Duration::from_secs(300)) {
+            ok_seen = true;
+        }
+        assert!(ok_seen);
+        // A refresh that dies with 481 ends the call.
+        let at = at + Duration::from_secs(300);
+        call.handle_timeout(at);
+        let upd = one_request(&mut call);
+        call.handle_response(at, upd.response(481, "Call Does Not Exist", None));
+        assert_eq!(events(&mut call), vec![CallEvent::SessionExpired]);
+        let bye = one_request(&mut call);
+        assert_eq!(bye.cseq(), Some((3, Method::Bye)));
+    }
+
+    #[test]
+    fn no_refresh_update_when_carrier_lacks_update() {
+        let (call, _) = confirmed("Allow: INVITE, ACK, BYE, CANCEL\r\nSession-Expires: 600\r\n");
+        assert_eq!(call.poll_timeout(), None);
+    }
+
+    #[test]
+    fn options_info_refer_in_dialog() {
+        let (mut call, t0) = confirmed("");
+        call.handle_request(t0, request(&call, "OPTIONS", 102, "", ""));
+        let r = one_response(&mut call);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.headers.get("Allow"), Some(ALLOW));
+        assert_eq!(r.headers.get("Accept"), Some("application/sdp"));
+        assert_eq!(r.headers.get("Supported"), Some("timer"));
+
+        call.handle_request(
+            t0,
+            request(
+                &call,
+                "INFO",
+                103,
+                "Content-Type: application/dtmf-relay\r\n",
+                "Signal=5\r\nDuration=160\r\n",
+            ),
+        );
+        assert_eq!(one_response(&mut call).status, 200);
+        assert_eq!(
+            events(&mut call),
+            vec![CallEvent::Dtmf {
+                digit: '5',
+                duration: Duration::from_millis(160)
+            }]
+        );
+        call.handle_request(
+            t0,
+            request(&call, "INFO", 104, "c: application/dtmf\r\n", "#"),
+        );
+        assert_eq!(one_response(&mut call).status, 200);
+        assert_eq!(
+            events(&mut call),
+            vec![CallEvent::Dtmf {
+                digit: '#',
+                duration: Duration::ZERO
+            }]
+        );
+        call.handle_request(
+            t0,
+            request(&call, "INFO", 105, "Content-Type: text/plain\r\n", "hi"),
+        );
+        assert_eq!(one_response(&mut call).status, 415);
+        call.handle_request(t0, request(&call, "INFO", 106, "", ""));
+        assert_eq!(one_response(&mut call).status, 200);
+        call.handle_request(
+            t0,
+            request(
+                &call,
+                "INFO",
+                107,
+                "Content-Type: application/dtmf-relay\r\n",
+                "Signal=zz\r\n",
+            ),
+        );
+        assert_eq!(one_response(&mut call).status, 200);
+        assert!(events(&mut call).is_empty());
+
+        call.handle_request(
+            t0,
+            request(&call, "REFER", 108, "Refer-To: <sip:x@y>\r\n", ""),
+        );
+        let r = one_response(&mut call);
+        assert_eq!((r.status, r.headers.get("Allow")), (501, Some(ALLOW)));
+        call.handle_request(t0, request(&call, "MESSAGE", 109, "", ""));
+        assert_eq!(one_response(&mut call).status, 405);
+        assert_eq!(call.state(), CallState::Confirmed);
+    }
+
+    #[test]
+    fn dtmf_digits() {
+        assert_eq!(dtmf_digit("10"), Some('*'));
+        assert_eq!(dtmf_digit("11"), Some('#'));
+        assert_eq!(dtmf_digit("15"), Some('D'));
+        assert_eq!(dtmf_digit("a"), Some('A'));
+        assert_eq!(dtmf_digit("16"), None);
+        assert_eq!(dtmf_digit("E"), None);
+        assert_eq!(
+            parse_dtmf_relay("Signal= 9\r\nDuration= 250"),
+            Some(('9', Duration::from_millis(250)))
+        );
+        assert_eq!(parse_dtmf_relay("Duration=250"), None);
+    }
+
+    proptest::proptest! {
+        /// Arbitrary (parsable) requests and responses never make the core panic.
+        #[test]
+        fn call_never_panics_on_network_input(
+            inputs in proptest::collection::vec((0u8..12, 0u32..200, proptest::prelude::any::<bool>(), 0u64..100_000), 1..30)
+        ) {
+            let (mut call, t0) = start("Supported: timer\r\nSession-Expires: 120\r\n");
+            let methods = ["ACK", "BYE", "CANCEL", "INVITE", "UPDATE", "INFO", "OPTIONS", "REFER", "FOO"];
+            for (kind, cseq, tagged, ms) in inputs {
+                let now = t0 + Duration::from_millis(ms);
+                match kind {
+                    0..=8 => {
+                        let tag = if tagged { call.local_tag().to_string() } else { "zz".into() };
+                        let body = if tagged { SDP } else { "" };
+                        let req = request_tagged(&tag, methods[kind as usize], cseq, "Content-Type: application/sdp\r\n", body);
+                        call.handle_request(now, req);
+                    }
+                    9 => call.accept(now, Bytes::from_static(b"v=0\r\n")),
+                    10 => call.hangup(now, HangupCause::Error),
+                    _ => {
+                        let mut r = invite("").response(200, "OK", None);
+                        r.headers.remove("CSeq");
+                        r.headers.push("CSeq", format!("{cseq} BYE"));
+                        call.handle_response(now, r);
+                    }
+                }
+                call.handle_timeout(now);
+                call.answer_reoffer(now, Ok(Bytes::new()));
+                while call.poll_transmit().is_some() {}
+                while call.poll_event().is_some() {}
+            }
+        }
+    }
+}

@@ -150,11 +150,12 @@ fn content_length(head: &[u8]) -> Result<Option<usize>, ()> {
             continue;
         };
         let name = String::from_utf8_lossy(&line[..colon]);
-        if !same_header(name.trim_end(), "Content-Length") || line[0] == b' ' || line[0] == b'\t'
-        {
+        if !same_header(name.trim_end(), "Content-Length") || line[0] == b' ' || line[0] == b'\t' {
             continue;
         }
-        let value = std::str::from_utf8(&line[colon + 1..]).map_err(|_| ())?.trim();
+        let value = std::str::from_utf8(&line[colon + 1..])
+            .map_err(|_| ())?
+            .trim();
         if value.is_empty() || !value.bytes().all(|c| c.is_ascii_digit()) {
             return Err(());
         }
@@ -250,11 +251,17 @@ mod tests {
         for bad in ["x", "-1", "", "99999999999999999999999999", "1 2"] {
             let mut f = Framer::new(1000);
             f.push(format!("BYE sip:a SIP/2.0\r\nContent-Length: {bad}\r\n\r\n").as_bytes());
-            assert!(matches!(f.next_frame(), Err(FrameError::BadContentLength { .. })), "{bad}");
+            assert!(
+                matches!(f.next_frame(), Err(FrameError::BadContentLength { .. })),
+                "{bad}"
+            );
         }
         let mut f = Framer::new(1000);
         f.push(b"BYE sip:a SIP/2.0\r\nContent-Length: 1\r\nl: 2\r\n\r\nab");
-        assert!(matches!(f.next_frame(), Err(FrameError::BadContentLength { .. })));
+        assert!(matches!(
+            f.next_frame(),
+            Err(FrameError::BadContentLength { .. })
+        ));
     }
 
     #[test]
@@ -263,7 +270,10 @@ mod tests {
         let mut f = Framer::new(64);
         f.push(b"INVITE sip:a SIP/2.0\r\nContent-Length: 100\r\n\r\n");
         match f.next_frame() {
-            Err(FrameError::TooLarge { limit: 64, head: Some(h) }) => {
+            Err(FrameError::TooLarge {
+                limit: 64,
+                head: Some(h),
+            }) => {
                 assert!(h.ends_with(b"100\r\n\r\n"))
             }
             other => panic!("{other:?}"),
@@ -273,7 +283,13 @@ mod tests {
         f.push(b"INVITE sip:a SIP/2.0\r\n");
         assert_eq!(f.next_frame(), Ok(None));
         f.push(&[b'a'; 64]);
-        assert_eq!(f.next_frame(), Err(FrameError::TooLarge { limit: 64, head: None }));
+        assert_eq!(
+            f.next_frame(),
+            Err(FrameError::TooLarge {
+                limit: 64,
+                head: None
+            })
+        );
         // Exactly at the limit is fine.
         let msg = b"BYE sip:a SIP/2.0\r\nl: 3\r\n\r\nabc";
         let mut f = Framer::new(msg.len());
@@ -281,7 +297,10 @@ mod tests {
         assert!(matches!(f.next_frame(), Ok(Some(Frame::Message(_)))));
         let mut f = Framer::new(msg.len() - 1);
         f.push(msg);
-        assert!(matches!(f.next_frame(), Err(FrameError::TooLarge { head: Some(_), .. })));
+        assert!(matches!(
+            f.next_frame(),
+            Err(FrameError::TooLarge { head: Some(_), .. })
+        ));
     }
 
     proptest::proptest! {

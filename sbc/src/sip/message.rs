@@ -154,6 +154,14 @@ impl Headers {
     pub fn remove(&mut self, name: &str) {
         self.0.retain(|(n, _)| !same_header(n, name));
     }
+    /// Moves every occurrence of a header to the end, keeping their order.
+    pub fn move_to_end(&mut self, name: &str) {
+        let (moved, mut kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.0)
+            .into_iter()
+            .partition(|(n, _)| same_header(n, name));
+        kept.extend(moved);
+        self.0 = kept;
+    }
     /// All values of a header, comma-separated lists split (RFC 3261 §7.3.1), in order.
     pub fn get_list(&self, name: &str) -> Vec<String> {
         self.get_all(name)
@@ -792,18 +800,21 @@ v=0\r\nx=1\r\n";
         assert_eq!(r.validate(), Ok(()));
         let bytes = SipMessage::Request(r.clone()).to_bytes();
         let again = req(std::str::from_utf8(&bytes).unwrap());
-        assert_eq!(again, Request {
-            headers: {
-                let mut h = r.headers.clone();
-                for (n, v) in h.0.iter_mut() {
-                    if n == "Content-Length" {
-                        *v = "10".into();
+        assert_eq!(
+            again,
+            Request {
+                headers: {
+                    let mut h = r.headers.clone();
+                    for (n, v) in h.0.iter_mut() {
+                        if n == "Content-Length" {
+                            *v = "10".into();
+                        }
                     }
-                }
-                h
-            },
-            ..r
-        });
+                    h
+                },
+                ..r
+            }
+        );
     }
 
     #[test]
@@ -826,7 +837,10 @@ l: 4\n\
 v=0\n";
         let r = req(m);
         assert_eq!(r.call_id(), Some("compact-1"));
-        assert_eq!(r.headers.get("from"), Some("<sip:alice@example.com> ;tag=f1"));
+        assert_eq!(
+            r.headers.get("from"),
+            Some("<sip:alice@example.com> ;tag=f1")
+        );
         assert_eq!(tag_of(r.headers.get("From").unwrap()), Some("f1"));
         assert_eq!(r.headers.get("Subject"), Some("folded second line"));
         assert_eq!(r.headers.get("Session-Expires"), Some("120;refresher=uac"));
@@ -861,7 +875,8 @@ v=0\n";
         assert_eq!(e.offset, 2);
         let e = SipMessage::parse(b"OPTIONS sip:a SIP/2.0\r\nno colon here\r\n\r\n").unwrap_err();
         assert_eq!(e.offset, 23);
-        let e = SipMessage::parse(b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 9\r\n\r\nabc").unwrap_err();
+        let e = SipMessage::parse(b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 9\r\n\r\nabc")
+            .unwrap_err();
         assert_eq!(e.reason, "body shorter than Content-Length");
         assert!(SipMessage::parse(b"").is_err());
         assert!(SipMessage::parse(b"SIP/2.0 2000 OK\r\n\r\n").is_err());
@@ -877,7 +892,10 @@ v=0\n";
             "Max-Forwards: 70".to_string(),
         ];
         let mut s = format!("{method} sip:b@example.com SIP/2.0\r\n");
-        for l in lines.iter().filter(|l| !l.starts_with(skip) || skip.is_empty()) {
+        for l in lines
+            .iter()
+            .filter(|l| !l.starts_with(skip) || skip.is_empty())
+        {
             s.push_str(l);
             s.push_str("\r\n");
         }
@@ -890,7 +908,11 @@ v=0\n";
     fn every_rejection_code() {
         for h in MANDATORY {
             let r = req(&base("INVITE", "", &format!("{h}:")));
-            assert_eq!(r.validate(), Err(Rejection::new(400, format!("Missing {h}"))), "{h}");
+            assert_eq!(
+                r.validate(),
+                Err(Rejection::new(400, format!("Missing {h}"))),
+                "{h}"
+            );
         }
         let r = req(&base("INVITE", "", "").replace("CSeq: 1 INVITE", "CSeq: 1 BYE"));
         assert_eq!(r.validate().unwrap_err().status, 400);
@@ -902,20 +924,41 @@ v=0\n";
         assert_eq!(r.validate().unwrap_err().status, 400);
         let r = req(&base("INVITE", "", "").replace("INVITE sip:", "INVITE mailto:"));
         assert_eq!(r.validate().unwrap_err().status, 416);
-        for m in ["REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "NOTIFY", "PRACK"] {
-            assert_eq!(req(&base(m, "", "")).validate().unwrap_err().status, 405, "{m}");
+        for m in [
+            "REGISTER",
+            "SUBSCRIBE",
+            "PUBLISH",
+            "MESSAGE",
+            "NOTIFY",
+            "PRACK",
+        ] {
+            assert_eq!(
+                req(&base(m, "", "")).validate().unwrap_err().status,
+                405,
+                "{m}"
+            );
         }
         for m in ["REFER", "FROB"] {
-            assert_eq!(req(&base(m, "", "")).validate().unwrap_err().status, 501, "{m}");
+            assert_eq!(
+                req(&base(m, "", "")).validate().unwrap_err().status,
+                501,
+                "{m}"
+            );
         }
-        for m in ["INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "INFO"] {
+        for m in [
+            "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "INFO",
+        ] {
             assert_eq!(req(&base(m, "", "")).validate(), Ok(()), "{m}");
         }
     }
 
     #[test]
     fn response_copies_headers_and_adds_tag() {
-        let s = base("INVITE", "Via: SIP/2.0/TLS 192.0.2.9;branch=z9hG4bK2, SIP/2.0/TLS 192.0.2.8;branch=z9hG4bK3\r\n", "");
+        let s = base(
+            "INVITE",
+            "Via: SIP/2.0/TLS 192.0.2.9;branch=z9hG4bK2, SIP/2.0/TLS 192.0.2.8;branch=z9hG4bK3\r\n",
+            "",
+        );
         let r = req(&s);
         let resp = r.response(180, "Ringing", Some("abc"));
         let vias: Vec<_> = resp.headers.get_all("Via").collect();
@@ -950,8 +993,14 @@ v=0\n";
     #[test]
     fn uri_users() {
         assert_eq!(uri_user("sip:%2B1555@h").as_deref(), Some("+1555"));
-        assert_eq!(uri_user("sips:+1-555-000@h;user=phone").as_deref(), Some("+1-555-000"));
-        assert_eq!(uri_user("tel:+1555;phone-context=example.com").as_deref(), Some("+1555"));
+        assert_eq!(
+            uri_user("sips:+1-555-000@h;user=phone").as_deref(),
+            Some("+1-555-000")
+        );
+        assert_eq!(
+            uri_user("tel:+1555;phone-context=example.com").as_deref(),
+            Some("+1555")
+        );
         assert_eq!(uri_user("sip:h.example.com"), None);
         assert_eq!(uri_user("mailto:a@b"), None);
         assert_eq!(uri_user("sip:a%zz@h").as_deref(), Some("a%zz"));
@@ -965,7 +1014,9 @@ v=0\n";
 
     #[test]
     fn called_number_falls_back_to_to() {
-        let r = req(&base("INVITE", "", "").replace("INVITE sip:b@example.com", "INVITE sip:example.com"));
+        let r =
+            req(&base("INVITE", "", "")
+                .replace("INVITE sip:b@example.com", "INVITE sip:example.com"));
         assert_eq!(r.called_number().as_deref(), Some("b"));
     }
 

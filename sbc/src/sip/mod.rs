@@ -138,6 +138,7 @@ pub fn stateless_response(
     if let Some(s) = &config.server_header {
         resp.headers.push("Server", s.clone());
     }
+    resp.headers.move_to_end("Content-Length");
     resp
 }
 
@@ -181,7 +182,14 @@ mod tests {
         let r = stateless_response(&req, 501, "Not Implemented", &cfg, None, &mut rng);
         assert_eq!(r.headers.get("Allow"), Some(ALLOW));
         assert_eq!(r.headers.get("Server"), Some("sbc"));
-        let r = stateless_response(&req, 503, "Service Unavailable\r\nX: y", &cfg, Some(30), &mut rng);
+        let r = stateless_response(
+            &req,
+            503,
+            "Service Unavailable\r\nX: y",
+            &cfg,
+            Some(30),
+            &mut rng,
+        );
         assert_eq!(r.headers.get("Retry-After"), Some("30"));
         assert_eq!(r.headers.get("Allow"), None);
         assert!(!r.reason.contains('\n'));

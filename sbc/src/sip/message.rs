@@ -321,6 +321,16 @@ pub(crate) fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
 impl SipMessage {
     /// Parses one framed message.
     pub fn parse(data: &[u8]) -> Result<SipMessage, ParseError> {
+        Self::parse_inner(data, true)
+    }
+
+    /// Parses only a header block, e.g. the `head` of a [`super::FrameError`], to answer 413
+    /// or 400: Content-Length is not checked against the (absent) body.
+    pub fn parse_head(head: &[u8]) -> Result<SipMessage, ParseError> {
+        Self::parse_inner(head, false)
+    }
+
+    fn parse_inner(data: &[u8], with_body: bool) -> Result<SipMessage, ParseError> {
         // Leading CRLFs before the start line are ignored (RFC 3261 §7.5).
         let start = data
             .iter()
@@ -376,6 +386,7 @@ impl SipMessage {
         }
 
         let body = match headers.get("Content-Length") {
+            _ if !with_body => &body[..0],
             Some(v) => {
                 let n: usize = v
                     .trim()
@@ -866,6 +877,19 @@ v=0\n";
                 assert_eq!(r.cseq(), Some((2, Method::Bye)));
             }
             SipMessage::Request(_) => panic!("not a response"),
+        }
+    }
+
+    #[test]
+    fn parse_head_of_oversize_message() {
+        let head = b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\r\nContent-Length: 99999\r\n\r\n";
+        assert!(SipMessage::parse(head).is_err());
+        match SipMessage::parse_head(head).unwrap() {
+            SipMessage::Request(r) => {
+                assert!(r.body.is_empty());
+                assert_eq!(r.top_via_branch(), Some("z9hG4bK1"));
+            }
+            SipMessage::Response(_) => panic!("request expected"),
         }
     }
 

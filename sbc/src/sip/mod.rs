@@ -167,6 +167,32 @@ mod tests {
         }
     }
 
+    /// The core stays sans-IO (STYLE.md): no clock, sockets, threads or global RNG outside tests.
+    #[test]
+    fn no_io_in_the_core() {
+        let files = [
+            ("mod.rs", include_str!("mod.rs")),
+            ("call.rs", include_str!("call.rs")),
+            ("framing.rs", include_str!("framing.rs")),
+            ("message.rs", include_str!("message.rs")),
+        ];
+        let marker = ["#[cfg(", "test)]"].concat();
+        for (name, text) in files {
+            let code = text.split(marker.as_str()).next().unwrap_or("");
+            for banned in [
+                "Instant::now",
+                "SystemTime",
+                "tokio",
+                "std::net",
+                "std::thread",
+                "thread_rng",
+                "std::fs",
+            ] {
+                assert!(!code.contains(banned), "{name} uses {banned}");
+            }
+        }
+    }
+
     #[test]
     fn stateless_options_and_rejections() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);

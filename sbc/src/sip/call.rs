@@ -127,6 +127,7 @@ fn negotiate(req: &Request, config: &UasConfig) -> Result<Option<SessionTimer>, 
 }
 
 /// A 2xx to an INVITE waiting for its ACK.
+#[derive(Debug)]
 struct Pending2xx {
     response: Response,
     cseq: u32,
@@ -167,6 +168,7 @@ pub(crate) fn hostport(config: &UasConfig) -> String {
 
 /// The sans-IO UAS side of one call: the INVITE server transaction, the dialog, in-dialog
 /// requests, our BYE client transaction and RFC 4028 session timers.
+#[derive(Debug)]
 pub struct UasCall {
     config: UasConfig,
     invite: Request,

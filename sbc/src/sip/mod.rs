@@ -42,7 +42,9 @@ pub mod message;
 
 pub use call::{Refresher, SessionTimer, UasCall};
 pub use framing::{Frame, FrameError, Framer};
-pub use message::{Headers, Method, ParseError, Rejection, Request, Response, SipMessage, ALLOW};
+pub use message::{
+    Headers, Method, ParseError, Rejection, Request, Response, SipMessage, ALLOW, SUPPORTED,
+};
 
 /// Static settings of the UAS core, from `[sip]`.
 #[derive(Clone, Debug)]
@@ -107,7 +109,7 @@ pub enum CallState {
 
 /// A response to a request handled outside any call, by the shell: OPTIONS out of dialog
 /// (200 with Allow, Accept, Supported), a [`Rejection`] from [`Request::validate`] (405 and 501
-/// carry `Allow: ALLOW`, RFC 3261 §8.2.1), 481 for an unknown dialog, 403/404/503 (with
+/// carry `Allow: ALLOW`, RFC 3261 §8.2.1; 420 carries `Unsupported`, §8.2.2.3), 481 for an unknown dialog, 403/404/503 (with
 /// `Retry-After` when given) for a new INVITE refused before a call task exists. Final responses
 /// get a random To tag when To has none (RFC 3261 §8.2.6.2); `Server` comes from config.
 /// Never answer an ACK.
@@ -131,6 +133,10 @@ pub fn stateless_response(
     if status == 200 && req.method == Method::Options {
         resp.headers.push("Accept", "application/sdp");
         resp.headers.push("Supported", "timer");
+    }
+    if status == 420 {
+        resp.headers
+            .push("Unsupported", req.unsupported().join(", "));
     }
     if let Some(secs) = retry_after {
         resp.headers.push("Retry-After", secs.to_string());
@@ -219,6 +225,10 @@ mod tests {
         assert_eq!(r.headers.get("Retry-After"), Some("30"));
         assert_eq!(r.headers.get("Allow"), None);
         assert!(!r.reason.contains('\n'));
+        let mut req420 = req.clone();
+        req420.headers.push("Require", "100rel");
+        let r = stateless_response(&req420, 420, "Bad Extension", &cfg, None, &mut rng);
+        assert_eq!(r.headers.get("Unsupported"), Some("100rel"));
         let r = stateless_response(&req, 100, "Trying", &cfg, None, &mut rng);
         assert_eq!(r.headers.get("To"), Some("<sip:sbc.example.com>"));
     }

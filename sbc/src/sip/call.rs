@@ -198,7 +198,8 @@ pub struct UasCall {
     pending_offer: Option<Request>,
     bye_cseq: Option<u32>,
     refresh_cseq: Option<u32>,
-    bye_on_ack: bool,
+    /// `hangup` while the 2xx waits for its ACK: BYE when it comes.
+    bye_on_ack: Option<HangupCause>,
     session: Option<SessionTimer>,
     timers: Vec<(Instant, TimerKind)>,
     transmit: VecDeque<SipMessage>,
@@ -253,7 +254,7 @@ impl UasCall {
             pending_offer: None,
             bye_cseq: None,
             refresh_cseq: None,
-            bye_on_ack: false,
+            bye_on_ack: None,
             session: None,
             timers: Vec::new(),
             transmit: VecDeque::new(),
@@ -351,7 +352,7 @@ impl UasCall {
                 } else if matches!(response.status, 408 | 481) {
                     // The dialog is gone on the other side (RFC 4028 §10, RFC 5057).
                     self.events.push_back(CallEvent::SessionExpired);
-                    self.send_bye(now);
+                    self.send_bye(now, REASON_REFRESH_FAILED);
                 } else {
                     tracing::debug!(status = response.status, "session refresh refused");
                 }
@@ -394,19 +395,19 @@ impl UasCall {
                         self.state = CallState::Confirmed;
                     }
                     self.events.push_back(CallEvent::AckTimeout);
-                    self.send_bye(now);
+                    self.send_bye(now, REASON_NO_ACK);
                 }
             }
             TimerKind::TimerH | TimerKind::ByeTimeout => self.terminate(),
             TimerKind::SessionExpiry => {
                 self.events.push_back(CallEvent::SessionExpired);
-                self.send_bye(now);
+                self.send_bye(now, REASON_SESSION_EXPIRED);
             }
             TimerKind::SessionRefresh => self.send_refresh(now),
             TimerKind::RefreshTimeout => {
                 self.refresh_cseq = None;
                 self.events.push_back(CallEvent::SessionExpired);
-                self.send_bye(now);
+                self.send_bye(now, REASON_REFRESH_FAILED);
             }
         }
     }
@@ -431,6 +432,7 @@ impl UasCall {
         let resp = self.ok_with_sdp(&self.invite.clone(), Some(sdp));
         self.final_response = Some(resp.clone());
         self.state = CallState::Accepted;
+        tracing::debug!(call_id = %self.call_id, session = ?self.session, "INVITE accepted");
         self.start_2xx(now, resp, self.invite_cseq, true);
         self.arm_session(now);
     }
@@ -508,8 +510,8 @@ impl UasCall {
                 };
                 self.reject(now, status, reason, Some(cause_text(cause)), None);
             }
-            CallState::Accepted => self.bye_on_ack = true,
-            CallState::Confirmed => self.send_bye(now),
+            CallState::Accepted => self.bye_on_ack = Some(cause),
+            CallState::Confirmed => self.send_bye(now, &cause_reason(cause)),
             CallState::Terminating | CallState::Terminated => {}
         }
     }
@@ -574,7 +576,7 @@ impl UasCall {
         }
     }
 
-    fn on_ack(&mut self, _now: Instant, cseq: u32) {
+    fn on_ack(&mut self, now: Instant, cseq: u32) {
         if self.pending_2xx.as_ref().is_some_and(|p| p.cseq == cseq) {
             let p = self.pending_2xx.take();
             self.cancel_timers(TimerKind::Retransmit2xx);
@@ -582,8 +584,8 @@ impl UasCall {
             if p.is_some_and(|p| p.initial) && self.state == CallState::Accepted {
                 self.state = CallState::Confirmed;
                 self.events.push_back(CallEvent::Confirmed);
-                if self.bye_on_ack {
-                    self.send_bye(_now);
+                if let Some(cause) = self.bye_on_ack {
+                    self.send_bye(now, &cause_reason(cause));
                 }
             }
         } else if self.rejected && cseq == self.invite_cseq && self.state == CallState::Terminating
@@ -794,6 +796,7 @@ impl UasCall {
 
     /// A non-2xx final to the initial INVITE; wait for its ACK (Timer H).
     fn send_final_error(&mut self, now: Instant, resp: Response) {
+        tracing::debug!(call_id = %self.call_id, status = resp.status, "INVITE refused");
         self.final_response = Some(resp.clone());
         self.queue(SipMessage::Response(resp));
         self.rejected = true;
@@ -880,14 +883,17 @@ impl UasCall {
         }
     }
 
-    fn send_bye(&mut self, now: Instant) {
+    /// BYE with a Reason header (RFC 3326) saying why.
+    fn send_bye(&mut self, now: Instant, reason: &str) {
         if self.bye_cseq.is_some() || self.state == CallState::Terminated {
             return;
         }
         if let Some(pending) = self.pending_offer.take() {
             self.respond(&pending, 487, "Request Terminated");
         }
-        let bye = self.dialog_request(Method::Bye);
+        let mut bye = self.dialog_request(Method::Bye);
+        bye.headers.push("Reason", reason);
+        tracing::debug!(call_id = %self.call_id, reason, "sending BYE");
         self.bye_cseq = Some(self.local_cseq);
         self.pending_2xx = None;
         self.refresh_cseq = None;
@@ -936,11 +942,23 @@ impl UasCall {
         if self.state == CallState::Terminated {
             return;
         }
+        tracing::debug!(call_id = %self.call_id, from = ?self.state, "dialog terminated");
         self.state = CallState::Terminated;
         self.timers.clear();
         self.pending_2xx = None;
         self.events.push_back(CallEvent::Terminated);
     }
+}
+
+/// Reason header values (RFC 3326) for the BYEs the core sends on its own.
+const REASON_NO_ACK: &str = "SIP;cause=408;text=\"no ACK for 2xx\"";
+const REASON_SESSION_EXPIRED: &str = "SIP;cause=408;text=\"session expired\"";
+const REASON_REFRESH_FAILED: &str = "SIP;cause=408;text=\"session refresh failed\"";
+
+/// Reason header for our hangup: Q.850 16 (normal clearing), 41 (temporary failure) on error.
+fn cause_reason(cause: HangupCause) -> String {
+    let code = if cause == HangupCause::Error { 41 } else { 16 };
+    format!("Q.850;cause={code};text=\"{}\"", cause_text(cause))
 }
 
 fn cause_text(cause: HangupCause) -> &'static str {
@@ -1232,6 +1250,7 @@ Call-ID: {CALL_ID}\r\nCSeq: 101 CANCEL\r\nContent-Length: 0\r\n\r\n"
         assert_eq!(at, 64 * T1);
         assert_eq!(events(&mut call), vec![CallEvent::AckTimeout]);
         assert_eq!(bye.method, Method::Bye);
+        assert_eq!(bye.headers.get("Reason"), Some(REASON_NO_ACK));
         assert_eq!(call.state(), CallState::Terminating);
         // BYE times out after 64*T1 (Timer F).
         assert_eq!(call.poll_timeout(), Some(t0 + 128 * T1));
@@ -1267,6 +1286,10 @@ Call-ID: {CALL_ID}\r\nCSeq: 101 CANCEL\r\nContent-Length: 0\r\n\r\n"
         assert_eq!(bye.headers.get("Call-ID"), Some(CALL_ID));
         assert_eq!(bye.cseq(), Some((1, Method::Bye)));
         assert_eq!(bye.headers.get("Max-Forwards"), Some("70"));
+        assert_eq!(
+            bye.headers.get("Reason"),
+            Some("Q.850;cause=16;text=\"agent hung up\"")
+        );
         let via = bye.headers.get("Via").unwrap();
         assert!(
             via.starts_with("SIP/2.0/TLS sbc.example.com:5061;branch=z9hG4bK"),

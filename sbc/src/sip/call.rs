@@ -74,6 +74,10 @@ pub struct SessionTimer {
     pub uac_supports: bool,
 }
 
+/// Largest delta-seconds value we take from the network (2**32-1, RFC 3261 §20.19 and RFC 4028
+/// §4 leave it unbounded): keeps every deadline far from `Instant` overflow.
+const MAX_DELTA_SECONDS: u64 = u32::MAX as u64;
+
 /// The interval is below our Min-SE: answer 422 (RFC 4028 §8.1).
 struct TooSmall;
 
@@ -89,14 +93,15 @@ fn negotiate(req: &Request, config: &UasConfig) -> Result<Option<SessionTimer>, 
         .headers
         .get("Min-SE")
         .and_then(|v| v.split(';').next()?.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .min(MAX_DELTA_SECONDS);
     let floor = our_min.max(their_min);
     let ours = config.session_expires.as_secs().max(floor);
     // Session-Expires = delta-seconds *(SEMI se-params) (RFC 4028 §4); a malformed value is
     // treated as absent.
     let se = req.headers.get("Session-Expires").and_then(|v| {
         let (delta, params) = v.split_once(';').unwrap_or((v, ""));
-        let delta: u64 = delta.trim().parse().ok()?;
+        let delta: u64 = delta.trim().parse::<u64>().ok()?.min(MAX_DELTA_SECONDS);
         let refresher = match param(params, "refresher") {
             Some(r) if r.eq_ignore_ascii_case("uac") => Some(Refresher::Uac),
             Some(r) if r.eq_ignore_ascii_case("uas") => Some(Refresher::Uas),
@@ -1728,6 +1733,12 @@ Call-ID: {CALL_ID}\r\nCSeq: 101 CANCEL\r\nContent-Length: 0\r\n\r\n"
         // The UAC does not support timer: we refresh, no Require.
         let st = neg("Session-Expires: 600\r\n").unwrap();
         assert_eq!((st.refresher, st.uac_supports), (Refresher::Uas, false));
+        // Absurd values from the network are clamped, never overflow a deadline.
+        let st = neg("Supported: timer\r\nSession-Expires: 99999999999999999999\r\nMin-SE: 18446744073709551615\r\n");
+        // An unparsable Session-Expires counts as absent: ours, raised to their Min-SE.
+        assert_eq!(st.map(|s| s.interval.as_secs()), Some(MAX_DELTA_SECONDS));
+        let st = neg("Supported: timer\r\nSession-Expires: 18446744073709551615\r\nMin-SE: 18446744073709551615\r\n").unwrap();
+        assert_eq!(st.interval.as_secs(), MAX_DELTA_SECONDS);
         let st = neg("Supported: 100rel, timer\r\nSession-Expires: 600;refresher=uas\r\n").unwrap();
         assert_eq!(st.refresher, Refresher::Uas);
     }
@@ -1760,6 +1771,25 @@ Call-ID: {CALL_ID}\r\nCSeq: 101 CANCEL\r\nContent-Length: 0\r\n\r\n"
         assert_eq!(events(&mut call), vec![CallEvent::SessionExpired]);
         let bye = one_request(&mut call);
         assert_eq!(bye.cseq(), Some((3, Method::Bye)));
+    }
+
+    #[test]
+    fn huge_session_expires_does_not_overflow() {
+        let (mut call, t0) = confirmed(
+            "Supported: timer\r\nSession-Expires: 18446744073709551615\r\nMin-SE: 18446744073709551615\r\n",
+        );
+        assert!(call.poll_timeout().unwrap() > t0 + Duration::from_secs(1 << 31));
+        call.handle_request(
+            t0,
+            request(
+                &call,
+                "UPDATE",
+                102,
+                "Supported: timer\r\nSession-Expires: 18446744073709551615;refresher=uac\r\n",
+                "",
+            ),
+        );
+        assert_eq!(one_response(&mut call).status, 200);
     }
 
     #[test]

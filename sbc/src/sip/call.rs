@@ -277,7 +277,7 @@ impl UasCall {
             }
             Ok(session) => {
                 call.session = session;
-                let trying = call.response_to(&call.invite.clone(), 100, "Trying");
+                let trying = call.trying();
                 call.transmit.push_back(SipMessage::Response(trying));
             }
         }
@@ -327,7 +327,7 @@ impl UasCall {
                 let again = if self.state == CallState::Proceeding {
                     self.last_provisional
                         .clone()
-                        .or_else(|| Some(self.response_to(&self.invite.clone(), 100, "Trying")))
+                        .or_else(|| Some(self.trying()))
                 } else {
                     self.final_response.clone()
                 };
@@ -747,6 +747,15 @@ impl UasCall {
         let mut resp = req.response(status, reason, tag);
         if let Some(s) = &self.config.server_header {
             resp.headers.push("Server", s.clone());
+        }
+        resp
+    }
+
+    /// `100 Trying`, with the INVITE's Timestamp copied (RFC 3261 §8.2.6.1).
+    fn trying(&self) -> Response {
+        let mut resp = self.response_to(&self.invite, 100, "Trying");
+        if let Some(ts) = self.invite.headers.get("Timestamp") {
+            resp.headers.push("Timestamp", ts);
         }
         resp
     }
@@ -1205,6 +1214,14 @@ Call-ID: {CALL_ID}\r\nCSeq: 101 CANCEL\r\nContent-Length: 0\r\n\r\n"
             call.poll_timeout(),
             Some(t0 + Duration::from_secs(1800 - 32))
         );
+    }
+
+    #[test]
+    fn trying_copies_timestamp() {
+        let (mut call, t0) = start("Timestamp: 54\r\n");
+        assert_eq!(one_response(&mut call).headers.get("Timestamp"), Some("54"));
+        call.handle_request(t0, invite("Timestamp: 54\r\n"));
+        assert_eq!(one_response(&mut call).headers.get("Timestamp"), Some("54"));
     }
 
     #[test]

@@ -1,17 +1,50 @@
 //! The SIP core: framing, parsing, and the sans-IO UAS call state machine (transactions and
 //! dialog). No I/O, no clock: `now` comes in as an argument, randomness through an RNG.
 //!
-//! INTERFACE STUB: the SIP helper implements these and may add modules and items, but keeps the
-//! public items below (names, fields, signatures).
+//! What it does not do: sockets, TLS, routing requests to calls by Call-ID (the shell answers
+//! 481 for unknown dialogs), SDP (the call task answers offers), UAC calls.
+//!
+//! Driving it, per connection and per call:
+//!
+//! ```text
+//! framer.push(&bytes_read);
+//! loop match framer.next_frame() {
+//!     Ok(Some(Frame::Ping)) => write "\r\n",
+//!     Ok(Some(Frame::Pong)) | Ok(None) => ...,
+//!     Ok(Some(Frame::Message(m))) => match SipMessage::parse(&m) {
+//!         Ok(SipMessage::Request(r)) => if let Err(rej) = r.validate() {
+//!             // never answer an ACK
+//!             write stateless_response(&r, rej.status, &rej.reason, &config, None, rng)
+//!         } else if new INVITE { call = UasCall::new(now, r, config, rng) }
+//!           else { mailbox(call_id) -> call.handle_request(now, r), or 481 }
+//!         Ok(SipMessage::Response(r)) => mailbox(call_id) -> call.handle_response(now, r),
+//!         Err(_) => close (or 400 if a Via can be salvaged),
+//!     },
+//!     Err(FrameError::TooLarge { head: Some(h), .. }) => 413 built from h, then close,
+//!     Err(_) => close,
+//! }
+//! // call task:
+//! call.accept(now, sdp) / ringing / reject / hangup / answer_reoffer(...)
+//! while let Some(m) = call.poll_transmit() { write m.to_bytes() }
+//! while let Some(e) = call.poll_event() { act }
+//! sleep until call.poll_timeout(), then call.handle_timeout(now)
+//! ```
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use rand::Rng;
 
 use bytes::Bytes;
 
+mod call;
 pub mod framing;
 pub mod message;
 
-pub use message::{Method, Request, Response, SipMessage};
+pub use call::{Refresher, SessionTimer, UasCall};
+pub use framing::{Frame, FrameError, Framer};
+pub use message::{
+    Headers, Method, ParseError, Rejection, Request, Response, SipMessage, ALLOW, SUPPORTED,
+};
 
 /// Static settings of the UAS core, from `[sip]`.
 #[derive(Clone, Debug)]
@@ -74,79 +107,129 @@ pub enum CallState {
     Terminated,
 }
 
-/// The sans-IO UAS side of one call: the INVITE server transaction, the dialog, in-dialog
-/// requests, our BYE client transaction and RFC 4028 session timers.
-pub struct UasCall {}
+/// A response to a request handled outside any call, by the shell: OPTIONS out of dialog
+/// (200 with Allow, Accept, Supported), a [`Rejection`] from [`Request::validate`] (405 and 501
+/// carry `Allow: ALLOW`, RFC 3261 §8.2.1; 420 carries `Unsupported`, §8.2.2.3), 481 for an unknown dialog, 403/404/503 (with
+/// `Retry-After` when given) for a new INVITE refused before a call task exists. Final responses
+/// get a random To tag when To has none (RFC 3261 §8.2.6.2); `Server` comes from config.
+/// Never answer an ACK.
+pub fn stateless_response(
+    req: &Request,
+    status: u16,
+    reason: &str,
+    config: &UasConfig,
+    retry_after: Option<u32>,
+    rng: &mut dyn rand::RngCore,
+) -> Response {
+    let tag: String = (0..8).map(|_| format!("{:02x}", rng.gen::<u8>())).collect();
+    let reason: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut resp = req.response(status, &reason, (status > 100).then_some(tag.as_str()));
+    if matches!(status, 405 | 501) || (status == 200 && req.method == Method::Options) {
+        resp.headers.push("Allow", ALLOW);
+    }
+    if status == 200 && req.method == Method::Options {
+        resp.headers.push("Accept", "application/sdp");
+        resp.headers.push("Supported", "timer");
+    }
+    if status == 420 {
+        resp.headers
+            .push("Unsupported", req.unsupported().join(", "));
+    }
+    if let Some(secs) = retry_after {
+        resp.headers.push("Retry-After", secs.to_string());
+    }
+    if let Some(s) = &config.server_header {
+        resp.headers.push("Server", s.clone());
+    }
+    resp.headers.move_to_end("Content-Length");
+    resp
+}
 
-impl UasCall {
-    /// Takes the initial INVITE (already validated) and queues `100 Trying`.
-    pub fn new(
-        now: Instant,
-        invite: Request,
-        config: UasConfig,
-        rng: &mut dyn rand::RngCore,
-    ) -> Self {
-        let _ = (now, invite, config, rng);
-        unimplemented!("sip stub")
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    pub(crate) fn config() -> UasConfig {
+        UasConfig {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+            host: "sbc.example.com".into(),
+            port: 5061,
+            server_header: None,
+            session_expires: Duration::from_secs(1800),
+            min_se: Duration::from_secs(90),
+        }
     }
-    /// A request in this dialog or for this INVITE (ACK, CANCEL, BYE, re-INVITE, UPDATE, INFO,
-    /// OPTIONS, a retransmitted INVITE).
-    pub fn handle_request(&mut self, now: Instant, request: Request) {
-        let _ = (now, request);
-        unimplemented!("sip stub")
+
+    fn options() -> Request {
+        match SipMessage::parse(b"OPTIONS sip:sbc.example.com SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bKo1\r\nFrom: <sip:ping@192.0.2.10>;tag=p1\r\nTo: <sip:sbc.example.com>\r\nCall-ID: opt-1\r\nCSeq: 5 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").unwrap() {
+            SipMessage::Request(r) => r,
+            SipMessage::Response(_) => panic!("request expected"),
+        }
     }
-    /// A response to a request we sent (BYE, session refresh).
-    pub fn handle_response(&mut self, now: Instant, response: Response) {
-        let _ = (now, response);
-        unimplemented!("sip stub")
+
+    /// The core stays sans-IO (STYLE.md): no clock, sockets, threads or global RNG outside tests.
+    #[test]
+    fn no_io_in_the_core() {
+        let files = [
+            ("mod.rs", include_str!("mod.rs")),
+            ("call.rs", include_str!("call.rs")),
+            ("framing.rs", include_str!("framing.rs")),
+            ("message.rs", include_str!("message.rs")),
+        ];
+        let marker = ["#[cfg(", "test)]"].concat();
+        for (name, text) in files {
+            let code = text.split(marker.as_str()).next().unwrap_or("");
+            for banned in [
+                "Instant::now",
+                "SystemTime",
+                "tokio",
+                "std::net",
+                "std::thread",
+                "thread_rng",
+                "std::fs",
+            ] {
+                assert!(!code.contains(banned), "{name} uses {banned}");
+            }
+        }
     }
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let _ = now;
-        unimplemented!("sip stub")
-    }
-    /// Queue `180 Ringing`.
-    pub fn ringing(&mut self, now: Instant) {
-        let _ = now;
-        unimplemented!("sip stub")
-    }
-    /// Queue `200 OK` with our SDP answer; retransmitted (T1 doubling to T2) until ACK; Timer H.
-    pub fn accept(&mut self, now: Instant, sdp: Bytes) {
-        let _ = (now, sdp);
-        unimplemented!("sip stub")
-    }
-    /// Queue a final error response. `warning` becomes `Warning: 399 <host> "<warning>"`.
-    pub fn reject(
-        &mut self,
-        now: Instant,
-        status: u16,
-        reason: &str,
-        warning: Option<&str>,
-        retry_after: Option<u32>,
-    ) {
-        let _ = (now, status, reason, warning, retry_after);
-        unimplemented!("sip stub")
-    }
-    /// Answer the pending `ReOffer`: `Ok(sdp)` sends 200 with it, `Err(warning)` sends 488.
-    pub fn answer_reoffer(&mut self, now: Instant, answer: Result<Bytes, String>) {
-        let _ = (now, answer);
-        unimplemented!("sip stub")
-    }
-    /// End the call from our side: BYE once confirmed (or when the ACK comes), else a final error.
-    pub fn hangup(&mut self, now: Instant, cause: HangupCause) {
-        let _ = (now, cause);
-        unimplemented!("sip stub")
-    }
-    /// Next message to send on the dialog's connection.
-    pub fn poll_transmit(&mut self) -> Option<SipMessage> {
-        unimplemented!("sip stub")
-    }
-    pub fn poll_event(&mut self) -> Option<CallEvent> {
-        unimplemented!("sip stub")
-    }
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        unimplemented!("sip stub")
-    }
-    pub fn state(&self) -> CallState {
-        unimplemented!("sip stub")
+
+    #[test]
+    fn stateless_options_and_rejections() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let req = options();
+        let ok = stateless_response(&req, 200, "OK", &config(), None, &mut rng);
+        assert_eq!(ok.headers.get("Allow"), Some(ALLOW));
+        assert_eq!(ok.headers.get("Accept"), Some("application/sdp"));
+        assert_eq!(ok.headers.get("Supported"), Some("timer"));
+        assert!(ok.headers.get("To").unwrap().contains(";tag="));
+        assert_eq!(ok.headers.get("Server"), None);
+        let mut cfg = config();
+        cfg.server_header = Some("sbc".into());
+        let r = stateless_response(&req, 501, "Not Implemented", &cfg, None, &mut rng);
+        assert_eq!(r.headers.get("Allow"), Some(ALLOW));
+        assert_eq!(r.headers.get("Server"), Some("sbc"));
+        let r = stateless_response(
+            &req,
+            503,
+            "Service Unavailable\r\nX: y",
+            &cfg,
+            Some(30),
+            &mut rng,
+        );
+        assert_eq!(r.headers.get("Retry-After"), Some("30"));
+        assert_eq!(r.headers.get("Allow"), None);
+        assert!(!r.reason.contains('\n'));
+        let mut req420 = req.clone();
+        req420.headers.push("Require", "100rel");
+        let r = stateless_response(&req420, 420, "Bad Extension", &cfg, None, &mut rng);
+        assert_eq!(r.headers.get("Unsupported"), Some("100rel"));
+        let r = stateless_response(&req, 100, "Trying", &cfg, None, &mut rng);
+        assert_eq!(r.headers.get("To"), Some("<sip:sbc.example.com>"));
     }
 }

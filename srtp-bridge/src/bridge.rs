@@ -1277,4 +1277,47 @@ mod tests {
         assert_eq!(s.rtp_in + s.srtcp_in, 0);
         assert_eq!(b.poll_event(), None);
     }
+
+    #[test]
+    fn keys_never_in_debug_output() {
+        let l = leg(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, true);
+        let (_, b, _) = setup(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, true);
+        for text in [format!("{l:?}"), format!("{l:#?}"), format!("{b:?}")] {
+            assert!(
+                !text.contains("[1, 1, 1") && !text.contains("1, 1, 1, 1"),
+                "{text}"
+            );
+            assert!(
+                !text.contains("[2, 2, 2") && !text.contains("2, 2, 2, 2"),
+                "{text}"
+            );
+        }
+        assert!(format!("{l:?}").contains("<redacted>"));
+    }
+
+    proptest::proptest! {
+        /// Any datagram, including mutations of authentic ones, is counted and never panics;
+        /// a mutated packet never authenticates.
+        #[test]
+        fn carrier_input_never_panics(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            flip in 0usize..400,
+            v2 in proptest::prelude::any::<bool>(),
+        ) {
+            let (t0, mut b, mut c) = setup(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, true);
+            let mut d = data.clone();
+            if v2 && !d.is_empty() {
+                d[0] = 0x80 | (d[0] & 0x3f);
+            }
+            b.handle_carrier_datagram(t0, Component::Rtp, addr(CARRIER), &d);
+            b.handle_carrier_datagram(t0, Component::Rtcp, addr(CARRIER), &d);
+            let mut good = c.rtp(0, &data[..data.len().min(160)]);
+            let i = flip % good.len();
+            good[i] ^= 0x01;
+            b.handle_carrier_datagram(t0, Component::Rtp, addr(CARRIER), &good);
+            let s = b.stats();
+            proptest::prop_assert_eq!(s.rtp_in, 0);
+            proptest::prop_assert_eq!(s.auth_failures + s.replays + s.carrier_malformed, 3);
+        }
+    }
 }

@@ -127,6 +127,9 @@ pub struct Bridge {
     stream: StreamInfo,
     leg: LegParams,
     inbound: Option<InboundContext>,
+    /// After a re-key: the new key with the ROC continued (see
+    /// [`InboundContext::with_continued_roc`]), until one hypothesis authenticates RTP.
+    inbound_alt: Option<InboundContext>,
     previous_inbound: Option<(InboundContext, Instant)>,
     outbound: Option<OutboundContext>,
     rtp_dest: SocketAddr,
@@ -238,6 +241,7 @@ impl Bridge {
             stream,
             leg,
             inbound,
+            inbound_alt: None,
             previous_inbound: None,
             outbound,
             latched: false,
@@ -287,19 +291,41 @@ impl Bridge {
         }
     }
 
-    /// Tries the current inbound context, then (within the re-key grace period) the previous one.
+    /// Tries the current inbound context, then after a re-key the continued-ROC one, then
+    /// (within the re-key grace period) the previous one. `rtp`: an RTP success settles which
+    /// ROC hypothesis is right (SRTCP carries its own index, so it cannot tell).
     fn unprotect<T>(
         &mut self,
         now: Instant,
+        rtp: bool,
         f: impl Fn(&mut InboundContext) -> Result<T, SrtpError>,
     ) -> Result<T, SrtpError> {
-        let first = match &mut self.inbound {
-            Some(ctx) => f(ctx),
-            None => Err(SrtpError::AuthFailed),
-        };
-        match (first, &mut self.previous_inbound) {
-            (Err(SrtpError::AuthFailed), Some((old, until))) if now < *until => f(old),
-            (r, _) => r,
+        match self.inbound.as_mut().map_or(Err(SrtpError::AuthFailed), &f) {
+            Ok(v) => {
+                if rtp {
+                    self.inbound_alt = None;
+                }
+                return Ok(v);
+            }
+            Err(SrtpError::AuthFailed) => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(alt) = &mut self.inbound_alt {
+            match f(alt) {
+                Ok(v) => {
+                    if rtp {
+                        debug!("carrier kept its rollover counter across the re-key");
+                        self.inbound = self.inbound_alt.take();
+                    }
+                    return Ok(v);
+                }
+                Err(SrtpError::AuthFailed) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match &mut self.previous_inbound {
+            Some((old, until)) if now < *until => f(old),
+            _ => Err(SrtpError::AuthFailed),
         }
     }
 
@@ -313,7 +339,7 @@ impl Bridge {
     }
 
     fn on_srtp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        let (plain, header) = match self.unprotect(now, |c| c.unprotect_rtp(data)) {
+        let (plain, header) = match self.unprotect(now, true, |c| c.unprotect_rtp(data)) {
             Ok(x) => x,
             Err(e) => return self.count_error(&e, "srtp"),
         };
@@ -377,7 +403,7 @@ impl Bridge {
     }
 
     fn on_srtcp(&mut self, now: Instant, component: Component, from: SocketAddr, data: &[u8]) {
-        let plain = match self.unprotect(now, |c| c.unprotect_rtcp(data)) {
+        let plain = match self.unprotect(now, false, |c| c.unprotect_rtcp(data)) {
             Ok(p) => p,
             Err(e) => return self.count_error(&e, "srtcp"),
         };
@@ -637,14 +663,23 @@ impl Bridge {
 
     /// Like [`Bridge::update_params`] from already converted parameters.
     ///
-    /// A new remote key gets a new inbound context; the old one is still tried for
-    /// [`REKEY_GRACE`] when the new one fails authentication, so packets in flight and a carrier
-    /// that switches late both get through. A new local key is used from the next packet on.
+    /// A new remote key gets a new inbound context (two, once the stream has wrapped: ROC
+    /// restarted or continued, whichever authenticates first wins); the old one is still tried
+    /// for [`REKEY_GRACE`] when the new ones fail authentication, so packets in flight and a
+    /// carrier that switches late both get through. A new local key is used from the next
+    /// packet on, with a fresh context (our ROC restarts at 0).
     pub fn update_leg(&mut self, now: Instant, leg: LegParams) {
         let suite_changed = leg.suite != self.leg.suite;
         if suite_changed || leg.remote_key != self.leg.remote_key {
             match InboundContext::new(&leg.suite, &leg.remote_key) {
                 Ok(ctx) => {
+                    let indices = self
+                        .inbound
+                        .as_ref()
+                        .map(InboundContext::highest_indices)
+                        .unwrap_or_default();
+                    self.inbound_alt =
+                        InboundContext::with_continued_roc(&leg.suite, &leg.remote_key, &indices);
                     if let Some(old) = self.inbound.replace(ctx) {
                         self.previous_inbound = Some((old, now + REKEY_GRACE));
                     }
@@ -1319,5 +1354,51 @@ mod tests {
             proptest::prop_assert_eq!(s.rtp_in, 0);
             proptest::prop_assert_eq!(s.auth_failures + s.replays + s.carrier_malformed, 3);
         }
+    }
+
+    #[test]
+    fn rekey_after_a_wrap_with_the_carrier_keeping_its_roc() {
+        let suite = SrtpSuite::AesCm128HmacSha1_80;
+        let (t0, mut b, mut c) = setup(suite.clone(), Codec::Pcmu, true);
+        c.seq = 65530;
+        for i in 0..10u32 {
+            let pkt = c.rtp(0, &[1; 160]);
+            b.handle_carrier_datagram(t0 + FRAME * i, Component::Rtp, addr(CARRIER), &pkt);
+        }
+        let mut new_leg = leg(suite.clone(), Codec::Pcmu, true);
+        new_leg.remote_key = key(7);
+        b.update_leg(t0 + FRAME * 10, new_leg);
+        // The carrier re-keys its existing stream: same SSRC, ROC 1 carries on.
+        let mut keeper = OutboundContext::new(&suite, &key(7)).unwrap();
+        keeper
+            .protect_rtp(&write_rtp(false, 0, 0, 0, 0xca_0001, &[]))
+            .unwrap();
+        keeper
+            .protect_rtp(&write_rtp(false, 0, 0x4000, 0, 0xca_0001, &[]))
+            .unwrap();
+        keeper
+            .protect_rtp(&write_rtp(false, 0, 0x8000, 0, 0xca_0001, &[]))
+            .unwrap();
+        keeper
+            .protect_rtp(&write_rtp(false, 0, 0xc000, 0, 0xca_0001, &[]))
+            .unwrap();
+        keeper
+            .protect_rtp(&write_rtp(
+                false,
+                0,
+                c.seq.wrapping_sub(1),
+                0,
+                0xca_0001,
+                &[],
+            ))
+            .unwrap();
+        for i in 0..3u16 {
+            let pkt = keeper
+                .protect_rtp(&write_rtp(false, 0, c.seq + i, 0, 0xca_0001, &[2; 160]))
+                .unwrap();
+            b.handle_carrier_datagram(t0 + FRAME * 11, Component::Rtp, addr(CARRIER), &pkt);
+        }
+        assert_eq!(b.stats().rtp_in, 13);
+        assert_eq!(b.stats().auth_failures, 0);
     }
 }

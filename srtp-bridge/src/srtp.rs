@@ -176,6 +176,48 @@ impl InboundContext {
         Ok((plain.to_vec(), header))
     }
 
+    /// Highest authenticated packet index (ROC << 16 | SEQ) of each SSRC seen.
+    pub fn highest_indices(&self) -> Vec<(u32, u64)> {
+        self.replay
+            .iter()
+            .map(|(ssrc, s)| (*ssrc, s.highest))
+            .collect()
+    }
+
+    /// A context under a new key whose rollover counters continue from `indices` instead of
+    /// starting at 0. After a re-key, RFC 4568 leaves open whether the sender keeps its ROC
+    /// (libsrtp's stream update does) or starts a new context; the bridge tries both.
+    /// `None` when no stream has wrapped yet (then both hypotheses are the same).
+    ///
+    /// `webrtc-srtp` has no ROC setter, so we walk the new context there: packets protected
+    /// under the same key with sequence numbers advancing 0x4000 at a time (RFC 3711
+    /// Appendix A then counts each wrap) bring its index to the old one, 4 packets per wrap.
+    pub fn with_continued_roc(
+        suite: &SrtpSuite,
+        key: &MasterKey,
+        indices: &[(u32, u64)],
+    ) -> Option<Self> {
+        if indices.iter().all(|(_, i)| *i < 0x1_0000) {
+            return None;
+        }
+        let mut rx = Self::new(suite, key).ok()?;
+        let mut tx = OutboundContext::new(suite, key).ok()?;
+        for &(ssrc, target) in indices.iter().take(MAX_SSRCS) {
+            let target = target.min((1 << 32) - 1); // 65,536 wraps = 4 years at 50 packets/s
+            let mut index = target & 0xffff;
+            loop {
+                let pkt = crate::rtp::write_rtp(false, 0, index as u16, 0, ssrc, &[]);
+                let prot = tx.protect_rtp(&pkt).ok()?;
+                rx.unprotect_rtp(&prot).ok()?;
+                if index >= target {
+                    break;
+                }
+                index = (index + 0x4000).min(target);
+            }
+        }
+        Some(rx)
+    }
+
     /// Authenticates and decrypts one SRTCP compound packet (RFC 3711 §3.4).
     pub fn unprotect_rtcp(&mut self, packet: &[u8]) -> Result<Vec<u8>, SrtpError> {
         // RTCP header + sender SSRC, then E||SRTCP index, then the tag.
@@ -481,5 +523,55 @@ mod tests {
                 assert_eq!(got, expected, "seq {seq}");
             }
         }
+    }
+
+    /// After a re-key the continued-ROC context authenticates a sender that kept its ROC;
+    /// the fresh one a sender that restarted.
+    #[test]
+    fn continued_roc_context() {
+        let suite = SrtpSuite::AesCm128HmacSha1_80;
+        let (mut tx, mut rx) = pair(suite.clone());
+        // Two wraps on the old key.
+        let mut last = 0u64;
+        for k in 0..=12u64 {
+            let index = 65000 + k * 0x4000 + 60;
+            let seq = index as u16;
+            rx.unprotect_rtp(
+                &tx.protect_rtp(&write_rtp(false, 0, seq, 0, 5, &[1; 20]))
+                    .unwrap(),
+            )
+            .unwrap();
+            last = index;
+        }
+        assert_eq!(rx.highest_indices(), vec![(5, last)]);
+        assert!(last >> 16 >= 2);
+        let new_key = key(9);
+        let mut cont =
+            InboundContext::with_continued_roc(&suite, &new_key, &rx.highest_indices()).unwrap();
+        let mut fresh = InboundContext::new(&suite, &new_key).unwrap();
+        // A sender keeping ROC: its context reached the same index under the new key.
+        let mut keeper = OutboundContext::new(&suite, &new_key).unwrap();
+        let mut idx = last & 0xffff;
+        while idx < last {
+            keeper
+                .protect_rtp(&write_rtp(false, 0, idx as u16, 0, 5, &[]))
+                .unwrap();
+            idx = (idx + 0x3000).min(last);
+        }
+        keeper
+            .protect_rtp(&write_rtp(false, 0, last as u16, 0, 5, &[]))
+            .unwrap();
+        let next = write_rtp(false, 0, (last + 1) as u16, 0, 5, &[7; 20]);
+        let kept = keeper.protect_rtp(&next).unwrap();
+        assert_eq!(fresh.unprotect_rtp(&kept), Err(SrtpError::AuthFailed));
+        assert_eq!(cont.unprotect_rtp(&kept).unwrap().0, next);
+        // A sender restarting at ROC 0.
+        let mut restarter = OutboundContext::new(&suite, &new_key).unwrap();
+        let restarted = restarter
+            .protect_rtp(&write_rtp(false, 0, (last + 2) as u16, 0, 5, &[8; 20]))
+            .unwrap();
+        assert_eq!(cont.unprotect_rtp(&restarted), Err(SrtpError::AuthFailed));
+        assert!(fresh.unprotect_rtp(&restarted).is_ok());
+        assert!(InboundContext::with_continued_roc(&suite, &new_key, &[(5, 100)]).is_none());
     }
 }

@@ -111,8 +111,17 @@ impl ReplayState {
 pub struct InboundContext {
     ctx: Context,
     spec: &'static SuiteSpec,
+    suite: SrtpSuite,
+    key: MasterKey,
     replay: HashMap<u32, ReplayState>,
+    /// Failed packets from SSRCs that never authenticated since the last rebuild.
+    junk: u32,
 }
+
+/// `webrtc-srtp` keeps state for every SSRC it is shown, authentic or not. After this many
+/// failures from unknown SSRCs the library context is rebuilt (known streams walked back to
+/// their index), so forged SSRCs cannot grow memory without bound.
+const JUNK_LIMIT: u32 = 4096;
 
 impl InboundContext {
     /// A context for `suite` keyed with the peer's master key and salt.
@@ -129,7 +138,10 @@ impl InboundContext {
         Ok(Self {
             ctx,
             spec,
+            suite: suite.clone(),
+            key: key.clone(),
             replay: HashMap::new(),
+            junk: 0,
         })
     }
 
@@ -151,10 +163,18 @@ impl InboundContext {
             }
             None => u64::from(header.sequence_number),
         };
-        let plain = self
-            .ctx
-            .decrypt_rtp(packet)
-            .map_err(|_| SrtpError::AuthFailed)?;
+        let plain = match self.ctx.decrypt_rtp(packet) {
+            Ok(p) => p,
+            Err(_) => {
+                if !self.replay.contains_key(&ssrc) {
+                    self.junk += 1;
+                    if self.junk >= JUNK_LIMIT {
+                        self.rebuild();
+                    }
+                }
+                return Err(SrtpError::AuthFailed);
+            }
+        };
         if !self.replay.contains_key(&ssrc) && self.replay.len() >= MAX_SSRCS {
             // Forget the least advanced stream; its next packet starts a fresh state.
             if let Some(old) = self
@@ -200,6 +220,11 @@ impl InboundContext {
         if indices.iter().all(|(_, i)| *i < 0x1_0000) {
             return None;
         }
+        Self::walked(suite, key, indices)
+    }
+
+    /// A fresh context walked to `indices` (see [`InboundContext::with_continued_roc`]).
+    fn walked(suite: &SrtpSuite, key: &MasterKey, indices: &[(u32, u64)]) -> Option<Self> {
         let mut rx = Self::new(suite, key).ok()?;
         let mut tx = OutboundContext::new(suite, key).ok()?;
         for &(ssrc, target) in indices.iter().take(MAX_SSRCS) {
@@ -216,6 +241,15 @@ impl InboundContext {
             }
         }
         Some(rx)
+    }
+
+    /// Replaces the library context by one that knows only the authenticated streams.
+    /// (The SRTCP replay state of the library starts over; ours for SRTP is kept.)
+    fn rebuild(&mut self) {
+        self.junk = 0;
+        if let Some(fresh) = Self::walked(&self.suite, &self.key, &self.highest_indices()) {
+            self.ctx = fresh.ctx;
+        }
     }
 
     /// Authenticates and decrypts one SRTCP compound packet (RFC 3711 §3.4).
@@ -573,5 +607,44 @@ mod tests {
         assert_eq!(cont.unprotect_rtp(&restarted), Err(SrtpError::AuthFailed));
         assert!(fresh.unprotect_rtp(&restarted).is_ok());
         assert!(InboundContext::with_continued_roc(&suite, &new_key, &[(5, 100)]).is_none());
+    }
+
+    /// Forged SSRCs trigger a rebuild of the library context; the real stream, past a wrap,
+    /// keeps authenticating and replays are still refused.
+    #[test]
+    fn junk_ssrcs_rebuild_without_losing_the_stream() {
+        let suite = SrtpSuite::AesCm128HmacSha1_32;
+        let (mut tx, mut rx) = pair(suite.clone());
+        let mut forger = OutboundContext::new(&suite, &key(99)).unwrap();
+        let mut sent = Vec::new();
+        for i in 0..20u16 {
+            let p = tx
+                .protect_rtp(&write_rtp(
+                    false,
+                    0,
+                    65530u16.wrapping_add(i),
+                    0,
+                    3,
+                    &[i as u8; 20],
+                ))
+                .unwrap();
+            rx.unprotect_rtp(&p).unwrap();
+            sent.push(p);
+        }
+        for j in 0..JUNK_LIMIT + 10 {
+            let p = forger
+                .protect_rtp(&write_rtp(false, 0, 1, 0, 1000 + j, &[0; 20]))
+                .unwrap();
+            assert_eq!(rx.unprotect_rtp(&p), Err(SrtpError::AuthFailed));
+        }
+        assert!(rx.junk < 20, "context was rebuilt");
+        let p = tx
+            .protect_rtp(&write_rtp(false, 0, 14, 0, 3, &[1; 20]))
+            .unwrap();
+        assert!(rx.unprotect_rtp(&p).is_ok(), "ROC 1 survives the rebuild");
+        assert!(matches!(
+            rx.unprotect_rtp(&sent[19]),
+            Err(SrtpError::Replay { .. })
+        ));
     }
 }

@@ -1401,4 +1401,36 @@ mod tests {
         assert_eq!(b.stats().rtp_in, 13);
         assert_eq!(b.stats().auth_failures, 0);
     }
+
+    #[test]
+    fn direction_gates_sending_and_the_inactivity_timer() {
+        let t0 = crate::test_epoch();
+        let mut l = leg(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, true);
+        l.direction = Direction::RecvOnly;
+        let mut b = Bridge::with_leg(t0, l.clone(), info(), config());
+        let _ = agent_msgs(&mut b);
+        b.handle_agent_text(t0, &agent_media(&[0xff; 160]));
+        b.handle_agent_text(t0, r#"{"event":"mark","mark":{"name":"m"}}"#);
+        b.handle_timeout(t0 + FRAME);
+        assert!(
+            datagrams(&mut b).is_empty(),
+            "recvonly: no audio to the carrier"
+        );
+        assert_eq!(
+            agent_msgs(&mut b)[0]["mark"]["name"],
+            "m",
+            "marks still echo"
+        );
+
+        l.direction = Direction::Inactive;
+        b.update_leg(t0 + FRAME, l.clone());
+        b.handle_timeout(t0 + Duration::from_secs(60));
+        assert_eq!(b.poll_event(), None, "inactive: no RTP expected");
+        assert_eq!(b.stats().srtcp_out, 1, "RTCP still flows");
+
+        l.direction = Direction::SendRecv;
+        b.update_leg(t0 + Duration::from_secs(60), l);
+        b.handle_timeout(t0 + Duration::from_secs(70));
+        assert_eq!(b.poll_event(), Some(BridgeEvent::RtpTimeout));
+    }
 }

@@ -67,7 +67,9 @@ pub struct MediaParams {
     pub codec: Codec,
     pub payload_type: u8,
     pub telephone_event: Option<u8>,
-    /// Our direction (from the answer): `SendOnly`/`Inactive` means we send no audio, etc.
+    /// Our direction, as written in our answer (RFC 3264 §6.1): we send agent audio and DTMF
+    /// only for `SendRecv`/`SendOnly`, and run the inactivity timer only for
+    /// `SendRecv`/`RecvOnly` (when we expect carrier RTP). SRTCP flows in every direction.
     pub direction: Direction,
 }
 

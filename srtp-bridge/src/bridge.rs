@@ -1433,4 +1433,28 @@ mod tests {
         b.handle_timeout(t0 + Duration::from_secs(70));
         assert_eq!(b.poll_event(), Some(BridgeEvent::RtpTimeout));
     }
+
+    /// A driver that wakes up late by up to 7 ms each time: still 50 packets in a second,
+    /// each sent at its tick or within the lateness, and no drift.
+    #[test]
+    fn pacing_does_not_drift_with_a_late_driver() {
+        let (t0, mut b, _) = setup(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, true);
+        b.handle_agent_text(t0, &agent_media(&[0xff; 8000]));
+        let mut count = datagrams(&mut b).len();
+        let mut k = 0u64;
+        while let Some(due) = b.poll_timeout() {
+            if due > t0 + Duration::from_millis(1100) {
+                break;
+            }
+            k += 1;
+            let late = Duration::from_micros((k * 2_654_435_761) % 7_000);
+            b.handle_timeout(due + late);
+            let n = datagrams(&mut b).len();
+            assert!(n <= 1, "one packet per wake-up");
+            count += n;
+        }
+        assert_eq!(count, 50);
+        // The last audio tick was due at 980 ms; the run ends at the next tick (1000 ms).
+        assert_eq!(b.poll_timeout(), Some(t0 + Duration::from_secs(5)));
+    }
 }

@@ -118,18 +118,31 @@ pub enum BridgeEvent {
 /// Counters for the audit record and metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BridgeStats {
+    /// Authenticated SRTP packets from the carrier.
     pub rtp_in: u64,
+    /// SRTP packets sent to the carrier (audio and DTMF).
     pub rtp_out: u64,
+    /// Bytes of those packets as received (SRTP, with tag).
     pub bytes_in: u64,
+    /// Bytes of those packets as sent (SRTP, with tag).
     pub bytes_out: u64,
+    /// Authenticated SRTCP compound packets from the carrier.
     pub srtcp_in: u64,
+    /// SRTCP compound packets sent (reports every `rtcp_interval`, BYE at stop).
     pub srtcp_out: u64,
+    /// SRTP/SRTCP packets whose tag did not verify (or SRTCP without encryption).
     pub auth_failures: u64,
+    /// SRTP/SRTCP packets refused by the replay window (RFC 3711 §3.3.2).
     pub replays: u64,
+    /// Digits sent to the agent (RFC 4733 events and SIP INFO).
     pub dtmf_from_carrier: u64,
+    /// `dtmf` messages from the agent.
     pub dtmf_from_agent: u64,
+    /// `media` messages from the agent.
     pub agent_media_in: u64,
+    /// `media` messages (20 ms each) sent to the agent.
     pub agent_media_out: u64,
+    /// Agent messages ignored as malformed (JSON, fields, base64, digit).
     pub agent_malformed: u64,
     /// Carrier datagrams too short or malformed to be SRTP/SRTCP (not counted as auth failures).
     pub carrier_malformed: u64,

@@ -2,15 +2,47 @@
 //! into Twilio-Media-Streams JSON messages for the voice agent, and the agent's messages back into
 //! paced SRTP, with RFC 4733 DTMF both ways.
 //!
-//! INTERFACE STUB written by the lead so that `sbc` compiles against a fixed API. The
-//! `srtp-bridge` helper replaces every body and may add modules and items, but keeps the public
-//! items below (names, fields, signatures).
+//! It does no I/O and never reads the clock: the call task owns the UDP sockets and the agent
+//! WebSocket, passes every input in with the current time, and sends what the bridge queues.
+//! It does not negotiate (see the `sdp` crate), resample, or transcode beyond G.711 A-law/mu-law.
+//!
+//! ```ignore
+//! let mut bridge = Bridge::new(now, params, stream_info, config);
+//! loop {
+//!     // Input: one of
+//!     bridge.handle_carrier_datagram(now, component, from, &buf);
+//!     bridge.handle_agent_text(now, &text);
+//!     bridge.handle_timeout(now); // when poll_timeout() is reached
+//!     // Output, after every input:
+//!     while let Some(d) = bridge.poll_datagram() { socket(d.component).send_to(&d.data, d.dest) }
+//!     while let Some(t) = bridge.poll_agent_text() { websocket.send(Text(t)) }
+//!     while let Some(e) = bridge.poll_event() { /* RtpTimeout: BYE; MediaStarted: log */ }
+//!     sleep_until(bridge.poll_timeout());
+//! }
+//! ```
+//!
+//! Modules: [`keys`] (suite table, redacted master keys), [`srtp`] (contexts over
+//! `webrtc-srtp`, replay window), [`rtp`], [`rtcp`], [`dtmf`] (RFC 4733), [`g711`],
+//! [`agent`] (Twilio Media Streams JSON), [`bridge`] (the state machine).
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use sdp::{Codec, Direction, KeySalt, SrtpSuite};
+
+pub mod agent;
+pub mod bridge;
+pub mod dtmf;
+pub mod g711;
+pub mod keys;
+pub mod rtcp;
+pub mod rtp;
+pub mod srtp;
+
+pub use agent::echo_agent_reply;
+pub use bridge::{Bridge, BridgeError, LegParams};
+pub use keys::MasterKey;
 
 /// Which UDP socket of the call a datagram uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -35,7 +67,9 @@ pub struct MediaParams {
     pub codec: Codec,
     pub payload_type: u8,
     pub telephone_event: Option<u8>,
-    /// Our direction (from the answer): `SendOnly`/`Inactive` means we send no audio, etc.
+    /// Our direction, as written in our answer (RFC 3264 §6.1): we send agent audio and DTMF
+    /// only for `SendRecv`/`SendOnly`, and run the inactivity timer only for
+    /// `SendRecv`/`RecvOnly` (when we expect carrier RTP). SRTCP flows in every direction.
     pub direction: Direction,
 }
 
@@ -84,91 +118,41 @@ pub enum BridgeEvent {
 /// Counters for the audit record and metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BridgeStats {
+    /// Authenticated SRTP packets from the carrier.
     pub rtp_in: u64,
+    /// SRTP packets sent to the carrier (audio and DTMF).
     pub rtp_out: u64,
+    /// Bytes of those packets as received (SRTP, with tag).
     pub bytes_in: u64,
+    /// Bytes of those packets as sent (SRTP, with tag).
     pub bytes_out: u64,
+    /// Authenticated SRTCP compound packets from the carrier.
     pub srtcp_in: u64,
+    /// SRTCP compound packets sent (reports every `rtcp_interval`, BYE at stop).
     pub srtcp_out: u64,
+    /// SRTP/SRTCP packets whose tag did not verify (or SRTCP without encryption).
     pub auth_failures: u64,
+    /// SRTP/SRTCP packets refused by the replay window (RFC 3711 §3.3.2).
     pub replays: u64,
+    /// Digits sent to the agent (RFC 4733 events and SIP INFO).
     pub dtmf_from_carrier: u64,
+    /// `dtmf` messages from the agent.
     pub dtmf_from_agent: u64,
+    /// `media` messages from the agent.
     pub agent_media_in: u64,
+    /// `media` messages (20 ms each) sent to the agent.
     pub agent_media_out: u64,
+    /// Agent messages ignored as malformed (JSON, fields, base64, digit).
     pub agent_malformed: u64,
+    /// Carrier datagrams too short or malformed to be SRTP/SRTCP (not counted as auth failures).
+    pub carrier_malformed: u64,
+    /// Agent audio bytes dropped because the play-out queue was full.
+    pub agent_audio_overflow: u64,
 }
 
-/// The media core of one call.
-pub struct Bridge {}
-
-impl Bridge {
-    /// Creates the core and queues `connected` and `start` for the agent.
-    pub fn new(
-        now: Instant,
-        params: MediaParams,
-        stream: StreamInfo,
-        config: BridgeConfig,
-    ) -> Self {
-        let _ = (now, params, stream, config);
-        unimplemented!("srtp-bridge stub")
-    }
-    /// A datagram from the carrier on `component`, from `from`.
-    pub fn handle_carrier_datagram(
-        &mut self,
-        now: Instant,
-        component: Component,
-        from: SocketAddr,
-        data: &[u8],
-    ) {
-        let _ = (now, component, from, data);
-        unimplemented!("srtp-bridge stub")
-    }
-    /// A text frame from the agent WebSocket.
-    pub fn handle_agent_text(&mut self, now: Instant, text: &str) {
-        let _ = (now, text);
-        unimplemented!("srtp-bridge stub")
-    }
-    /// Drives pacing (20 ms), SRTCP reports and the inactivity timer.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let _ = now;
-        unimplemented!("srtp-bridge stub")
-    }
-    /// New parameters after a re-INVITE (keys, address, direction): switch without a gap.
-    pub fn update_params(&mut self, now: Instant, params: MediaParams) {
-        let _ = (now, params);
-        unimplemented!("srtp-bridge stub")
-    }
-    /// A DTMF digit that arrived by SIP INFO (application/dtmf-relay): send it to the agent.
-    pub fn signalled_dtmf(&mut self, now: Instant, digit: char, duration: Duration) {
-        let _ = (now, digit, duration);
-        unimplemented!("srtp-bridge stub")
-    }
-    /// The call ends: queue `stop` for the agent.
-    pub fn stop(&mut self, now: Instant) {
-        let _ = now;
-        unimplemented!("srtp-bridge stub")
-    }
-    pub fn poll_datagram(&mut self) -> Option<Datagram> {
-        unimplemented!("srtp-bridge stub")
-    }
-    pub fn poll_agent_text(&mut self) -> Option<String> {
-        unimplemented!("srtp-bridge stub")
-    }
-    pub fn poll_event(&mut self) -> Option<BridgeEvent> {
-        unimplemented!("srtp-bridge stub")
-    }
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        unimplemented!("srtp-bridge stub")
-    }
-    pub fn stats(&self) -> BridgeStats {
-        unimplemented!("srtp-bridge stub")
-    }
-}
-
-/// The `builtin:echo` agent: given a message sbc sent to the agent, the agent's reply, if any
-/// (`media` comes back as agent `media` with the same payload).
-pub fn echo_agent_reply(text: &str) -> Option<String> {
-    let _ = text;
-    unimplemented!("srtp-bridge stub")
+/// A fixed `Instant` for tests (the one place this crate may read the clock).
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn test_epoch() -> std::time::Instant {
+    std::time::Instant::now()
 }

@@ -1,0 +1,366 @@
+//! The agent leg: Twilio Media Streams JSON messages (see `docs` and AGENT-PROTOCOL.md).
+//!
+//! Outgoing messages are written with `format!` around pre-escaped JSON strings (one per 20 ms
+//! packet, so no `Value` tree); incoming ones are parsed into [`AgentMessage`].
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
+use serde_json::{json, Map, Value};
+
+use crate::StreamInfo;
+
+/// Standard alphabet; we always write padding, and accept input with or without it.
+const B64_LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Why a message from the agent was ignored.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// Not JSON, or not an object with a string `event`.
+    #[error("malformed agent JSON")]
+    Json,
+    /// A field the event needs is missing or has the wrong type.
+    #[error("agent `{event}` message without {field}")]
+    MissingField {
+        /// The event.
+        event: &'static str,
+        /// The missing field.
+        field: &'static str,
+    },
+    /// `media.payload` is not base64.
+    #[error("agent media payload is not base64")]
+    Base64,
+    /// A `dtmf` digit that is not 0-9, *, #, A-D.
+    #[error("agent dtmf digit is not a DTMF digit")]
+    BadDigit,
+}
+
+/// A message from the agent.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AgentMessage {
+    /// Mu-law audio to play to the caller.
+    Media(Vec<u8>),
+    /// Echo `name` once the audio before it has been played.
+    Mark(String),
+    /// Drop all queued audio (barge-in).
+    Clear,
+    /// Send a DTMF digit to the carrier.
+    Dtmf {
+        /// The digit.
+        digit: char,
+        /// Tone length, if given (`dtmf.duration` in ms).
+        duration: Option<Duration>,
+    },
+    /// An event sbc does not act on.
+    Other(String),
+}
+
+/// Parses one text frame from the agent.
+pub fn parse_agent_message(text: &str) -> Result<AgentMessage, AgentError> {
+    let v: Value = serde_json::from_str(text).map_err(|_| AgentError::Json)?;
+    let event = v
+        .get("event")
+        .and_then(Value::as_str)
+        .ok_or(AgentError::Json)?;
+    match event {
+        "media" => {
+            let payload = v
+                .get("media")
+                .and_then(|m| m.get("payload"))
+                .and_then(Value::as_str)
+                .ok_or(AgentError::MissingField {
+                    event: "media",
+                    field: "media.payload",
+                })?;
+            B64_LENIENT
+                .decode(payload)
+                .map(AgentMessage::Media)
+                .map_err(|_| AgentError::Base64)
+        }
+        "mark" => {
+            let name = v
+                .get("mark")
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .ok_or(AgentError::MissingField {
+                    event: "mark",
+                    field: "mark.name",
+                })?;
+            Ok(AgentMessage::Mark(name.to_owned()))
+        }
+        "clear" => Ok(AgentMessage::Clear),
+        "dtmf" => {
+            let d = v.get("dtmf").ok_or(AgentError::MissingField {
+                event: "dtmf",
+                field: "dtmf",
+            })?;
+            let digit = d
+                .get("digit")
+                .and_then(Value::as_str)
+                .ok_or(AgentError::MissingField {
+                    event: "dtmf",
+                    field: "dtmf.digit",
+                })?;
+            let mut chars = digit.chars();
+            let digit = match (chars.next(), chars.next()) {
+                (Some(c), None) if crate::dtmf::digit_to_event(c).is_some() => {
+                    c.to_ascii_uppercase()
+                }
+                _ => return Err(AgentError::BadDigit),
+            };
+            let duration = d
+                .get("duration")
+                .and_then(|x| {
+                    x.as_u64()
+                        .or_else(|| x.as_str().and_then(|s| s.parse().ok()))
+                })
+                .map(Duration::from_millis);
+            Ok(AgentMessage::Dtmf { digit, duration })
+        }
+        other => Ok(AgentMessage::Other(other.to_owned())),
+    }
+}
+
+/// Writes the messages sbc sends to the agent, numbering them (`sequenceNumber` from 1; the
+/// `connected` message has none, as with Twilio).
+#[derive(Debug)]
+pub struct AgentWriter {
+    /// `streamSid` as a JSON string literal.
+    sid: String,
+    seq: u64,
+    chunk: u64,
+}
+
+impl AgentWriter {
+    /// A writer for one stream.
+    pub fn new(stream_sid: &str) -> Self {
+        Self {
+            sid: Value::from(stream_sid).to_string(),
+            seq: 0,
+            chunk: 0,
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// `connected`.
+    pub fn connected(&self) -> String {
+        r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#.to_owned()
+    }
+
+    /// `start`, with both spellings of caller and callee in `customParameters`.
+    pub fn start(&mut self, info: &StreamInfo) -> String {
+        let mut params = Map::new();
+        for (k, v) in &info.custom {
+            params.insert(k.clone(), Value::from(v.as_str()));
+        }
+        // The built-in names win over passthrough headers of the same name.
+        for (k, v) in [
+            ("from", &info.from),
+            ("to", &info.to),
+            ("from_number", &info.from),
+            ("to_number", &info.to),
+            ("carrier", &info.carrier),
+        ] {
+            params.insert(k.to_owned(), Value::from(v.as_str()));
+        }
+        json!({
+            "event": "start",
+            "sequenceNumber": self.next_seq().to_string(),
+            "streamSid": info.stream_sid,
+            "start": {
+                "streamSid": info.stream_sid,
+                "accountSid": info.account_sid,
+                "callSid": info.call_sid,
+                "tracks": ["inbound", "outbound"],
+                "customParameters": params,
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        })
+        .to_string()
+    }
+
+    /// `media` with 20 ms of inbound mu-law audio; `timestamp_ms` since the stream started.
+    pub fn media(&mut self, timestamp_ms: u64, ulaw: &[u8]) -> String {
+        self.chunk += 1;
+        let seq = self.next_seq();
+        let payload = base64::engine::general_purpose::STANDARD.encode(ulaw);
+        format!(
+            r#"{{"event":"media","sequenceNumber":"{seq}","streamSid":{},"media":{{"track":"inbound","chunk":"{}","timestamp":"{timestamp_ms}","payload":"{payload}"}}}}"#,
+            self.sid, self.chunk
+        )
+    }
+
+    /// `dtmf` from the caller.
+    pub fn dtmf(&mut self, digit: char) -> String {
+        let seq = self.next_seq();
+        format!(
+            r#"{{"event":"dtmf","streamSid":{},"sequenceNumber":"{seq}","dtmf":{{"track":"inbound_track","digit":"{digit}"}}}}"#,
+            self.sid
+        )
+    }
+
+    /// `mark` echo.
+    pub fn mark(&mut self, name: &str) -> String {
+        let seq = self.next_seq();
+        format!(
+            r#"{{"event":"mark","sequenceNumber":"{seq}","streamSid":{},"mark":{{"name":{}}}}}"#,
+            self.sid,
+            Value::from(name)
+        )
+    }
+
+    /// `stop`.
+    pub fn stop(&mut self, info: &StreamInfo) -> String {
+        json!({
+            "event": "stop",
+            "sequenceNumber": self.next_seq().to_string(),
+            "streamSid": info.stream_sid,
+            "stop": {"accountSid": info.account_sid, "callSid": info.call_sid},
+        })
+        .to_string()
+    }
+}
+
+/// The `builtin:echo` agent: given a message sbc sent to the agent, the agent's reply, if any.
+/// Inbound `media` comes back as agent `media` with the same payload; anything else gets none.
+pub fn echo_agent_reply(text: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(text).ok()?;
+    if v.get("event")?.as_str()? != "media" {
+        return None;
+    }
+    let payload = v.get("media")?.get("payload")?.as_str()?;
+    let sid = v.get("streamSid").cloned().unwrap_or(Value::Null);
+    Some(json!({"event": "media", "streamSid": sid, "media": {"payload": payload}}).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_agent_messages() {
+        let m = parse_agent_message(
+            r#"{"event":"media","streamSid":"MZ1","media":{"payload":"//8="}}"#,
+        )
+        .unwrap();
+        assert_eq!(m, AgentMessage::Media(vec![0xff, 0xff]));
+        // Missing padding is tolerated.
+        assert_eq!(
+            parse_agent_message(r#"{"event":"media","media":{"payload":"//8"}}"#).unwrap(),
+            AgentMessage::Media(vec![0xff, 0xff])
+        );
+        assert_eq!(
+            parse_agent_message(r#"{"event":"mark","mark":{"name":"m1"}}"#).unwrap(),
+            AgentMessage::Mark("m1".into())
+        );
+        assert_eq!(
+            parse_agent_message(r#"{"event":"clear","streamSid":"x"}"#).unwrap(),
+            AgentMessage::Clear
+        );
+        assert_eq!(
+            parse_agent_message(r#"{"event":"dtmf","dtmf":{"digit":"5"}}"#).unwrap(),
+            AgentMessage::Dtmf {
+                digit: '5',
+                duration: None
+            }
+        );
+        assert_eq!(
+            parse_agent_message(r#"{"event":"dtmf","dtmf":{"digit":"b","duration":250}}"#).unwrap(),
+            AgentMessage::Dtmf {
+                digit: 'B',
+                duration: Some(Duration::from_millis(250))
+            }
+        );
+        assert_eq!(
+            parse_agent_message(r#"{"event":"foo"}"#).unwrap(),
+            AgentMessage::Other("foo".into())
+        );
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for bad in [
+            "not json",
+            "[1,2]",
+            r#"{"event":5}"#,
+            r#"{"event":"media"}"#,
+            r#"{"event":"media","media":{"payload":"%%%"}}"#,
+            r#"{"event":"mark","mark":{}}"#,
+            r#"{"event":"dtmf","dtmf":{"digit":"55"}}"#,
+            r#"{"event":"dtmf","dtmf":{"digit":"x"}}"#,
+        ] {
+            assert!(parse_agent_message(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn writes_twilio_shapes() {
+        let info = StreamInfo {
+            stream_sid: "MZ\"1".into(),
+            call_sid: "CA1".into(),
+            account_sid: "AC1".into(),
+            from: "+15550100".into(),
+            to: "+15550101".into(),
+            carrier: "twilio".into(),
+            custom: vec![
+                ("X-Foo".into(), "bar".into()),
+                ("from".into(), "spoof".into()),
+            ],
+        };
+        let mut w = AgentWriter::new(&info.stream_sid);
+        let c: Value = serde_json::from_str(&w.connected()).unwrap();
+        assert_eq!(c["event"], "connected");
+        assert!(c.get("sequenceNumber").is_none());
+        let s: Value = serde_json::from_str(&w.start(&info)).unwrap();
+        assert_eq!(s["sequenceNumber"], "1");
+        assert_eq!(s["start"]["callSid"], "CA1");
+        assert_eq!(s["start"]["streamSid"], "MZ\"1");
+        assert_eq!(s["start"]["tracks"], json!(["inbound", "outbound"]));
+        assert_eq!(s["start"]["customParameters"]["from"], "+15550100");
+        assert_eq!(s["start"]["customParameters"]["to_number"], "+15550101");
+        assert_eq!(s["start"]["customParameters"]["X-Foo"], "bar");
+        assert_eq!(s["start"]["mediaFormat"]["encoding"], "audio/x-mulaw");
+        let m: Value = serde_json::from_str(&w.media(40, &[0xff; 160])).unwrap();
+        assert_eq!(m["sequenceNumber"], "2");
+        assert_eq!(m["streamSid"], "MZ\"1");
+        assert_eq!(m["media"]["chunk"], "1");
+        assert_eq!(m["media"]["timestamp"], "40");
+        assert_eq!(m["media"]["track"], "inbound");
+        let p = m["media"]["payload"].as_str().unwrap();
+        assert_eq!(p.len(), 216); // 160 bytes -> 214 chars + "=="
+        assert!(p.ends_with("=="));
+        let d: Value = serde_json::from_str(&w.dtmf('#')).unwrap();
+        assert_eq!(d["dtmf"], json!({"track": "inbound_track", "digit": "#"}));
+        let k: Value = serde_json::from_str(&w.mark("a\"b")).unwrap();
+        assert_eq!(k["mark"]["name"], "a\"b");
+        let st: Value = serde_json::from_str(&w.stop(&info)).unwrap();
+        assert_eq!(st["stop"], json!({"accountSid": "AC1", "callSid": "CA1"}));
+        assert_eq!(st["sequenceNumber"], "5");
+    }
+
+    #[test]
+    fn echo_agent() {
+        let mut w = AgentWriter::new("MZ1");
+        let media = w.media(0, &[1, 2, 3]);
+        let reply = echo_agent_reply(&media).unwrap();
+        assert_eq!(
+            parse_agent_message(&reply).unwrap(),
+            AgentMessage::Media(vec![1, 2, 3])
+        );
+        let r: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(r["streamSid"], "MZ1");
+        assert_eq!(echo_agent_reply(&w.connected()), None);
+        assert_eq!(echo_agent_reply(&w.start(&StreamInfo::default())), None);
+        assert_eq!(echo_agent_reply("garbage"), None);
+    }
+}

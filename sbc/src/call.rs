@@ -77,11 +77,29 @@ pub async fn run(setup: CallSetup) {
     let call_id = format!("c{}", shared.next_id());
     let span = info_span!("call", id = %call_id, sip_call_id = %sip_call_id, carrier = %carrier.config.name);
     m::call_started();
+    // Released on every exit, a panic of the call task included (tokio catches it per task).
+    let _release = Release {
+        shared,
+        carrier,
+        sip_call_id,
+    };
     Call::new(setup, call_id).run().instrument(span).await;
-    m::call_ended();
-    shared.unregister(&sip_call_id);
-    carrier.active.fetch_sub(1, Ordering::SeqCst);
-    shared.active_calls.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Gives back the admission slots and the Call-ID when a call task ends, however it ends.
+struct Release {
+    shared: Arc<Shared>,
+    carrier: Arc<CarrierState>,
+    sip_call_id: String,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        m::call_ended();
+        self.shared.unregister(&self.sip_call_id);
+        self.carrier.active.fetch_sub(1, Ordering::SeqCst);
+        self.shared.active_calls.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 struct Call {
@@ -139,6 +157,19 @@ impl Call {
 
     async fn run(mut self) {
         self.flush_sip();
+        if self.uas.state() != CallState::Proceeding {
+            // The core answered the INVITE itself (422 Session Interval Too Small, RFC 4028).
+            info!("INVITE refused by the SIP core (session interval too small)");
+            self.record.decision = Decision {
+                outcome: "refused",
+                status: 422,
+                reason: "session interval too small".into(),
+            };
+            self.shared.audit.write("call.refused", &self.record);
+            m::call_outcome("refused");
+            self.finish_without_media().await;
+            return;
+        }
         match self.setup().await {
             Ok(Some((media, negotiated, agent, answer_sdp))) => {
                 self.active(media, negotiated, agent, answer_sdp).await
@@ -484,6 +515,7 @@ impl Call {
                 inactivity_timeout: cfg.media.rtp_timeout,
                 rtcp_interval: Duration::from_secs(5),
                 ssrc: self.rng.next_u32(),
+                mirror_caller_ssrc: cfg.media.mirror_caller_ssrc,
             },
         );
         self.uas.accept(now, answer_sdp);

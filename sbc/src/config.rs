@@ -115,6 +115,10 @@ pub struct MediaConfig {
     pub port_first: u16,
     pub port_last: u16,
     pub rtp_timeout: Duration,
+    /// Send our RTP with the SSRC the carrier uses towards us, instead of our own random one.
+    /// Only for test peers that need it (SIPp 3.8's SRTP echo check decrypts with its own SSRC);
+    /// off for real carriers.
+    pub mirror_caller_ssrc: bool,
     /// Codec preference for answers.
     pub codecs: Vec<CodecName>,
 }

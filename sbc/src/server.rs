@@ -23,7 +23,6 @@ use crate::config::{CarrierConfig, Config};
 use crate::metrics as m;
 use crate::ports::PortPool;
 use crate::sip::framing::{Frame, FrameError, Framer};
-use crate::sip::message::ALLOW;
 use crate::sip::{Method, Request, Response, SipMessage, UasConfig};
 
 /// Errors that stop the daemon at start.
@@ -599,18 +598,20 @@ struct ConnCtx {
 
 impl ConnCtx {
     fn reply(&self, req: &Request, status: u16, reason: &str, extra: &[(&str, String)]) {
-        let mut resp: Response = req.response(status, reason, None);
-        if status == 405 || status == 501 || (req.method == Method::Options && status == 200) {
-            resp.headers.push("Allow", ALLOW);
-        }
-        if req.method == Method::Options && status == 200 {
-            resp.headers.push("Accept", "application/sdp");
-            resp.headers.push("Supported", "timer");
-        }
-        if let Some(s) = &self.shared.live().config.sip.server_header {
-            resp.headers.push("Server", s.clone());
-        }
-        for (k, v) in extra {
+        let retry_after = extra
+            .iter()
+            .find(|(k, _)| *k == "Retry-After")
+            .and_then(|(_, v)| v.parse().ok());
+        let mut rng = rand::thread_rng();
+        let mut resp: Response = crate::sip::stateless_response(
+            req,
+            status,
+            reason,
+            &self.shared.uas,
+            retry_after,
+            &mut rng,
+        );
+        for (k, v) in extra.iter().filter(|(k, _)| *k != "Retry-After") {
             resp.headers.push(k, v.clone());
         }
         self.handle.send(&SipMessage::Response(resp));

@@ -349,6 +349,9 @@ impl Bridge {
         // Symmetric RTP (RFC 4961): answer where authenticated media comes from.
         if !self.latched {
             self.latched = true;
+            if self.config.mirror_caller_ssrc {
+                self.config.ssrc = header.ssrc;
+            }
             self.events.push_back(BridgeEvent::MediaStarted { from });
         }
         if self.rtp_dest != from {
@@ -808,6 +811,7 @@ mod tests {
             inactivity_timeout: Duration::from_secs(10),
             rtcp_interval: Duration::from_secs(5),
             ssrc: 0x5bc0_0001,
+            mirror_caller_ssrc: false,
         }
     }
 

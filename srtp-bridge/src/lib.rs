@@ -95,6 +95,9 @@ pub struct BridgeConfig {
     pub rtcp_interval: Duration,
     /// Our SSRC for the carrier leg.
     pub ssrc: u32,
+    /// Switch our SSRC to the carrier's once its first packet authenticates. Only for test peers
+    /// whose SRTP receiver decrypts with its own SSRC (SIPp 3.8's echo check); never for carriers.
+    pub mirror_caller_ssrc: bool,
 }
 
 /// A datagram to send to the carrier.

@@ -591,6 +591,11 @@ fn media(ctx: &Ctx, r: raw::RawMedia) -> Result<MediaConfig, ConfigError> {
         port_first,
         port_last,
         rtp_timeout,
+        mirror_caller_ssrc: r
+            .mirror_caller_ssrc
+            .as_ref()
+            .map(|b| *b.get_ref())
+            .unwrap_or(false),
         codecs,
     })
 }

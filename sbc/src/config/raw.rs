@@ -68,6 +68,7 @@ pub(crate) struct RawMedia {
     pub port_min: Option<S<u16>>,
     pub port_max: Option<S<u16>>,
     pub rtp_timeout_secs: Option<S<u64>>,
+    pub mirror_caller_ssrc: Option<S<bool>>,
     pub codecs: Option<S<Vec<S<String>>>>,
 }
 

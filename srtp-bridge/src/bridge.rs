@@ -1281,6 +1281,30 @@ mod tests {
     }
 
     #[test]
+    fn mirror_caller_ssrc_switches_our_ssrc_only_when_asked() {
+        for mirror in [false, true] {
+            let suite = SrtpSuite::AesCm128HmacSha1_80;
+            let t0 = crate::test_epoch();
+            let mut c = Carrier::new(&suite);
+            let cfg = BridgeConfig {
+                mirror_caller_ssrc: mirror,
+                ..config()
+            };
+            let mut b = Bridge::with_leg(t0, leg(suite, Codec::Pcmu, true), info(), cfg);
+            let _ = agent_msgs(&mut b);
+            let pkt = c.rtp(0, &[0xaa; 160]);
+            b.handle_carrier_datagram(t0, Component::Rtp, addr(CARRIER), &pkt);
+            let text = b.poll_agent_text().unwrap();
+            b.handle_agent_text(t0, &crate::echo_agent_reply(&text).unwrap());
+            let d = datagrams(&mut b);
+            let (plain, _) = c.rx.unprotect_rtp(&d[0].data).unwrap();
+            let ssrc = u32::from_be_bytes([plain[8], plain[9], plain[10], plain[11]]);
+            let expected = if mirror { 0xca_0001 } else { config().ssrc };
+            assert_eq!(ssrc, expected, "mirror = {mirror}");
+        }
+    }
+
+    #[test]
     fn stop_sends_stop_and_bye_then_goes_quiet() {
         let (t0, mut b, mut c) = setup(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, true);
         b.stop(t0);

@@ -1018,6 +1018,6 @@ mod tests {
 
     #[test]
     fn warning_text_cannot_break_the_header() {
-        assert_eq!(sanitize_warning("a \"b\"\r\nc"), "a 'b''c");
+        assert_eq!(sanitize_warning("a \"b\"\r\nc"), "a 'b'''c");
     }
 }

@@ -10,7 +10,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::http::Uri;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
+
+/// Largest agent WebSocket message accepted (about 3 minutes of base64 mu-law audio).
+pub const MAX_AGENT_MESSAGE: usize = 2 << 20;
 
 /// An open agent WebSocket and what its TLS negotiated.
 pub struct AgentConn {
@@ -104,7 +108,12 @@ pub async fn connect(
                     .unwrap_or_default(),
             )
         };
-        let (ws, _resp) = tokio_tungstenite::client_async(url, tls)
+        // An agent message is at most a few seconds of base64 audio; cap what one frame may
+        // allocate (tungstenite's default is 64 MiB).
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_AGENT_MESSAGE))
+            .max_frame_size(Some(MAX_AGENT_MESSAGE));
+        let (ws, _resp) = tokio_tungstenite::client_async_with_config(url, tls, Some(ws_config))
             .await
             .map_err(|e| AgentError::WebSocket(Box::new(e)))?;
         Ok(AgentConn {

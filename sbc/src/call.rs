@@ -552,6 +552,9 @@ impl Call {
         let mut last_stats = srtp_bridge::BridgeStats::default();
         let hard_stop_after = self.shared.uas.t1 * 64 + Duration::from_secs(2);
         let mut hard_stop: Option<Instant> = None;
+        // Arrival times for the latency histograms (packet in to frame out, both ways).
+        let mut carrier_in: Option<Instant> = None;
+        let mut agent_in: Option<Instant> = None;
 
         loop {
             // 1. Act on what the cores produced.
@@ -628,17 +631,11 @@ impl Call {
                 hard_stop.get_or_insert(Instant::now() + hard_stop_after);
             }
             self.flush_sip();
-            while let Some(d) = bridge.poll_datagram() {
-                let sock = match d.component {
-                    Component::Rtp => &media.rtp,
-                    Component::Rtcp => &media.rtcp,
-                };
-                if let Err(e) = sock.try_send_to(&d.data, d.dest) {
-                    trace!(error = %e, "UDP send failed");
-                }
-            }
+            let mut rtp_sent = send_datagrams(&mut bridge, &media);
             let mut agent_closed = false;
+            let mut texts = 0usize;
             while let Some(text) = bridge.poll_agent_text() {
+                texts += 1;
                 if echo {
                     if let Some(reply) = srtp_bridge::echo_agent_reply(&text) {
                         bridge.handle_agent_text(Instant::now(), &reply);
@@ -651,13 +648,13 @@ impl Call {
             }
             if echo {
                 // The echo replies queue more datagrams; send them now rather than next turn.
-                while let Some(d) = bridge.poll_datagram() {
-                    let sock = match d.component {
-                        Component::Rtp => &media.rtp,
-                        Component::Rtcp => &media.rtcp,
-                    };
-                    let _ = sock.try_send_to(&d.data, d.dest);
-                }
+                rtp_sent += send_datagrams(&mut bridge, &media);
+            }
+            if let Some(t) = carrier_in.take().filter(|_| texts > 0) {
+                m::media_latency("carrier_to_agent", t.elapsed());
+            }
+            if let Some(t) = agent_in.take().filter(|_| rtp_sent > 0) {
+                m::media_latency("agent_to_carrier", t.elapsed());
             }
             if stopped {
                 if let Some(mut tx) = ws_tx.take() {
@@ -694,7 +691,11 @@ impl Call {
                     }
                 },
                 r = media.rtp.recv_from(&mut rtp_buf) => match r {
-                    Ok((n, from)) => bridge.handle_carrier_datagram(Instant::now(), Component::Rtp, from, &rtp_buf[..n]),
+                    Ok((n, from)) => {
+                        let now = Instant::now();
+                        carrier_in = Some(now);
+                        bridge.handle_carrier_datagram(now, Component::Rtp, from, &rtp_buf[..n]);
+                    }
                     Err(e) => trace!(error = %e, "RTP recv error"),
                 },
                 r = media.rtcp.recv_from(&mut rtcp_buf) => match r {
@@ -702,7 +703,11 @@ impl Call {
                     Err(e) => trace!(error = %e, "RTCP recv error"),
                 },
                 msg = next_ws(&mut ws_rx) => match msg {
-                    Some(Ok(Message::Text(t))) => bridge.handle_agent_text(Instant::now(), t.as_str()),
+                    Some(Ok(Message::Text(t))) => {
+                        let now = Instant::now();
+                        agent_in = Some(now);
+                        bridge.handle_agent_text(now, t.as_str());
+                    }
                     Some(Ok(Message::Binary(_))) => debug!("binary agent frame ignored"),
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
                         ws_rx = None;
@@ -788,6 +793,24 @@ impl Call {
             custom,
         }
     }
+}
+
+/// Sends what the bridge queued for the carrier; returns the number of RTP datagrams.
+fn send_datagrams(bridge: &mut Bridge, media: &MediaSockets) -> usize {
+    let mut rtp = 0;
+    while let Some(d) = bridge.poll_datagram() {
+        let sock = match d.component {
+            Component::Rtp => {
+                rtp += 1;
+                &media.rtp
+            }
+            Component::Rtcp => &media.rtcp,
+        };
+        if let Err(e) = sock.try_send_to(&d.data, d.dest) {
+            trace!(error = %e, "UDP send failed");
+        }
+    }
+    rtp
 }
 
 type WsRx = futures_util::stream::SplitStream<

@@ -425,6 +425,14 @@ async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr)
         }
     };
     m::tls_handshake(&sip_tls.version, &sip_tls.cipher, "ok");
+    if !carrier.config.certificate_names.is_empty() {
+        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        if !certificate_names_match(leaf, &carrier.config.certificate_names) {
+            warn!(%peer, carrier = %carrier.config.name, "carrier client certificate missing or not for an expected name: closed");
+            m::connection_refused("certificate_name");
+            return;
+        }
+    }
     run_connection(shared, carrier, sip_tls, tls, peer, None).await;
 }
 
@@ -586,6 +594,25 @@ async fn run_connection<S>(
     }
     .instrument(span)
     .await;
+}
+
+/// True when the (already chain-verified) client certificate is valid for one of `names`
+/// (DNS subjectAltName, RFC 6125 matching as webpki does it).
+fn certificate_names_match(
+    leaf: Option<&rustls_pki_types::CertificateDer<'_>>,
+    names: &[String],
+) -> bool {
+    let Some(leaf) = leaf else {
+        return false;
+    };
+    let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
+        return false;
+    };
+    names.iter().any(|n| {
+        rustls_pki_types::ServerName::try_from(n.as_str())
+            .map(|sn| cert.verify_is_valid_for_subject_name(&sn).is_ok())
+            .unwrap_or(false)
+    })
 }
 
 /// What a connection task knows when it routes a message.
@@ -778,4 +805,41 @@ impl ConnCtx {
 /// Logs a task panic as a failed call instead of losing it silently.
 pub fn log_internal(what: &str, e: &dyn std::fmt::Display) {
     error!(what, error = %e, "internal error");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_certificate_names_are_checked() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["sip.carrier.example".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = cert.der().clone();
+        assert!(certificate_names_match(
+            Some(&der),
+            &["sip.carrier.example".into()]
+        ));
+        assert!(certificate_names_match(
+            Some(&der),
+            &["other.example".into(), "sip.carrier.example".into()]
+        ));
+        assert!(!certificate_names_match(
+            Some(&der),
+            &["evil.example".into()]
+        ));
+        assert!(!certificate_names_match(
+            None,
+            &["sip.carrier.example".into()]
+        ));
+    }
+
+    #[test]
+    fn mapped_ipv4_compares_as_ipv4() {
+        let ip: IpAddr = "::ffff:54.172.60.1".parse().unwrap();
+        assert_eq!(canonical_ip(ip), "54.172.60.1".parse::<IpAddr>().unwrap());
+    }
 }

@@ -1,0 +1,363 @@
+//! Calls end to end: SIPp (TLS + SDES-SRTP) → sbc → TLS 1.3 WebSocket test agent.
+
+use std::time::Duration;
+
+use interop_tests::{
+    inline_keys, AgentBehaviour, AgentConn, SbcOptions, SbcProcess, SippOutcome, TestAgent,
+    TestEnv,
+};
+use serde_json::Value;
+
+const SECS10: Duration = Duration::from_secs(10);
+
+fn first_call_id(o: &SippOutcome) -> String {
+    o.call_ids()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no Call-ID in SIPp's messages log\n{}", o.describe()))
+}
+
+/// Waits until the agent has `n` connections that all ended.
+fn wait_closed(agent: &TestAgent, n: usize) -> Vec<AgentConn> {
+    agent.wait_for(
+        &format!("{n} connection(s), all closed"),
+        SECS10,
+        |c| c.len() >= n && c.iter().all(|c| c.closed.is_some()),
+    )
+}
+
+/// The checks of the Twilio Media Streams stream of one basic 3 s call with SIPp's pattern.
+fn check_basic_stream(c: &AgentConn) {
+    let events = c.events();
+    assert!(
+        events.len() >= 2 && events[0] == "connected" && events[1] == "start",
+        "first two agent messages must be connected, start; got {:?}",
+        &events[..events.len().min(5)]
+    );
+    let connected = &c.messages[0].1;
+    assert_eq!(connected["protocol"], "Call", "connected: {connected}");
+    let start = &c.messages[1].1;
+    assert!(
+        start["start"]["streamSid"].is_string() && start["start"]["callSid"].is_string(),
+        "start must carry start.streamSid and start.callSid: {start}"
+    );
+    assert_eq!(start["streamSid"], start["start"]["streamSid"], "start: {start}");
+    assert_eq!(
+        start["start"]["mediaFormat"]["encoding"], "audio/x-mulaw",
+        "start: {start}"
+    );
+    assert_eq!(start["start"]["mediaFormat"]["sampleRate"], 8000, "start: {start}");
+    let n = c.media.len();
+    assert!(
+        (100..=175).contains(&n),
+        "expected ~150 media frames (3 s of 20 ms), got {n}"
+    );
+    for (i, (_, p)) in c.media.iter().enumerate() {
+        assert_eq!(p.len(), 160, "media frame {i} has {} bytes", p.len());
+        assert!(
+            p.iter().all(|&b| b == 0xAA),
+            "media frame {i} is not SIPp's pattern 1 (all 0xAA): {:02x?}",
+            &p[..16]
+        );
+    }
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("stop"),
+        "the last message after the carrier's BYE must be stop; events without media: {:?}",
+        events.iter().filter(|e| *e != "media").collect::<Vec<_>>()
+    );
+    let stop = c.first("stop").expect("stop");
+    assert_eq!(stop["stop"]["callSid"], start["start"]["callSid"], "stop: {stop}");
+    assert!(c.closed.is_some(), "the socket must close after stop");
+    assert!(c.error.is_none(), "agent connection error: {:?}", c.error);
+    assert_eq!(c.binary_frames, 0, "sbc must send only text frames");
+}
+
+fn check_audit_basic(sbc: &SbcProcess, call_id: &str) -> Value {
+    let start = sbc.wait_event("call.start", call_id, SECS10);
+    assert_eq!(start["decision"]["status"], 200, "call.start: {start}");
+    let end = sbc.wait_event("call.end", call_id, SECS10);
+    assert_eq!(end["end_reason"], "carrier_bye", "call.end: {end}");
+    assert!(
+        end["srtp"]["chosen_inbound"].is_string(),
+        "srtp.chosen_inbound must be set: {end}"
+    );
+    assert!(
+        end["sip_tls"]["version"].is_string(),
+        "sip_tls.version must be set: {end}"
+    );
+    assert_eq!(end["carrier"], "test", "call.end: {end}");
+    assert!(
+        end["media"]["rtp_in"].as_u64().unwrap_or(0) >= 100,
+        "media.rtp_in: {end}"
+    );
+    assert_eq!(end["media"]["auth_failures"], 0, "call.end: {end}");
+    end
+}
+
+#[test]
+fn basic_call_echo_through_agent() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let o = env
+        .sipp("uac_tls_srtp_pattern.xml")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let conns = wait_closed(&agent, 1);
+    assert_eq!(conns.len(), 1);
+    assert_eq!(conns[0].path, "/ws", "WebSocket request path");
+    check_basic_stream(&conns[0]);
+    let end = check_audit_basic(&sbc, &call_id);
+    assert_eq!(end["agent"]["tls_version"], "TLSv1_3", "call.end: {end}");
+    assert!(
+        end["agent"]["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("wss://127.0.0.1:")),
+        "agent.target: {end}"
+    );
+    let m = sbc.metrics();
+    assert!(m.contains("sbc_calls_total"), "metrics lack sbc_calls_total:\n{m}");
+    assert!(
+        m.contains("sbc_srtp_suite_total"),
+        "metrics lack sbc_srtp_suite_total:\n{m}"
+    );
+}
+
+#[test]
+fn basic_call_builtin_echo() {
+    let env = TestEnv::new();
+    let sbc = env.start_sbc(SbcOptions::builtin_echo());
+    let o = env
+        .sipp("uac_tls_srtp_pattern.xml")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let end = check_audit_basic(&sbc, &call_id);
+    assert_eq!(end["agent"]["target"], "builtin:echo", "call.end: {end}");
+}
+
+/// No SRTP key (neither SIPp's offered keys nor sbc's answer key) may appear in sbc's trace log
+/// or audit file.
+#[test]
+fn no_srtp_keys_in_logs_or_audit() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let mut opts = SbcOptions::agent(agent.url());
+    opts.log_level = "trace".into();
+    let sbc = env.start_sbc(opts);
+    let o = env
+        .sipp("uac_tls_srtp_pattern.xml")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    sbc.wait_event("call.end", &call_id, SECS10);
+    let msgs = o.messages_log();
+    let keys = inline_keys(&msgs);
+    assert!(
+        keys.len() >= 3,
+        "expected at least 2 offered keys and 1 answer key in SIPp's messages log, found {keys:?}"
+    );
+    let log = sbc.log();
+    let audit = sbc.audit_text();
+    assert!(!log.is_empty(), "sbc wrote no log at level trace");
+    for k in &keys {
+        // The first 24 base64 characters cover the 16-byte master key.
+        let probe = &k[..24.min(k.len())];
+        for (name, text) in [("log", &log), ("audit", &audit)] {
+            if let Some(line) = text.lines().find(|l| l.contains(probe)) {
+                panic!("SRTP key material {probe}... found in sbc's {name}: {line}");
+            }
+        }
+    }
+    assert!(
+        !log.contains("inline:") && !audit.contains("inline:"),
+        "sbc's log or audit contains an inline: crypto attribute"
+    );
+}
+
+#[test]
+fn plain_rtp_avp_refused_with_488() {
+    let env = TestEnv::new();
+    let sbc = env.start_sbc(SbcOptions::builtin_echo());
+    let o = env
+        .sipp("uac_rtp_avp.xml")
+        .timeout("10s")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    assert!(
+        o.messages_log().contains("Warning:"),
+        "the 488 must carry a Warning header\n{}",
+        o.describe()
+    );
+    let r = sbc.wait_event("call.refused", &call_id, SECS10);
+    assert_eq!(r["decision"]["status"], 488, "call.refused: {r}");
+}
+
+#[test]
+fn aead_only_offer_refused_with_488() {
+    let env = TestEnv::new();
+    let sbc = env.start_sbc(SbcOptions::builtin_echo());
+    let o = env
+        .sipp("uac_aead_only.xml")
+        .timeout("10s")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    assert!(
+        o.messages_log().contains("Warning:"),
+        "the 488 must carry a Warning header\n{}",
+        o.describe()
+    );
+    let r = sbc.wait_event("call.refused", &call_id, SECS10);
+    assert_eq!(r["decision"]["status"], 488, "call.refused: {r}");
+}
+
+#[test]
+fn cancel_before_answer_gets_487() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::DelayAccept(Duration::from_secs(3)));
+    let mut opts = SbcOptions::agent(agent.url());
+    opts.ringing_after_ms = 10_000;
+    opts.connect_timeout_ms = 5000;
+    let sbc = env.start_sbc(opts);
+    let o = env
+        .sipp("uac_cancel.xml")
+        .timeout("15s")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let r = sbc.wait_event("call.refused", &call_id, SECS10);
+    assert_eq!(r["decision"]["status"], 487, "call.refused: {r}");
+    assert!(
+        sbc.audit()
+            .iter()
+            .all(|v| v["event"] != "call.start" || v["sip_call_id"] != call_id.as_str()),
+        "a cancelled call must not have a call.start record"
+    );
+}
+
+#[test]
+fn agent_hangup_sends_bye_to_carrier() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::HangUpAfter(Duration::from_secs(2)));
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let o = env.sipp("uac_wait_bye.xml").run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let end = sbc.wait_event("call.end", &call_id, SECS10);
+    assert_eq!(end["end_reason"], "agent_hangup", "call.end: {end}");
+}
+
+#[test]
+fn reinvite_hold_and_resume() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let o = env
+        .sipp("uac_reinvite_hold.xml")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let end = sbc.wait_event("call.end", &call_id, SECS10);
+    assert_eq!(end["end_reason"], "carrier_bye", "call.end: {end}");
+    let invites_ok = o
+        .messages_log()
+        .matches("CSeq: 2 INVITE")
+        .count()
+        .min(1)
+        + o.messages_log().matches("CSeq: 3 INVITE").count().min(1);
+    assert_eq!(invites_ok, 2, "both re-INVITEs must have been sent");
+    // One stream for the whole call: a re-INVITE must not reconnect the agent.
+    let conns = wait_closed(&agent, 1);
+    assert_eq!(conns.len(), 1, "re-INVITEs must keep the agent stream");
+}
+
+#[test]
+fn info_dtmf_reaches_agent() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    env.sipp("uac_info_dtmf.xml").run_expect(sbc.sip_port, 0);
+    let conns = wait_closed(&agent, 1);
+    let dtmf = conns[0].all("dtmf");
+    assert_eq!(dtmf.len(), 1, "expected one dtmf message, got {dtmf:?}");
+    assert_eq!(dtmf[0]["dtmf"]["digit"], "5", "dtmf: {}", dtmf[0]);
+    assert_eq!(dtmf[0]["dtmf"]["track"], "inbound_track", "dtmf: {}", dtmf[0]);
+    assert!(dtmf[0]["streamSid"].is_string(), "dtmf: {}", dtmf[0]);
+}
+
+#[test]
+fn mark_is_echoed() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let port = sbc.sip_port;
+    std::thread::scope(|s| {
+        let sipp = s.spawn(|| env.sipp("uac_tls_srtp_pattern.xml").run(port));
+        agent.wait_for("start", SECS10, |c| {
+            c.first().is_some_and(|c| c.first("start").is_some())
+        });
+        agent.send_mark(0, "m1");
+        agent.wait_for("mark m1 echoed", Duration::from_secs(3), |c| {
+            c[0].all("mark").iter().any(|m| m["mark"]["name"] == "m1")
+        });
+        agent.send_clear(0);
+        agent.send_mark(0, "m2");
+        agent.wait_for("mark m2 echoed after clear", Duration::from_secs(3), |c| {
+            c[0].all("mark").iter().any(|m| m["mark"]["name"] == "m2")
+        });
+        let o = sipp.join().expect("sipp thread");
+        assert_eq!(o.code, 0, "{}", o.describe());
+    });
+}
+
+#[test]
+fn agent_tls12_only_gets_503() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Tls12Only);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let o = env
+        .sipp("uac_expect_503.xml")
+        .timeout("15s")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let r = sbc.wait_event("call.refused", &call_id, SECS10);
+    assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
+    assert!(agent.connections().is_empty(), "no WebSocket may be opened");
+}
+
+#[test]
+fn agent_untrusted_cert_gets_503() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::UntrustedCert);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let o = env
+        .sipp("uac_expect_503.xml")
+        .timeout("15s")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let r = sbc.wait_event("call.refused", &call_id, SECS10);
+    assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
+    assert!(agent.connections().is_empty(), "no WebSocket may be opened");
+}
+
+#[test]
+fn fifty_calls_at_ten_per_second() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let mut opts = SbcOptions::agent(agent.url());
+    opts.log_level = "info".into();
+    let sbc = env.start_sbc(opts);
+    let o = env
+        .sipp("uac_tls_srtp_pattern.xml")
+        .calls(50, 10, 50)
+        .timeout("90s")
+        .hard_timeout(Duration::from_secs(120))
+        .run_expect(sbc.sip_port, 0);
+    let ids = o.call_ids();
+    assert_eq!(ids.len(), 50, "SIPp made {} calls", ids.len());
+    sbc.wait_audit(Duration::from_secs(15), |_| {
+        sbc.audit()
+            .iter()
+            .filter(|v| v["event"] == "call.end" && v["end_reason"] == "carrier_bye")
+            .count()
+            >= 50
+    });
+    let conns = wait_closed(&agent, 50);
+    assert_eq!(conns.len(), 50, "one agent stream per call");
+}

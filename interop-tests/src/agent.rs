@@ -182,7 +182,10 @@ impl TestAgent {
                     .map(|c| {
                         format!(
                             "events={:?} media={} closed={} err={:?}",
-                            c.events().into_iter().filter(|e| e != "media").collect::<Vec<_>>(),
+                            c.events()
+                                .into_iter()
+                                .filter(|e| e != "media")
+                                .collect::<Vec<_>>(),
                             c.media.len(),
                             c.closed.is_some(),
                             c.error

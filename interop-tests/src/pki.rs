@@ -63,9 +63,8 @@ fn make_ca(cn: &str) -> Ca {
 
 fn make_leaf(dir: &Path, name: &str, ca: &Ca, server: bool) -> Identity {
     let key = KeyPair::generate().expect("leaf key");
-    let mut params =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .expect("leaf params");
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("leaf params");
     params.is_ca = IsCa::NoCa;
     params
         .distinguished_name

@@ -187,7 +187,11 @@ impl SbcProcess {
     fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!(
                     "sbc exited during start-up ({status}):\nstderr:\n{}\nstdout:\n{}\nconfig:\n{}",
                     tail(&self.log(), 40),

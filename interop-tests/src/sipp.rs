@@ -89,11 +89,15 @@ impl SippOutcome {
     }
 
     pub fn errors_log(&self) -> String {
-        self.find("_errors.log").map(|p| read(&p)).unwrap_or_default()
+        self.find("_errors.log")
+            .map(|p| read(&p))
+            .unwrap_or_default()
     }
 
     pub fn screen_log(&self) -> String {
-        self.find("_screen.log").map(|p| read(&p)).unwrap_or_default()
+        self.find("_screen.log")
+            .map(|p| read(&p))
+            .unwrap_or_default()
     }
 
     /// Screen, errors and messages (tails) for a failure message.
@@ -133,18 +137,19 @@ impl SippOutcome {
 
 impl Sipp {
     pub(crate) fn new(env: &TestEnv, scenario: &str, run: u32) -> Sipp {
-        let dir = env.dir().join(format!("sipp-{run}-{}", scenario.trim_end_matches(".xml")));
+        let dir = env
+            .dir()
+            .join(format!("sipp-{run}-{}", scenario.trim_end_matches(".xml")));
         std::fs::create_dir_all(&dir).expect("sipp dir");
-        // Each run gets its own SIP port and a slice of the test's SIPp RTP range.
+        // Each run gets its own SIP port (runs of one test do not overlap, so they share the
+        // test's SIPp RTP range).
         let p = &env.ports;
-        let slice = (p.sipp_rtp_max - p.sipp_rtp_min + 1) / 2;
-        let half = (run % 2) as u16;
         Sipp {
             scenario: scenario.to_string(),
             dir,
             local_port: p.sipp[run as usize % p.sipp.len()],
-            rtp_min: p.sipp_rtp_min + half * slice,
-            rtp_max: p.sipp_rtp_min + half * slice + slice - 1,
+            rtp_min: p.sipp_rtp_min,
+            rtp_max: p.sipp_rtp_max,
             calls: 1,
             rate: None,
             limit: None,
@@ -228,11 +233,7 @@ impl Sipp {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let screen = format!(
-            "{}{}",
-            read(&out_path),
-            read(&self.dir.join("sipp.stderr"))
-        );
+        let screen = format!("{}{}", read(&out_path), read(&self.dir.join("sipp.stderr")));
         let screen = if code == -2 {
             format!(
                 "(killed by the harness after {:?})\n{screen}",

@@ -52,8 +52,7 @@ pub fn sip_exchange(
             Err(e) => return Err(format!("tls handshake: {e}")),
         }
     }
-    tls.write_all(request)
-        .map_err(|e| format!("write: {e}"))?;
+    tls.write_all(request).map_err(|e| format!("write: {e}"))?;
     tls.flush().map_err(|e| format!("flush: {e}"))?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];

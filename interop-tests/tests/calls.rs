@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use interop_tests::{
-    inline_keys, AgentBehaviour, AgentConn, SbcOptions, SbcProcess, SippOutcome, TestAgent,
-    TestEnv,
+    inline_keys, AgentBehaviour, AgentConn, SbcOptions, SbcProcess, SippOutcome, TestAgent, TestEnv,
 };
 use serde_json::Value;
 
@@ -19,11 +18,9 @@ fn first_call_id(o: &SippOutcome) -> String {
 
 /// Waits until the agent has `n` connections that all ended.
 fn wait_closed(agent: &TestAgent, n: usize) -> Vec<AgentConn> {
-    agent.wait_for(
-        &format!("{n} connection(s), all closed"),
-        SECS10,
-        |c| c.len() >= n && c.iter().all(|c| c.closed.is_some()),
-    )
+    agent.wait_for(&format!("{n} connection(s), all closed"), SECS10, |c| {
+        c.len() >= n && c.iter().all(|c| c.closed.is_some())
+    })
 }
 
 /// The checks of the Twilio Media Streams stream of one basic 3 s call with SIPp's pattern.
@@ -41,12 +38,18 @@ fn check_basic_stream(c: &AgentConn) {
         start["start"]["streamSid"].is_string() && start["start"]["callSid"].is_string(),
         "start must carry start.streamSid and start.callSid: {start}"
     );
-    assert_eq!(start["streamSid"], start["start"]["streamSid"], "start: {start}");
+    assert_eq!(
+        start["streamSid"], start["start"]["streamSid"],
+        "start: {start}"
+    );
     assert_eq!(
         start["start"]["mediaFormat"]["encoding"], "audio/x-mulaw",
         "start: {start}"
     );
-    assert_eq!(start["start"]["mediaFormat"]["sampleRate"], 8000, "start: {start}");
+    assert_eq!(
+        start["start"]["mediaFormat"]["sampleRate"], 8000,
+        "start: {start}"
+    );
     let n = c.media.len();
     assert!(
         (100..=175).contains(&n),
@@ -67,7 +70,10 @@ fn check_basic_stream(c: &AgentConn) {
         events.iter().filter(|e| *e != "media").collect::<Vec<_>>()
     );
     let stop = c.first("stop").expect("stop");
-    assert_eq!(stop["stop"]["callSid"], start["start"]["callSid"], "stop: {stop}");
+    assert_eq!(
+        stop["stop"]["callSid"], start["start"]["callSid"],
+        "stop: {stop}"
+    );
     assert!(c.closed.is_some(), "the socket must close after stop");
     assert!(c.error.is_none(), "agent connection error: {:?}", c.error);
     assert_eq!(c.binary_frames, 0, "sbc must send only text frames");
@@ -117,7 +123,10 @@ fn basic_call_echo_through_agent() {
         "agent.target: {end}"
     );
     let m = sbc.metrics();
-    assert!(m.contains("sbc_calls_total"), "metrics lack sbc_calls_total:\n{m}");
+    assert!(
+        m.contains("sbc_calls_total"),
+        "metrics lack sbc_calls_total:\n{m}"
+    );
     assert!(
         m.contains("sbc_srtp_suite_total"),
         "metrics lack sbc_srtp_suite_total:\n{m}"
@@ -255,11 +264,7 @@ fn reinvite_hold_and_resume() {
     let call_id = first_call_id(&o);
     let end = sbc.wait_event("call.end", &call_id, SECS10);
     assert_eq!(end["end_reason"], "carrier_bye", "call.end: {end}");
-    let invites_ok = o
-        .messages_log()
-        .matches("CSeq: 2 INVITE")
-        .count()
-        .min(1)
+    let invites_ok = o.messages_log().matches("CSeq: 2 INVITE").count().min(1)
         + o.messages_log().matches("CSeq: 3 INVITE").count().min(1);
     assert_eq!(invites_ok, 2, "both re-INVITEs must have been sent");
     // One stream for the whole call: a re-INVITE must not reconnect the agent.
@@ -277,7 +282,11 @@ fn info_dtmf_reaches_agent() {
     let dtmf = conns[0].all("dtmf");
     assert_eq!(dtmf.len(), 1, "expected one dtmf message, got {dtmf:?}");
     assert_eq!(dtmf[0]["dtmf"]["digit"], "5", "dtmf: {}", dtmf[0]);
-    assert_eq!(dtmf[0]["dtmf"]["track"], "inbound_track", "dtmf: {}", dtmf[0]);
+    assert_eq!(
+        dtmf[0]["dtmf"]["track"], "inbound_track",
+        "dtmf: {}",
+        dtmf[0]
+    );
     assert!(dtmf[0]["streamSid"].is_string(), "dtmf: {}", dtmf[0]);
 }
 

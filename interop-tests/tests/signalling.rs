@@ -38,13 +38,18 @@ fn invite_without_call_id_gets_400() {
          Content-Length: 0\r\n\r\n",
         p = sbc.sip_port
     );
-    let resp = sip_exchange(&env.pki, sbc.sip_port, req.as_bytes(), Duration::from_secs(5))
-        .unwrap_or_else(|e| {
-            panic!(
-                "no response to an INVITE without Call-ID: {e}\nsbc log tail:\n{}",
-                interop_tests::tail(&sbc.log(), 20)
-            )
-        });
+    let resp = sip_exchange(
+        &env.pki,
+        sbc.sip_port,
+        req.as_bytes(),
+        Duration::from_secs(5),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "no response to an INVITE without Call-ID: {e}\nsbc log tail:\n{}",
+            interop_tests::tail(&sbc.log(), 20)
+        )
+    });
     assert_eq!(
         status_code(&resp),
         Some(400),
@@ -71,7 +76,12 @@ fn source_not_allowed_is_refused() {
          Content-Length: 0\r\n\r\n",
         p = sbc.sip_port
     );
-    let r = sip_exchange(&env.pki, sbc.sip_port, req.as_bytes(), Duration::from_secs(5));
+    let r = sip_exchange(
+        &env.pki,
+        sbc.sip_port,
+        req.as_bytes(),
+        Duration::from_secs(5),
+    );
     assert!(
         r.is_err(),
         "a connection from a source outside every carrier's source_cidrs got an answer: {r:?}"

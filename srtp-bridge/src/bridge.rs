@@ -229,7 +229,10 @@ impl Bridge {
         // RFC 3550 §5.1 wants random initial sequence number and timestamp. The daemon draws
         // our SSRC from its RNG; both are derived from it so this crate needs no RNG of its own.
         let ssrc = config.ssrc;
-        let seq = (ssrc ^ (ssrc >> 16)) as u16;
+        // The sequence number starts below 2^15 (random in 15 bits), as libsrtp advises: a
+        // receiver that guesses the rollover counter from its first packet (RFC 3711 §3.3.1)
+        // cannot then mistake an early wrap for a late packet.
+        let seq = (ssrc ^ (ssrc >> 16)) as u16 & 0x7fff;
         let ts_base = ssrc.rotate_left(16) ^ 0x5bd1_e995;
         let interval = config.rtcp_interval.max(Duration::from_millis(100));
         Self {

@@ -1,0 +1,412 @@
+//! Offer/answer (RFC 3264) for a carrier INVITE: accept the first SDES-SRTP audio stream with an
+//! AES-CM suite and a G.711 codec, refuse everything else with a reason for the 488 Warning.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::crypto::{CryptoAttribute, KeySalt, SrtpSuite};
+use crate::lines::{
+    Attribute, Connection, Direction, Line, MediaLine, Origin, RawLine, SessionDescription,
+};
+
+/// Audio codecs sbc answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// G.711 mu-law, static payload type 0.
+    Pcmu,
+    /// G.711 A-law, static payload type 8.
+    Pcma,
+}
+
+impl Codec {
+    fn name(self) -> &'static str {
+        match self {
+            Codec::Pcmu => "PCMU",
+            Codec::Pcma => "PCMA",
+        }
+    }
+
+    fn static_pt(self) -> u8 {
+        match self {
+            Codec::Pcmu => 0,
+            Codec::Pcma => 8,
+        }
+    }
+}
+
+/// What we answer with.
+pub struct AnswerPolicy {
+    /// Accepted SRTP suites, most preferred first.
+    pub suites: Vec<SrtpSuite>,
+    /// Accepted codecs, most preferred first.
+    pub codecs: Vec<Codec>,
+    /// Address written in our `c=` and `o=` lines.
+    pub address: IpAddr,
+    /// Our RTP port (RTCP is port + 1 unless the offer has `a=rtcp-mux`).
+    pub port: u16,
+    /// `o=` session id and version (the version goes up by one on each new answer in a dialog).
+    pub session_id: u64,
+    pub session_version: u64,
+    /// Re-use this key for the same suite (re-INVITE); `None` draws a fresh one from the RNG.
+    pub local_key: Option<KeySalt>,
+}
+
+/// An accepted offer: the SDP to send and the parameters for the media layer.
+#[derive(Debug)]
+pub struct Answer {
+    pub sdp: SessionDescription,
+    pub negotiated: Negotiated,
+}
+
+/// Negotiated media parameters for the carrier leg.
+#[derive(Clone, Debug)]
+pub struct Negotiated {
+    /// Where the carrier wants RTP (offer's `c=` and `m=` port).
+    pub remote_rtp: SocketAddr,
+    /// Where the carrier wants RTCP (`a=rtcp`, else port + 1; equals `remote_rtp` with rtcp-mux).
+    pub remote_rtcp: SocketAddr,
+    pub rtcp_mux: bool,
+    pub suite: SrtpSuite,
+    /// Tag of the chosen `a=crypto` line.
+    pub crypto_tag: u32,
+    /// The carrier's key: decrypts what the carrier sends.
+    pub remote_key: KeySalt,
+    /// Our key: encrypts what we send.
+    pub local_key: KeySalt,
+    pub codec: Codec,
+    pub payload_type: u8,
+    /// `telephone-event` payload type, if offered.
+    pub telephone_event: Option<u8>,
+    /// Our direction, as written in the answer.
+    pub direction: Direction,
+    /// Names of every suite the offer carried on the chosen m-line (for the audit record).
+    pub offered_suites: Vec<String>,
+}
+
+/// Why an offer is refused; `Display` is the text for the 488 `Warning` header.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// No `m=audio` line with a non-zero port.
+    #[error("no audio media line offered")]
+    NoAudio,
+    /// Audio offered only as plain RTP (`RTP/AVP`).
+    #[error("plain RTP offered; SRTP (RTP/SAVP with SDES) is required")]
+    PlainRtp,
+    /// SRTP offered, but no AES-CM suite among the `a=crypto` lines.
+    #[error("no AES-CM SRTP suite offered (offered: {offered})")]
+    NoAesCmSuite { offered: String },
+    /// AES-CM lines were offered but none is usable (MKI, session parameters, key length...).
+    #[error("no usable a=crypto line: {reason}")]
+    NoUsableCrypto { reason: String },
+    /// Neither PCMU nor PCMA (as configured) among the offered formats.
+    #[error("no common codec (PCMU or PCMA required)")]
+    NoCommonCodec,
+    /// The audio stream's connection address is missing or not an IP address.
+    #[error("unusable connection address: {0}")]
+    BadAddress(String),
+}
+
+fn attrs(section: &[RawLine]) -> impl Iterator<Item = &Attribute> {
+    section.iter().filter_map(|l| match &l.line {
+        Line::Attribute(a) => Some(a),
+        _ => None,
+    })
+}
+
+fn cryptos(section: &[RawLine]) -> Vec<&CryptoAttribute> {
+    attrs(section)
+        .filter_map(|a| match a {
+            Attribute::Crypto(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn is_sdes_srtp(m: &MediaLine, section: &[RawLine]) -> bool {
+    m.proto == "RTP/SAVP" || (m.proto == "RTP/SAVPF" && !cryptos(section).is_empty())
+}
+
+/// Answers a carrier offer (RFC 3264 §6) under `policy`.
+pub fn answer_offer(
+    offer: &SessionDescription,
+    policy: &AnswerPolicy,
+    rng: &mut dyn rand::RngCore,
+) -> Result<Answer, Refusal> {
+    let mline = |s: &[RawLine]| match s.first().map(|l| &l.line) {
+        Some(Line::Media(m)) => Some(m.clone()),
+        _ => None,
+    };
+    let audio: Vec<(usize, MediaLine)> = offer
+        .media
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| mline(s).map(|m| (i, m)))
+        .filter(|(_, m)| m.media == "audio" && m.port != 0)
+        .collect();
+    if audio.is_empty() {
+        return Err(Refusal::NoAudio);
+    }
+    let Some((chosen, m)) = audio
+        .iter()
+        .find(|(i, m)| is_sdes_srtp(m, &offer.media[*i]))
+        .cloned()
+    else {
+        if audio.iter().any(|(_, m)| m.proto.contains("SAVP")) {
+            return Err(Refusal::NoUsableCrypto {
+                reason: "no SDES a=crypto line (DTLS-SRTP is not supported)".into(),
+            });
+        }
+        return Err(Refusal::PlainRtp);
+    };
+    let section = &offer.media[chosen];
+
+    // Crypto (RFC 4568 §7.1.1): our most preferred suite first, offer order within a suite.
+    let lines = cryptos(section);
+    let offered_suites: Vec<String> = lines.iter().map(|c| c.suite.name().to_string()).collect();
+    if !lines.iter().any(|c| c.suite.is_aes_cm()) {
+        let offered = if offered_suites.is_empty() {
+            "none".to_string()
+        } else {
+            offered_suites.join(", ")
+        };
+        return Err(Refusal::NoAesCmSuite { offered });
+    }
+    let mut reasons = Vec::new();
+    let mut pick = None;
+    'suites: for suite in &policy.suites {
+        for c in lines.iter().filter(|c| &c.suite == suite) {
+            match c.unusable_reason() {
+                None => {
+                    pick = Some(*c);
+                    break 'suites;
+                }
+                Some(r) => reasons.push(r),
+            }
+        }
+    }
+    let Some(crypto) = pick else {
+        if reasons.is_empty() {
+            reasons.push(format!(
+                "offered suites ({}) are not accepted",
+                offered_suites.join(", ")
+            ));
+        }
+        return Err(Refusal::NoUsableCrypto {
+            reason: reasons.join("; "),
+        });
+    };
+    let remote_key = crypto.keys[0]
+        .key_salt
+        .clone()
+        .ok_or_else(|| Refusal::NoUsableCrypto {
+            reason: "key is not valid base64".into(),
+        })?;
+
+    // Codec: our preference among the offered formats (static types may lack an rtpmap).
+    let rtpmaps: Vec<(u8, String, u32)> = attrs(section)
+        .filter_map(|a| match a {
+            Attribute::Rtpmap {
+                payload_type,
+                encoding,
+                clock_rate,
+                ..
+            } => Some((*payload_type, encoding.clone(), *clock_rate)),
+            _ => None,
+        })
+        .collect();
+    let offered_pts: Vec<u8> = m.formats.iter().filter_map(|f| f.parse().ok()).collect();
+    let pt_for = |codec: Codec| {
+        offered_pts
+            .iter()
+            .copied()
+            .find(|pt| match rtpmaps.iter().find(|(p, _, _)| p == pt) {
+                Some((_, enc, clock)) => enc.eq_ignore_ascii_case(codec.name()) && *clock == 8000,
+                None => *pt == codec.static_pt(),
+            })
+    };
+    let (codec, payload_type) = policy
+        .codecs
+        .iter()
+        .find_map(|c| pt_for(*c).map(|pt| (*c, pt)))
+        .ok_or(Refusal::NoCommonCodec)?;
+    let telephone_event = offered_pts.iter().copied().find(|pt| {
+        rtpmaps.iter().any(|(p, enc, clock)| {
+            p == pt && enc.eq_ignore_ascii_case("telephone-event") && *clock == 8000
+        })
+    });
+    let te_fmtp = telephone_event.and_then(|pt| {
+        attrs(section).find_map(|a| match a {
+            Attribute::Fmtp { format, params } if *format == pt.to_string() => Some(params.clone()),
+            _ => None,
+        })
+    });
+
+    // Addresses: media-level c= overrides session-level (RFC 8866 §5.7).
+    let conn: Option<&Connection> = section
+        .iter()
+        .find_map(|l| match &l.line {
+            Line::Connection(c) => Some(c),
+            _ => None,
+        })
+        .or_else(|| offer.connection());
+    let conn = conn.ok_or_else(|| Refusal::BadAddress("no c= line".into()))?;
+    let ip = conn
+        .ip()
+        .ok_or_else(|| Refusal::BadAddress(format!("{} is not an IP address", conn.address)))?;
+    let rtcp_mux = attrs(section).any(|a| *a == Attribute::RtcpMux);
+    let remote_rtp = SocketAddr::new(ip, m.port);
+    let remote_rtcp = if rtcp_mux {
+        remote_rtp
+    } else {
+        let explicit = attrs(section).find_map(|a| match a {
+            Attribute::Rtcp { port, address } => Some((*port, address.clone())),
+            _ => None,
+        });
+        match explicit {
+            Some((port, address)) => {
+                let addr_ip = address
+                    .and_then(|a| a.split_whitespace().nth(2).and_then(|x| x.parse().ok()))
+                    .unwrap_or(ip);
+                SocketAddr::new(addr_ip, port)
+            }
+            None => SocketAddr::new(ip, m.port.saturating_add(1)),
+        }
+    };
+
+    // Direction (RFC 3264 §6.1): media-level overrides session-level; an old-style hold
+    // (c=0.0.0.0, RFC 3264 §8.4) counts as sendonly.
+    let dir_of = |s: &[RawLine]| {
+        attrs(s).find_map(|a| match a {
+            Attribute::Direction(d) => Some(*d),
+            _ => None,
+        })
+    };
+    let mut offered_dir = dir_of(section)
+        .or_else(|| dir_of(&offer.session))
+        .unwrap_or(Direction::SendRecv);
+    if ip.is_unspecified() && offered_dir == Direction::SendRecv {
+        offered_dir = Direction::SendOnly;
+    }
+    let direction = match offered_dir {
+        Direction::SendOnly => Direction::RecvOnly,
+        Direction::RecvOnly => Direction::SendOnly,
+        d => d,
+    };
+
+    let local_key = match &policy.local_key {
+        Some(k) if k.key().len() == crypto.suite.key_len() => k.clone(),
+        _ => {
+            let mut bytes = vec![0u8; crypto.suite.key_len() + crypto.suite.salt_len()];
+            rng.fill_bytes(&mut bytes);
+            KeySalt::new(bytes)
+        }
+    };
+
+    // The answer: one m-line per offered m-line, in order (RFC 3264 §6).
+    let addrtype = if policy.address.is_ipv4() {
+        "IP4"
+    } else {
+        "IP6"
+    };
+    let session = vec![
+        RawLine::new(Line::Version(0)),
+        RawLine::new(Line::Origin(Origin {
+            username: "-".into(),
+            session_id: policy.session_id.to_string(),
+            session_version: policy.session_version.to_string(),
+            nettype: "IN".into(),
+            addrtype: addrtype.into(),
+            address: policy.address.to_string(),
+        })),
+        RawLine::new(Line::SessionName("-".into())),
+        RawLine::new(Line::Connection(Connection {
+            nettype: "IN".into(),
+            addrtype: addrtype.into(),
+            address: policy.address.to_string(),
+        })),
+        RawLine::new(Line::Other {
+            kind: 't',
+            value: "0 0".into(),
+        }),
+    ];
+    let mut media = Vec::new();
+    for (i, s) in offer.media.iter().enumerate() {
+        let Some(om) = mline(s) else { continue };
+        if i != chosen {
+            media.push(vec![RawLine::new(Line::Media(MediaLine {
+                port: 0,
+                port_count: None,
+                ..om
+            }))]);
+            continue;
+        }
+        let mut formats = vec![payload_type.to_string()];
+        if let Some(te) = telephone_event {
+            formats.push(te.to_string());
+        }
+        let mut sec = vec![
+            RawLine::new(Line::Media(MediaLine {
+                media: "audio".into(),
+                port: policy.port,
+                port_count: None,
+                proto: om.proto.clone(),
+                formats,
+            })),
+            RawLine::new(Line::Attribute(Attribute::Rtpmap {
+                payload_type,
+                encoding: codec.name().into(),
+                clock_rate: 8000,
+                channels: None,
+            })),
+        ];
+        if let Some(te) = telephone_event {
+            sec.push(RawLine::new(Line::Attribute(Attribute::Rtpmap {
+                payload_type: te,
+                encoding: "telephone-event".into(),
+                clock_rate: 8000,
+                channels: None,
+            })));
+            sec.push(RawLine::new(Line::Attribute(Attribute::Fmtp {
+                format: te.to_string(),
+                params: te_fmtp.clone().unwrap_or_else(|| "0-16".into()),
+            })));
+        }
+        sec.push(RawLine::new(Line::Attribute(Attribute::Ptime(20))));
+        if rtcp_mux {
+            sec.push(RawLine::new(Line::Attribute(Attribute::RtcpMux)));
+        }
+        sec.push(RawLine::new(Line::Attribute(Attribute::Direction(
+            direction,
+        ))));
+        sec.push(RawLine::new(Line::Attribute(Attribute::Crypto(
+            CryptoAttribute {
+                tag: crypto.tag,
+                suite: crypto.suite.clone(),
+                keys: vec![crate::crypto::KeyParam {
+                    key_salt: Some(local_key.clone()),
+                    lifetime: None,
+                    mki: None,
+                }],
+                session_params: Vec::new(),
+            },
+        ))));
+        media.push(sec);
+    }
+    Ok(Answer {
+        sdp: SessionDescription { session, media },
+        negotiated: Negotiated {
+            remote_rtp,
+            remote_rtcp,
+            rtcp_mux,
+            suite: crypto.suite.clone(),
+            crypto_tag: crypto.tag,
+            remote_key,
+            local_key,
+            codec,
+            payload_type,
+            telephone_event,
+            direction,
+            offered_suites,
+        },
+    })
+}

@@ -115,6 +115,33 @@ impl SippOutcome {
         )
     }
 
+    /// The SIP messages SIPp received (from the messages log), in order.
+    pub fn received(&self) -> Vec<String> {
+        self.messages_log()
+            .split("-----------------------------------------------")
+            .filter_map(|chunk| {
+                let i = chunk.find("message received [")?;
+                let body = &chunk[i..];
+                let start = body.find('\n')?;
+                Some(body[start..].trim().to_string())
+            })
+            .collect()
+    }
+
+    /// The first received response with status `code` whose CSeq header is `cseq`
+    /// (e.g. `"2 INVITE"`).
+    pub fn response(&self, code: u16, cseq: &str) -> Option<String> {
+        let status = format!("SIP/2.0 {code} ");
+        self.received().into_iter().find(|m| {
+            m.starts_with(&status)
+                && m.lines().any(|l| {
+                    l.split_once(':').is_some_and(|(n, v)| {
+                        n.trim().eq_ignore_ascii_case("CSeq") && v.trim() == cseq
+                    })
+                })
+        })
+    }
+
     /// Every Call-ID in the messages log.
     pub fn call_ids(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -215,6 +242,12 @@ impl Sipp {
             .args(["-audiotolerance", "0.1"])
             .args(["-s", &self.service])
             .args(&self.extra)
+            // Debugging aid: e.g. INTEROP_SIPP_ARGS="-rtpcheck_debug -srtpcheck_debug".
+            .args(
+                std::env::var("INTEROP_SIPP_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .current_dir(&self.dir)
             .stdin(Stdio::null());
         let out_path = self.dir.join("sipp.stdout");

@@ -253,6 +253,9 @@ fn agent_hangup_sends_bye_to_carrier() {
     assert_eq!(end["end_reason"], "agent_hangup", "call.end: {end}");
 }
 
+/// Hold and resume by re-INVITE (signalling only, see the scenario for why SIPp cannot check the
+/// echo across a re-key): both re-INVITEs get a 200 whose SDP answers the direction (hold:
+/// `recvonly`/`inactive`; resume: `sendrecv`) with one SDES key, and the agent stream survives.
 #[test]
 fn reinvite_hold_and_resume() {
     let env = TestEnv::new();
@@ -262,11 +265,27 @@ fn reinvite_hold_and_resume() {
         .sipp("uac_reinvite_hold.xml")
         .run_expect(sbc.sip_port, 0);
     let call_id = first_call_id(&o);
+    let hold = o
+        .response(200, "2 INVITE")
+        .unwrap_or_else(|| panic!("no 200 for the hold re-INVITE\n{}", o.describe()));
+    assert!(
+        hold.contains("a=recvonly") || hold.contains("a=inactive"),
+        "the answer to a=sendonly must be recvonly or inactive:\n{hold}"
+    );
+    assert_eq!(hold.matches("a=crypto:").count(), 1, "hold answer:\n{hold}");
+    let resume = o
+        .response(200, "3 INVITE")
+        .unwrap_or_else(|| panic!("no 200 for the resume re-INVITE\n{}", o.describe()));
+    assert!(
+        resume.contains("a=sendrecv")
+            || !(resume.contains("a=recvonly")
+                || resume.contains("a=sendonly")
+                || resume.contains("a=inactive")),
+        "the answer to a=sendrecv must be sendrecv:\n{resume}"
+    );
+    assert_eq!(resume.matches("a=crypto:").count(), 1, "resume answer:\n{resume}");
     let end = sbc.wait_event("call.end", &call_id, SECS10);
     assert_eq!(end["end_reason"], "carrier_bye", "call.end: {end}");
-    let invites_ok = o.messages_log().matches("CSeq: 2 INVITE").count().min(1)
-        + o.messages_log().matches("CSeq: 3 INVITE").count().min(1);
-    assert_eq!(invites_ok, 2, "both re-INVITEs must have been sent");
     // One stream for the whole call: a re-INVITE must not reconnect the agent.
     let conns = wait_closed(&agent, 1);
     assert_eq!(conns.len(), 1, "re-INVITEs must keep the agent stream");

@@ -60,6 +60,7 @@ pub struct Sipp {
     hard_timeout: Duration,
     extra: Vec<String>,
     service: String,
+    audio_tolerance: f64,
 }
 
 pub struct SippOutcome {
@@ -184,6 +185,7 @@ impl Sipp {
             hard_timeout: Duration::from_secs(60),
             extra: Vec::new(),
             service: "+15550002222".into(),
+            audio_tolerance: 0.1,
         }
     }
 
@@ -192,6 +194,13 @@ impl Sipp {
         self.calls = calls;
         self.rate = Some(rate);
         self.limit = Some(limit);
+        self
+    }
+
+    /// `-audiotolerance` (default 0.1): the echo check fails when failed / checked packets of a
+    /// call reaches it. A wrong key fails ~90% of the packets.
+    pub fn audio_tolerance(mut self, t: f64) -> Sipp {
+        self.audio_tolerance = t;
         self
     }
 
@@ -239,7 +248,8 @@ impl Sipp {
         }
         cmd.args(["-timeout", &self.sip_timeout, "-timeout_error"])
             .args(["-nostdin", "-trace_err", "-trace_msg", "-trace_screen"])
-            .args(["-audiotolerance", "0.1"])
+            .arg("-audiotolerance")
+            .arg(self.audio_tolerance.to_string())
             .args(["-s", &self.service])
             .args(&self.extra)
             // Debugging aid: e.g. INTEROP_SIPP_ARGS="-rtpcheck_debug -srtpcheck_debug".

@@ -28,6 +28,8 @@ pub enum AgentBehaviour {
     UntrustedCert,
     /// Accepts TCP, waits this long, then does the TLS handshake; echoes afterwards.
     DelayAccept(Duration),
+    /// Echoes, and requires a client certificate signed by the test CA (mTLS).
+    RequireClientCert,
 }
 
 /// Everything one WebSocket connection received.
@@ -96,16 +98,34 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-fn server_config(id: &Identity, tls12_only: bool) -> rustls::ServerConfig {
+fn server_config(
+    id: &Identity,
+    tls12_only: bool,
+    client_ca: Option<&rustls_pki_types::CertificateDer<'static>>,
+) -> rustls::ServerConfig {
     let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
         &[&rustls::version::TLS12]
     } else {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     };
-    rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
-        .expect("versions")
-        .with_no_client_auth()
+        .expect("versions");
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.clone()).expect("client CA");
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    builder
         .with_single_cert(id.chain_der.clone(), id.private_key())
         .expect("agent server config")
 }
@@ -118,9 +138,12 @@ impl TestAgent {
             .build()
             .expect("agent runtime");
         let config = match behaviour {
-            AgentBehaviour::Tls12Only => server_config(&pki.agent, true),
-            AgentBehaviour::UntrustedCert => server_config(&pki.untrusted_agent, false),
-            _ => server_config(&pki.agent, false),
+            AgentBehaviour::Tls12Only => server_config(&pki.agent, true, None),
+            AgentBehaviour::UntrustedCert => server_config(&pki.untrusted_agent, false, None),
+            AgentBehaviour::RequireClientCert => {
+                server_config(&pki.agent, false, Some(&pki.ca_der))
+            }
+            _ => server_config(&pki.agent, false, None),
         };
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let listener = runtime

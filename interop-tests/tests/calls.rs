@@ -116,6 +116,11 @@ fn basic_call_echo_through_agent() {
     check_basic_stream(&conns[0]);
     let end = check_audit_basic(&sbc, &call_id);
     assert_eq!(end["agent"]["tls_version"], "TLSv1_3", "call.end: {end}");
+    assert_eq!(end["agent"]["mtls"], false, "call.end: {end}");
+    assert!(
+        end["media"]["agent_media_in"].as_u64().unwrap_or(0) >= 100,
+        "the echo must have come from the agent: {end}"
+    );
     assert!(
         end["agent"]["target"]
             .as_str()
@@ -366,4 +371,82 @@ fn agent_untrusted_cert_gets_503() {
     let r = sbc.wait_event("call.refused", &call_id, SECS10);
     assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
     assert!(agent.connections().is_empty(), "no WebSocket may be opened");
+}
+
+/// An offer with only AES_CM_128_HMAC_SHA1_32: sbc answers with that suite and the echo check
+/// passes with 4-byte tags.
+#[test]
+fn srtp_32_only_offer() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let o = env.sipp("uac_srtp_32_only.xml").run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let ok = o
+        .response(200, "1 INVITE")
+        .unwrap_or_else(|| panic!("no 200\n{}", o.describe()));
+    assert!(
+        ok.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:"),
+        "answer must use tag 1 with AES_CM_128_HMAC_SHA1_32:\n{ok}"
+    );
+    let end = sbc.wait_event("call.end", &call_id, SECS10);
+    assert_eq!(
+        end["srtp"]["chosen_inbound"], "AES_CM_128_HMAC_SHA1_32",
+        "call.end: {end}"
+    );
+    assert_eq!(end["media"]["auth_failures"], 0, "call.end: {end}");
+}
+
+/// A call with no RTP at all from the carrier: sbc hangs up (BYE) after `rtp_timeout_secs`.
+#[test]
+fn rtp_timeout_sends_bye() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let mut opts = SbcOptions::agent(agent.url());
+    opts.rtp_timeout_secs = 2;
+    let sbc = env.start_sbc(opts);
+    let o = env
+        .sipp("uac_no_media_wait_bye.xml")
+        .timeout("20s")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let end = sbc.wait_event("call.end", &call_id, SECS10);
+    assert_eq!(end["end_reason"], "rtp_timeout", "call.end: {end}");
+    let d = end["duration_ms"].as_u64().unwrap_or(0);
+    assert!(
+        (1500..=6000).contains(&d),
+        "rtp_timeout_secs = 2, call lasted {d} ms: {end}"
+    );
+    let conns = wait_closed(&agent, 1);
+    assert_eq!(conns[0].events().last().map(String::as_str), Some("stop"));
+}
+
+/// mTLS towards the agent: with `client_certificate` configured the call works and the audit
+/// says `agent.mtls = true`; an agent that requires a client certificate refuses sbc without one
+/// (503).
+#[test]
+fn agent_mtls() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::RequireClientCert);
+    let mut opts = SbcOptions::agent(agent.url());
+    opts.agent_client_cert = true;
+    let sbc = env.start_sbc(opts);
+    let o = env
+        .sipp("uac_tls_srtp_pattern.xml")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let end = sbc.wait_event("call.end", &call_id, SECS10);
+    assert_eq!(end["agent"]["mtls"], true, "call.end: {end}");
+    drop(sbc);
+
+    let env2 = TestEnv::new();
+    let agent2 = env2.start_agent(AgentBehaviour::RequireClientCert);
+    let sbc2 = env2.start_sbc(SbcOptions::agent(agent2.url()));
+    let o = env2
+        .sipp("uac_expect_503.xml")
+        .timeout("15s")
+        .run_expect(sbc2.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let r = sbc2.wait_event("call.refused", &call_id, SECS10);
+    assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
 }

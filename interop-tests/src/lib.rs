@@ -13,6 +13,7 @@ pub mod tlsclient;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Condvar, Mutex};
 
 pub use agent::{AgentBehaviour, AgentConn, TestAgent};
 pub use pki::TestPki;
@@ -26,10 +27,56 @@ pub struct TestEnv {
     pub pki: TestPki,
     pub ports: Ports,
     sipp_runs: AtomicU32,
+    _slot: Slot,
+}
+
+static RUNNING: Mutex<usize> = Mutex::new(0);
+static RUNNING_CV: Condvar = Condvar::new();
+
+/// How many tests of one test binary run their calls at once: `INTEROP_JOBS`, else the number
+/// of CPUs (at least 2). SIPp's echo check counts a late echo as a failed packet, so running
+/// a dozen debug-build sbc + SIPp pairs on two cores makes it fail although sbc echoed every
+/// packet (its audit shows rtp_out = rtp_in - 1, no auth failures).
+fn max_jobs() -> usize {
+    std::env::var("INTEROP_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .max(2)
+        })
+        .max(1)
+}
+
+/// A running-test slot, released on drop.
+struct Slot;
+
+impl Slot {
+    fn acquire() -> Slot {
+        let max = max_jobs();
+        let mut n = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= max {
+            n = RUNNING_CV.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut n = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        RUNNING_CV.notify_one();
+    }
 }
 
 impl TestEnv {
+    /// Waits for a free slot (see `INTEROP_JOBS`); a test must hold only one `TestEnv` at a time.
     pub fn new() -> TestEnv {
+        let slot = Slot::acquire();
         let dir = tempfile::Builder::new()
             .prefix("sbc-interop-")
             .tempdir()
@@ -41,6 +88,7 @@ impl TestEnv {
             pki,
             ports,
             sipp_runs: AtomicU32::new(0),
+            _slot: slot,
         }
     }
 

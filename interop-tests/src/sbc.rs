@@ -20,6 +20,7 @@ pub struct SbcOptions {
     pub ringing_after_ms: u64,
     pub rtp_timeout_secs: u64,
     pub max_calls_per_second: u32,
+    pub max_concurrent_calls: u32,
     pub connect_timeout_ms: u64,
     /// Present sbc's client certificate to the agent (mTLS).
     pub agent_client_cert: bool,
@@ -34,6 +35,7 @@ impl SbcOptions {
             ringing_after_ms: 1000,
             rtp_timeout_secs: 10,
             max_calls_per_second: 50,
+            max_concurrent_calls: 100,
             connect_timeout_ms: 2000,
             agent_client_cert: false,
         }
@@ -75,7 +77,7 @@ min_version = "1.2"
 [[carriers]]
 name = "test"
 source_cidrs = [{cidrs}]
-max_concurrent_calls = 100
+max_concurrent_calls = {maxcalls}
 max_calls_per_second = {cps}
 
 [media]
@@ -117,6 +119,7 @@ level = {level:?}
         key = toml_str(&env.pki.sbc.key_pem_path),
         cidrs = cidrs.join(", "),
         cps = o.max_calls_per_second,
+        maxcalls = o.max_concurrent_calls,
         mmin = p.media_min,
         mmax = p.media_max,
         rtpto = o.rtp_timeout_secs,

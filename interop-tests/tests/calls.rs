@@ -110,6 +110,11 @@ fn basic_call_echo_through_agent() {
         .sipp("uac_tls_srtp_pattern.xml")
         .run_expect(sbc.sip_port, 0);
     let call_id = first_call_id(&o);
+    let rc = o.rtp_check();
+    assert!(
+        rc.sent >= 140 && rc.received_ok >= 75,
+        "SIPp's echo check must have run on ~150 packets: {rc:?}"
+    );
     let conns = wait_closed(&agent, 1);
     assert_eq!(conns.len(), 1);
     assert_eq!(conns[0].path, "/ws", "WebSocket request path");
@@ -329,6 +334,12 @@ fn mark_is_echoed() {
         agent.wait_for("start", SECS10, |c| {
             c.first().is_some_and(|c| c.first("start").is_some())
         });
+        let m = sbc.metrics();
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("sbc_calls_active") && l.trim_end().ends_with(" 1")),
+            "sbc_calls_active must be 1 during the call:\n{m}"
+        );
         agent.send_mark(0, "m1");
         agent.wait_for("mark m1 echoed", Duration::from_secs(3), |c| {
             c[0].all("mark").iter().any(|m| m["mark"]["name"] == "m1")
@@ -356,6 +367,11 @@ fn agent_tls12_only_gets_503() {
     let r = sbc.wait_event("call.refused", &call_id, SECS10);
     assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
     assert!(agent.connections().is_empty(), "no WebSocket may be opened");
+    assert!(
+        !agent.handshake_errors().is_empty(),
+        "sbc must have tried (and failed) a TLS handshake with the agent; tcp accepts: {}",
+        agent.tcp_accepts()
+    );
 }
 
 #[test]
@@ -371,6 +387,11 @@ fn agent_untrusted_cert_gets_503() {
     let r = sbc.wait_event("call.refused", &call_id, SECS10);
     assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
     assert!(agent.connections().is_empty(), "no WebSocket may be opened");
+    assert!(
+        !agent.handshake_errors().is_empty(),
+        "sbc must have tried (and failed) a TLS handshake with the agent; tcp accepts: {}",
+        agent.tcp_accepts()
+    );
 }
 
 /// An offer with only AES_CM_128_HMAC_SHA1_32: sbc answers with that suite and the echo check
@@ -422,10 +443,9 @@ fn rtp_timeout_sends_bye() {
 }
 
 /// mTLS towards the agent: with `client_certificate` configured the call works and the audit
-/// says `agent.mtls = true`; an agent that requires a client certificate refuses sbc without one
-/// (503).
+/// says `agent.mtls = true`.
 #[test]
-fn agent_mtls() {
+fn agent_mtls_with_client_cert() {
     let env = TestEnv::new();
     let agent = env.start_agent(AgentBehaviour::RequireClientCert);
     let mut opts = SbcOptions::agent(agent.url());
@@ -437,16 +457,71 @@ fn agent_mtls() {
     let call_id = first_call_id(&o);
     let end = sbc.wait_event("call.end", &call_id, SECS10);
     assert_eq!(end["agent"]["mtls"], true, "call.end: {end}");
-    drop(sbc);
+}
 
-    let env2 = TestEnv::new();
-    let agent2 = env2.start_agent(AgentBehaviour::RequireClientCert);
-    let sbc2 = env2.start_sbc(SbcOptions::agent(agent2.url()));
-    let o = env2
+/// An agent that requires a client certificate refuses sbc without one: 503.
+#[test]
+fn agent_mtls_without_client_cert_gets_503() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::RequireClientCert);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let o = env
         .sipp("uac_expect_503.xml")
         .timeout("15s")
-        .run_expect(sbc2.sip_port, 0);
+        .run_expect(sbc.sip_port, 0);
     let call_id = first_call_id(&o);
-    let r = sbc2.wait_event("call.refused", &call_id, SECS10);
+    let r = sbc.wait_event("call.refused", &call_id, SECS10);
     assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
+}
+
+/// Runs SIPp's basic call in the background and, once sbc answered it, a second INVITE that the
+/// carrier limits must refuse with 503.
+fn second_call_refused(opts_change: impl FnOnce(&mut SbcOptions)) {
+    let env = TestEnv::new();
+    let mut opts = SbcOptions::builtin_echo();
+    opts_change(&mut opts);
+    let sbc = env.start_sbc(opts);
+    let port = sbc.sip_port;
+    std::thread::scope(|s| {
+        let first = env.sipp("uac_tls_srtp_pattern.xml");
+        let second = env.sipp("uac_expect_503.xml").timeout("10s");
+        let bg = s.spawn(move || first.run(port));
+        sbc.wait_audit(SECS10, |v| v["event"] == "call.start");
+        let o = second.run_expect(port, 0);
+        let call_id = first_call_id(&o);
+        let r = sbc.wait_event("call.refused", &call_id, SECS10);
+        assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
+        let o = bg.join().expect("first call");
+        assert_eq!(
+            o.code,
+            0,
+            "the first call must be unaffected\n{}",
+            o.describe()
+        );
+    });
+}
+
+#[test]
+fn carrier_concurrent_call_limit_gives_503() {
+    second_call_refused(|o| o.max_concurrent_calls = 1);
+}
+
+#[test]
+fn carrier_call_rate_limit_gives_503() {
+    second_call_refused(|o| o.max_calls_per_second = 1);
+}
+
+/// SIP over TLS 1.2 is accepted with `min_version = "1.2"` and audited as such.
+#[test]
+fn sip_over_tls12() {
+    let env = TestEnv::new();
+    let sbc = env.start_sbc(SbcOptions::builtin_echo());
+    let o = env
+        .sipp("uac_tls_srtp_pattern.xml")
+        .arg("-tls_version")
+        .arg("1.2")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let end = sbc.wait_event("call.end", &call_id, SECS10);
+    assert_eq!(end["sip_tls"]["version"], "TLSv1_2", "call.end: {end}");
 }

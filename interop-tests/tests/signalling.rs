@@ -100,3 +100,28 @@ fn source_not_allowed_is_refused() {
         o.describe()
     );
 }
+
+/// TLS 1.1 is below every allowed minimum: SIPp cannot even connect.
+#[test]
+fn sip_over_tls11_refused() {
+    let env = TestEnv::new();
+    let sbc = env.start_sbc(SbcOptions::builtin_echo());
+    let o = env
+        .sipp("uac_options.xml")
+        .timeout("5s")
+        .arg("-tls_version")
+        .arg("1.1")
+        .hard_timeout(Duration::from_secs(30))
+        .run(sbc.sip_port);
+    assert_ne!(
+        o.code,
+        0,
+        "OPTIONS over TLS 1.1 succeeded\n{}",
+        o.describe()
+    );
+    assert!(
+        o.errors_log().contains("SSL") || o.screen.contains("SSL") || o.screen.contains("TLS"),
+        "expected a TLS failure\n{}",
+        o.describe()
+    );
+}

@@ -24,6 +24,8 @@ pub struct SbcOptions {
     pub connect_timeout_ms: u64,
     /// Present sbc's client certificate to the agent (mTLS).
     pub agent_client_cert: bool,
+    /// `[media] mirror_caller_ssrc` (SIPp's echo check needs it).
+    pub mirror_caller_ssrc: bool,
 }
 
 impl SbcOptions {
@@ -38,6 +40,7 @@ impl SbcOptions {
             max_concurrent_calls: 100,
             connect_timeout_ms: 2000,
             agent_client_cert: false,
+            mirror_caller_ssrc: true,
         }
     }
 
@@ -86,7 +89,7 @@ bind_address = "127.0.0.1"
 port_min = {mmin}
 port_max = {mmax}
 rtp_timeout_secs = {rtpto}
-mirror_caller_ssrc = true
+mirror_caller_ssrc = {mirror}
 
 [srtp]
 suites = ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"]
@@ -120,6 +123,7 @@ level = {level:?}
         cidrs = cidrs.join(", "),
         cps = o.max_calls_per_second,
         maxcalls = o.max_concurrent_calls,
+        mirror = o.mirror_caller_ssrc,
         mmin = p.media_min,
         mmax = p.media_max,
         rtpto = o.rtp_timeout_secs,

@@ -525,3 +525,21 @@ fn sip_over_tls12() {
     let end = sbc.wait_event("call.end", &call_id, SECS10);
     assert_eq!(end["sip_tls"]["version"], "TLSv1_2", "call.end: {end}");
 }
+
+/// The harness's echo check is not vacuous: without `mirror_caller_ssrc` SIPp 3.8 decrypts sbc's
+/// echo with the wrong SSRC (the decryption "succeeds" into garbage), and the check must report
+/// every packet as a content mismatch.
+#[test]
+fn echo_check_detects_broken_srtp() {
+    let env = TestEnv::new();
+    let mut opts = SbcOptions::builtin_echo();
+    opts.mirror_caller_ssrc = false;
+    let sbc = env.start_sbc(opts);
+    let o = env.sipp("uac_tls_srtp_pattern.xml").run(sbc.sip_port);
+    let rc = o.rtp_check();
+    assert!(
+        o.code == 253 && rc.srtp_failures + rc.mismatches > 100,
+        "expected SIPp's echo check to fail on every packet: exit {}, {rc:?}",
+        o.code
+    );
+}

@@ -26,6 +26,8 @@ pub struct SbcOptions {
     pub agent_client_cert: bool,
     /// `[media] mirror_caller_ssrc` (SIPp's echo check needs it).
     pub mirror_caller_ssrc: bool,
+    /// `[limits] drain_timeout_secs` (sbc's default when `None`).
+    pub drain_timeout_secs: Option<u64>,
 }
 
 impl SbcOptions {
@@ -41,6 +43,7 @@ impl SbcOptions {
             connect_timeout_ms: 2000,
             agent_client_cert: false,
             mirror_caller_ssrc: true,
+            drain_timeout_secs: None,
         }
     }
 
@@ -111,6 +114,7 @@ listen = "127.0.0.1:{metrics}"
 
 [limits]
 max_connections_per_ip = 64
+{drain}
 
 [log]
 format = "json"
@@ -124,6 +128,10 @@ level = {level:?}
         cps = o.max_calls_per_second,
         maxcalls = o.max_concurrent_calls,
         mirror = o.mirror_caller_ssrc,
+        drain = o
+            .drain_timeout_secs
+            .map(|d| format!("drain_timeout_secs = {d}"))
+            .unwrap_or_default(),
         mmin = p.media_min,
         mmax = p.media_max,
         rtpto = o.rtp_timeout_secs,
@@ -293,6 +301,32 @@ impl SbcProcess {
         match buf.find("\r\n\r\n") {
             Some(i) => buf[i + 4..].to_string(),
             None => buf,
+        }
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn signal_term(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.child.as_mut()?.try_wait().ok().flatten();
+            if let Some(st) = st {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

@@ -209,6 +209,28 @@ fn plain_rtp_avp_refused_with_488() {
     );
     let r = sbc.wait_event("call.refused", &call_id, SECS10);
     assert_eq!(r["decision"]["status"], 488, "call.refused: {r}");
+    check_488_warning(&o);
+    assert_eq!(
+        r["srtp"]["offered"],
+        serde_json::json!([]),
+        "call.refused: {r}"
+    );
+}
+
+/// The 488 carries `Warning: 399 <host> "<text>"` (RFC 3261 §20.43).
+fn check_488_warning(o: &SippOutcome) {
+    let resp = o
+        .response(488, "1 INVITE")
+        .unwrap_or_else(|| panic!("no 488\n{}", o.describe()));
+    let w = resp
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("warning:"))
+        .unwrap_or_else(|| panic!("488 without Warning:\n{resp}"));
+    let v = w["warning:".len()..].trim();
+    assert!(
+        v.starts_with("399 ") && v.ends_with('"') && v.matches('"').count() == 2,
+        "Warning must be 399 <host> \"text\": {w}"
+    );
 }
 
 #[test]
@@ -227,6 +249,12 @@ fn aead_only_offer_refused_with_488() {
     );
     let r = sbc.wait_event("call.refused", &call_id, SECS10);
     assert_eq!(r["decision"]["status"], 488, "call.refused: {r}");
+    check_488_warning(&o);
+    assert_eq!(
+        r["srtp"]["offered"],
+        serde_json::json!(["AEAD_AES_256_GCM"]),
+        "call.refused: {r}"
+    );
 }
 
 #[test]
@@ -542,4 +570,62 @@ fn echo_check_detects_broken_srtp() {
         "expected SIPp's echo check to fail on every packet: exit {}, {rc:?}",
         o.code
     );
+}
+
+/// SIGTERM drains: the call in progress continues to its end, a new INVITE gets 503, and sbc
+/// exits 0 once the call is over.
+#[test]
+fn sigterm_drains_calls() {
+    let env = TestEnv::new();
+    let mut sbc = env.start_sbc(SbcOptions::builtin_echo());
+    let port = sbc.sip_port;
+    let first = env.sipp("uac_tls_srtp_pattern.xml");
+    let second = env.sipp("uac_expect_503.xml").timeout("10s");
+    let bg = std::thread::spawn(move || first.run(port));
+    sbc.wait_audit(SECS10, |v| v["event"] == "call.start");
+    sbc.signal_term();
+    std::thread::sleep(Duration::from_millis(300));
+    let o = second.run_expect(port, 0);
+    let refused_id = first_call_id(&o);
+    let r = sbc.wait_event("call.refused", &refused_id, SECS10);
+    assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
+    let o1 = bg.join().expect("first call");
+    assert_eq!(
+        o1.code,
+        0,
+        "the call in progress must finish\n{}",
+        o1.describe()
+    );
+    o1.rtp_check().assert_clean(&o1);
+    let end = sbc.wait_event("call.end", &first_call_id(&o1), SECS10);
+    assert_eq!(end["end_reason"], "carrier_bye", "call.end: {end}");
+    let st = sbc
+        .wait_exit(Duration::from_secs(10))
+        .expect("sbc must exit after draining");
+    assert!(st.success(), "sbc exit status after SIGTERM: {st}");
+}
+
+/// SIGTERM with a call that outlasts `drain_timeout_secs`: sbc hangs it up (BYE to the carrier,
+/// `end_reason = "shutdown"`) and exits 0.
+#[test]
+fn sigterm_drain_timeout_hangs_up() {
+    let env = TestEnv::new();
+    let mut opts = SbcOptions::builtin_echo();
+    opts.drain_timeout_secs = Some(1);
+    let mut sbc = env.start_sbc(opts);
+    let port = sbc.sip_port;
+    let sipp = env.sipp("uac_wait_bye.xml");
+    let bg = std::thread::spawn(move || sipp.run(port));
+    sbc.wait_audit(SECS10, |v| v["event"] == "call.start");
+    std::thread::sleep(Duration::from_millis(500));
+    sbc.signal_term();
+    let o = bg.join().expect("sipp");
+    assert_eq!(o.code, 0, "SIPp must get sbc's BYE\n{}", o.describe());
+    o.rtp_check().assert_clean(&o);
+    let end = sbc.wait_event("call.end", &first_call_id(&o), SECS10);
+    assert_eq!(end["end_reason"], "shutdown", "call.end: {end}");
+    let st = sbc
+        .wait_exit(Duration::from_secs(10))
+        .expect("sbc must exit after the drain timeout");
+    assert!(st.success(), "sbc exit status after SIGTERM: {st}");
 }

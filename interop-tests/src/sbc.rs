@@ -28,6 +28,8 @@ pub struct SbcOptions {
     pub mirror_caller_ssrc: bool,
     /// `[limits] drain_timeout_secs` (sbc's default when `None`).
     pub drain_timeout_secs: Option<u64>,
+    /// Extra `[[agent.routes]]` before the default one: (`"exact"` or `"prefix"`, number, url).
+    pub routes: Vec<(String, String, String)>,
 }
 
 impl SbcOptions {
@@ -44,6 +46,7 @@ impl SbcOptions {
             agent_client_cert: false,
             mirror_caller_ssrc: true,
             drain_timeout_secs: None,
+            routes: Vec::new(),
         }
     }
 
@@ -102,7 +105,7 @@ ca_bundle = {ca}
 connect_timeout_ms = {cto}
 passthrough_headers = ["X-Twilio-CallSid"]
 {client}
-[[agent.routes]]
+{routes}[[agent.routes]]
 default = true
 url = {url:?}
 
@@ -138,6 +141,13 @@ level = {level:?}
         ca = toml_str(&env.pki.ca_pem_path),
         cto = o.connect_timeout_ms,
         client = client,
+        routes = o
+            .routes
+            .iter()
+            .map(|(kind, number, url)| {
+                format!("[[agent.routes]]\n{kind} = {number:?}\nurl = {url:?}\n\n")
+            })
+            .collect::<String>(),
         url = o.agent_url,
         audit = toml_str(audit),
         metrics = p.metrics,

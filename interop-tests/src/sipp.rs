@@ -274,6 +274,12 @@ impl Sipp {
         self
     }
 
+    /// The called number (`-s`, default `+15550002222`).
+    pub fn service(mut self, number: &str) -> Sipp {
+        self.service = number.to_string();
+        self
+    }
+
     /// SIPp's own `-timeout` (the run fails with `-timeout_error` when it passes).
     pub fn timeout(mut self, t: &str) -> Sipp {
         self.sip_timeout = t.to_string();

@@ -629,3 +629,54 @@ fn sigterm_drain_timeout_hangs_up() {
         .expect("sbc must exit after the drain timeout");
     assert!(st.success(), "sbc exit status after SIGTERM: {st}");
 }
+
+/// `X-Twilio-CallSid` from the INVITE becomes `start.callSid` and is passed through in
+/// `customParameters` (it is in `passthrough_headers`).
+#[test]
+fn twilio_callsid_header_passthrough() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    env.sipp("uac_twilio_headers.xml")
+        .run_expect(sbc.sip_port, 0);
+    let conns = wait_closed(&agent, 1);
+    let start = conns[0].first("start").expect("start").clone();
+    let sid = "CA0123456789abcdef0123456789abcdef";
+    assert_eq!(start["start"]["callSid"], sid, "start: {start}");
+    assert_eq!(
+        start["start"]["customParameters"]["X-Twilio-CallSid"], sid,
+        "start: {start}"
+    );
+}
+
+/// Routes: an exact route wins over a prefix route, which wins over the default.
+#[test]
+fn routes_pick_the_agent_by_called_number() {
+    let env = TestEnv::new();
+    let exact = env.start_agent(AgentBehaviour::Echo);
+    let prefix = env.start_agent(AgentBehaviour::Echo);
+    let default = env.start_agent(AgentBehaviour::Echo);
+    let mut opts = SbcOptions::agent(default.url());
+    opts.routes = vec![
+        ("exact".into(), "+15550002222".into(), exact.url()),
+        ("prefix".into(), "+1555".into(), prefix.url()),
+    ];
+    let sbc = env.start_sbc(opts);
+    for number in ["+15550002222", "+15559999999", "+4930123456"] {
+        env.sipp("uac_tls_srtp_pattern.xml")
+            .service(number)
+            .run_expect(sbc.sip_port, 0);
+    }
+    let n = |a: &TestAgent| a.connections().len();
+    assert_eq!(
+        (n(&exact), n(&prefix), n(&default)),
+        (1, 1, 1),
+        "one call per agent (exact, prefix, default)"
+    );
+    let to = |a: &TestAgent| {
+        a.connections()[0].first("start").expect("start")["start"]["customParameters"]["to"].clone()
+    };
+    assert_eq!(to(&exact), "+15550002222");
+    assert_eq!(to(&prefix), "+15559999999");
+    assert_eq!(to(&default), "+4930123456");
+}

@@ -232,6 +232,14 @@ impl TestAgent {
             .expect("connection gone");
     }
 
+    /// Sends a raw text frame on connection `idx`.
+    pub fn send_text(&self, idx: usize, text: &str) {
+        let sh = self.shared.lock().unwrap();
+        sh.senders[idx]
+            .send(Message::text(text.to_string()))
+            .expect("connection gone");
+    }
+
     /// Sends `{"event":"mark","streamSid":..,"mark":{"name":name}}` on connection `idx`.
     pub fn send_mark(&self, idx: usize, name: &str) {
         let sid = self.connections()[idx].stream_sid().unwrap_or_default();

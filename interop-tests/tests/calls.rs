@@ -79,6 +79,44 @@ fn check_basic_stream(c: &AgentConn) {
     assert_eq!(c.binary_frames, 0, "sbc must send only text frames");
 }
 
+/// sbc's 200 OK answer: RTP/SAVP on a port of its media range at 127.0.0.1, exactly one SDES
+/// line answering tag 1 with AES_CM_128_HMAC_SHA1_80 and sbc's own 30-byte key.
+fn check_answer_sdp(env: &TestEnv, o: &SippOutcome) {
+    use base64::Engine as _;
+    let ok = o
+        .response(200, "1 INVITE")
+        .unwrap_or_else(|| panic!("no 200 OK\n{}", o.describe()));
+    let m = ok
+        .lines()
+        .find(|l| l.starts_with("m=audio "))
+        .unwrap_or_else(|| panic!("no m=audio in the answer:\n{ok}"));
+    let f: Vec<&str> = m.split_whitespace().collect();
+    let port: u16 = f[1].parse().expect("port");
+    assert!(
+        (env.ports.media_min..=env.ports.media_max).contains(&port),
+        "answer port {port} outside [media] port range: {m}"
+    );
+    assert_eq!(f[2], "RTP/SAVP", "answer: {m}");
+    assert!(ok.contains("c=IN IP4 127.0.0.1"), "answer:\n{ok}");
+    let crypto: Vec<&str> = ok.lines().filter(|l| l.starts_with("a=crypto:")).collect();
+    assert_eq!(crypto.len(), 1, "answer must have one a=crypto:\n{ok}");
+    let c: Vec<&str> = crypto[0].split_whitespace().collect();
+    assert_eq!(c[0], "a=crypto:1", "answer: {}", crypto[0]);
+    assert_eq!(c[1], "AES_CM_128_HMAC_SHA1_80", "answer: {}", crypto[0]);
+    let key = c[2].strip_prefix("inline:").expect("inline:");
+    let key = key.split('|').next().unwrap_or(key);
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .expect("answer key is base64");
+    assert_eq!(raw.len(), 30, "AES_CM_128 master key + salt is 30 bytes");
+    let offered = inline_keys(&o.messages_log());
+    assert_eq!(
+        offered.iter().filter(|k| k.as_str() == key).count(),
+        1,
+        "sbc must answer with its own key, not one of the offered keys"
+    );
+}
+
 fn check_audit_basic(sbc: &SbcProcess, call_id: &str) -> Value {
     let start = sbc.wait_event("call.start", call_id, SECS10);
     assert_eq!(start["decision"]["status"], 200, "call.start: {start}");
@@ -110,6 +148,7 @@ fn basic_call_echo_through_agent() {
         .sipp("uac_tls_srtp_pattern.xml")
         .run_expect(sbc.sip_port, 0);
     let call_id = first_call_id(&o);
+    check_answer_sdp(&env, &o);
     let rc = o.rtp_check();
     assert!(
         rc.sent >= 140 && rc.received_ok >= 75,
@@ -679,4 +718,77 @@ fn routes_pick_the_agent_by_called_number() {
     assert_eq!(to(&exact), "+15550002222");
     assert_eq!(to(&prefix), "+15559999999");
     assert_eq!(to(&default), "+4930123456");
+}
+
+/// Forged RTP from another socket, sprayed at every port of sbc's media range during a call,
+/// must neither reach the agent nor disturb the call.
+#[test]
+fn forged_rtp_is_not_relayed() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let port = sbc.sip_port;
+    let o = std::thread::scope(|s| {
+        let sipp = s.spawn(|| env.sipp("uac_tls_srtp_pattern.xml").run(port));
+        agent.wait_for("start", SECS10, |c| {
+            c.first().is_some_and(|c| c.first("start").is_some())
+        });
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        for round in 0..5u16 {
+            for p in env.ports.media_min..=env.ports.media_max {
+                let mut pkt = vec![0x80, 0x00];
+                pkt.extend_from_slice(&(1000 + round).to_be_bytes());
+                pkt.extend_from_slice(&(160u32 * u32::from(round)).to_be_bytes());
+                pkt.extend_from_slice(&0x0BAD_F00Du32.to_be_bytes());
+                pkt.extend_from_slice(&[0x55; 160]);
+                pkt.extend_from_slice(&[0u8; 10]);
+                let _ = sock.send_to(&pkt, ("127.0.0.1", p));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        sipp.join().expect("sipp")
+    });
+    assert_eq!(o.code, 0, "{}", o.describe());
+    o.rtp_check().assert_clean(&o);
+    let conns = wait_closed(&agent, 1);
+    for (i, (_, p)) in conns[0].media.iter().enumerate() {
+        assert!(
+            p.iter().all(|&b| b == 0xAA),
+            "media frame {i} reached the agent but is not SIPp's pattern: {:02x?}",
+            &p[..16]
+        );
+    }
+    let n = conns[0].media.len();
+    assert!((100..=175).contains(&n), "agent got {n} media frames");
+    let end = sbc.wait_event("call.end", &first_call_id(&o), SECS10);
+    assert_eq!(end["end_reason"], "carrier_bye", "call.end: {end}");
+}
+
+/// Malformed agent messages are ignored (counted in `media.agent_malformed`), the call goes on.
+#[test]
+fn malformed_agent_messages_are_ignored() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let port = sbc.sip_port;
+    let o = std::thread::scope(|s| {
+        let sipp = s.spawn(|| env.sipp("uac_tls_srtp_pattern.xml").run(port));
+        agent.wait_for("start", SECS10, |c| {
+            c.first().is_some_and(|c| c.first("start").is_some())
+        });
+        agent.send_text(0, "this is not json");
+        agent.send_json(
+            0,
+            serde_json::json!({"event": "media", "streamSid": "x", "media": {"payload": "%%%not base64"}}),
+        );
+        sipp.join().expect("sipp")
+    });
+    assert_eq!(o.code, 0, "{}", o.describe());
+    o.rtp_check().assert_clean(&o);
+    let end = sbc.wait_event("call.end", &first_call_id(&o), SECS10);
+    assert_eq!(end["end_reason"], "carrier_bye", "call.end: {end}");
+    assert!(
+        end["media"]["agent_malformed"].as_u64().unwrap_or(0) >= 2,
+        "media.agent_malformed must count both: {end}"
+    );
 }

@@ -172,14 +172,16 @@ fn basic_call_echo_through_agent() {
         "agent.target: {end}"
     );
     let m = sbc.metrics();
-    assert!(
-        m.contains("sbc_calls_total"),
-        "metrics lack sbc_calls_total:\n{m}"
-    );
-    assert!(
-        m.contains("sbc_srtp_suite_total"),
-        "metrics lack sbc_srtp_suite_total:\n{m}"
-    );
+    for line in [
+        "sbc_calls_total{outcome=\"accepted\"} 1",
+        "sbc_srtp_suite_total{suite=\"AES_CM_128_HMAC_SHA1_80\"} 1",
+        "sbc_calls_active 0",
+    ] {
+        assert!(
+            m.lines().any(|l| l.trim() == line),
+            "metrics lack `{line}`:\n{m}"
+        );
+    }
 }
 
 #[test]
@@ -253,6 +255,12 @@ fn plain_rtp_avp_refused_with_488() {
         r["srtp"]["offered"],
         serde_json::json!([]),
         "call.refused: {r}"
+    );
+    let m = sbc.metrics();
+    assert!(
+        m.lines()
+            .any(|l| l.trim() == "sbc_calls_total{outcome=\"refused\"} 1"),
+        "metrics lack sbc_calls_total{{outcome=\"refused\"}} 1:\n{m}"
     );
 }
 

@@ -99,6 +99,11 @@ fn source_not_allowed_is_refused() {
         "SIPp OPTIONS from a refused source succeeded\n{}",
         o.describe()
     );
+    let m = sbc.metrics();
+    assert!(
+        m.contains("sbc_connections_refused_total"),
+        "metrics lack sbc_connections_refused_total:\n{m}"
+    );
 }
 
 /// TLS 1.1 is below every allowed minimum: SIPp cannot even connect.

@@ -23,7 +23,7 @@ use crate::config::{CarrierConfig, Config};
 use crate::metrics as m;
 use crate::ports::PortPool;
 use crate::sip::framing::{Frame, FrameError, Framer};
-use crate::sip::{Method, Request, Response, SipMessage, UasConfig};
+use crate::sip::{strict, Method, Request, Response, SipMessage, UasConfig};
 
 /// Errors that stop the daemon at start.
 #[derive(Debug, thiserror::Error)]
@@ -645,14 +645,32 @@ impl ConnCtx {
     }
 
     fn handle_message(&self, data: &[u8]) {
+        let line_problem = strict::request_line_problem(data);
         let msg = match SipMessage::parse(data) {
             Ok(m) => m,
             Err(e) => {
-                // Without parsable Via/Call-ID there is nothing to address a response to.
-                warn!(error = %e, "unparsable SIP message dropped");
+                let reason = line_problem.map(|p| p.1).unwrap_or("Bad Request");
+                match strict::bad_request_for_unparsable(data, reason) {
+                    Some(resp) => {
+                        info!(error = %e, "unparsable SIP request: 400");
+                        m::sip_response(400);
+                        let _ = self.handle.tx.try_send(Bytes::from(resp));
+                    }
+                    // Without Via/Call-ID/CSeq there is nothing to address a response to.
+                    None => warn!(error = %e, "unparsable SIP message dropped"),
+                }
                 return;
             }
         };
+        if let SipMessage::Request(req) = &msg {
+            if let Some((status, reason)) = line_problem.or_else(|| strict::header_problem(req)) {
+                info!(method = ?req.method, status, reason, "malformed request rejected");
+                if req.method != Method::Ack {
+                    self.reply(req, status, reason, &[]);
+                }
+                return;
+            }
+        }
         match msg {
             SipMessage::Response(resp) => {
                 let tx = resp

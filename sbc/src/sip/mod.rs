@@ -39,6 +39,7 @@ use bytes::Bytes;
 mod call;
 pub mod framing;
 pub mod message;
+pub mod strict;
 
 pub use call::{Refresher, SessionTimer, UasCall};
 pub use framing::{Frame, FrameError, Framer};

@@ -1,0 +1,802 @@
+//! Calls end to end: SIPp (TLS + SDES-SRTP) → sbc → TLS 1.3 WebSocket test agent.
+
+use std::time::Duration;
+
+use interop_tests::{
+    inline_keys, AgentBehaviour, AgentConn, SbcOptions, SbcProcess, SippOutcome, TestAgent, TestEnv,
+};
+use serde_json::Value;
+
+const SECS10: Duration = Duration::from_secs(10);
+
+fn first_call_id(o: &SippOutcome) -> String {
+    o.call_ids()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no Call-ID in SIPp's messages log\n{}", o.describe()))
+}
+
+/// Waits until the agent has `n` connections that all ended.
+fn wait_closed(agent: &TestAgent, n: usize) -> Vec<AgentConn> {
+    agent.wait_for(&format!("{n} connection(s), all closed"), SECS10, |c| {
+        c.len() >= n && c.iter().all(|c| c.closed.is_some())
+    })
+}
+
+/// The checks of the Twilio Media Streams stream of one basic 3 s call with SIPp's pattern.
+fn check_basic_stream(c: &AgentConn) {
+    let events = c.events();
+    assert!(
+        events.len() >= 2 && events[0] == "connected" && events[1] == "start",
+        "first two agent messages must be connected, start; got {:?}",
+        &events[..events.len().min(5)]
+    );
+    let connected = &c.messages[0].1;
+    assert_eq!(connected["protocol"], "Call", "connected: {connected}");
+    let start = &c.messages[1].1;
+    assert!(
+        start["start"]["streamSid"].is_string() && start["start"]["callSid"].is_string(),
+        "start must carry start.streamSid and start.callSid: {start}"
+    );
+    assert_eq!(
+        start["streamSid"], start["start"]["streamSid"],
+        "start: {start}"
+    );
+    assert_eq!(
+        start["start"]["mediaFormat"]["encoding"], "audio/x-mulaw",
+        "start: {start}"
+    );
+    assert_eq!(
+        start["start"]["mediaFormat"]["sampleRate"], 8000,
+        "start: {start}"
+    );
+    let n = c.media.len();
+    assert!(
+        (100..=175).contains(&n),
+        "expected ~150 media frames (3 s of 20 ms), got {n}"
+    );
+    for (i, (_, p)) in c.media.iter().enumerate() {
+        assert_eq!(p.len(), 160, "media frame {i} has {} bytes", p.len());
+        assert!(
+            p.iter().all(|&b| b == 0xAA),
+            "media frame {i} is not SIPp's pattern 1 (all 0xAA): {:02x?}",
+            &p[..16]
+        );
+    }
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("stop"),
+        "the last message after the carrier's BYE must be stop; events without media: {:?}",
+        events.iter().filter(|e| *e != "media").collect::<Vec<_>>()
+    );
+    let stop = c.first("stop").expect("stop");
+    assert_eq!(
+        stop["stop"]["callSid"], start["start"]["callSid"],
+        "stop: {stop}"
+    );
+    assert!(c.closed.is_some(), "the socket must close after stop");
+    assert!(c.error.is_none(), "agent connection error: {:?}", c.error);
+    assert_eq!(c.binary_frames, 0, "sbc must send only text frames");
+}
+
+/// sbc's 200 OK answer: RTP/SAVP on a port of its media range at 127.0.0.1, exactly one SDES
+/// line answering tag 1 with AES_CM_128_HMAC_SHA1_80 and sbc's own 30-byte key.
+fn check_answer_sdp(env: &TestEnv, o: &SippOutcome) {
+    use base64::Engine as _;
+    let ok = o
+        .response(200, "1 INVITE")
+        .unwrap_or_else(|| panic!("no 200 OK\n{}", o.describe()));
+    let m = ok
+        .lines()
+        .find(|l| l.starts_with("m=audio "))
+        .unwrap_or_else(|| panic!("no m=audio in the answer:\n{ok}"));
+    let f: Vec<&str> = m.split_whitespace().collect();
+    let port: u16 = f[1].parse().expect("port");
+    assert!(
+        (env.ports.media_min..=env.ports.media_max).contains(&port),
+        "answer port {port} outside [media] port range: {m}"
+    );
+    assert_eq!(f[2], "RTP/SAVP", "answer: {m}");
+    assert!(ok.contains("c=IN IP4 127.0.0.1"), "answer:\n{ok}");
+    let crypto: Vec<&str> = ok.lines().filter(|l| l.starts_with("a=crypto:")).collect();
+    assert_eq!(crypto.len(), 1, "answer must have one a=crypto:\n{ok}");
+    let c: Vec<&str> = crypto[0].split_whitespace().collect();
+    assert_eq!(c[0], "a=crypto:1", "answer: {}", crypto[0]);
+    assert_eq!(c[1], "AES_CM_128_HMAC_SHA1_80", "answer: {}", crypto[0]);
+    let key = c[2].strip_prefix("inline:").expect("inline:");
+    let key = key.split('|').next().unwrap_or(key);
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .expect("answer key is base64");
+    assert_eq!(raw.len(), 30, "AES_CM_128 master key + salt is 30 bytes");
+    let offered = inline_keys(&o.messages_log());
+    assert_eq!(
+        offered.iter().filter(|k| k.as_str() == key).count(),
+        1,
+        "sbc must answer with its own key, not one of the offered keys"
+    );
+}
+
+fn check_audit_basic(sbc: &SbcProcess, call_id: &str) -> Value {
+    let start = sbc.wait_event("call.start", call_id, SECS10);
+    assert_eq!(start["decision"]["status"], 200, "call.start: {start}");
+    let end = sbc.wait_event("call.end", call_id, SECS10);
+    assert_eq!(end["end_reason"], "carrier_bye", "call.end: {end}");
+    assert!(
+        end["srtp"]["chosen_inbound"].is_string(),
+        "srtp.chosen_inbound must be set: {end}"
+    );
+    assert!(
+        end["sip_tls"]["version"].is_string(),
+        "sip_tls.version must be set: {end}"
+    );
+    assert_eq!(end["carrier"], "test", "call.end: {end}");
+    assert!(
+        end["media"]["rtp_in"].as_u64().unwrap_or(0) >= 100,
+        "media.rtp_in: {end}"
+    );
+    assert_eq!(end["media"]["auth_failures"], 0, "call.end: {end}");
+    end
+}
+
+#[test]
+fn basic_call_echo_through_agent() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let o = env
+        .sipp("uac_tls_srtp_pattern.xml")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    check_answer_sdp(&env, &o);
+    let rc = o.rtp_check();
+    assert!(
+        rc.sent >= 140 && rc.received_ok >= 75,
+        "SIPp's echo check must have run on ~150 packets: {rc:?}"
+    );
+    let conns = wait_closed(&agent, 1);
+    assert_eq!(conns.len(), 1);
+    assert_eq!(conns[0].path, "/ws", "WebSocket request path");
+    check_basic_stream(&conns[0]);
+    let end = check_audit_basic(&sbc, &call_id);
+    assert_eq!(end["agent"]["tls_version"], "TLSv1_3", "call.end: {end}");
+    assert_eq!(end["agent"]["mtls"], false, "call.end: {end}");
+    assert!(
+        end["media"]["agent_media_in"].as_u64().unwrap_or(0) >= 100,
+        "the echo must have come from the agent: {end}"
+    );
+    assert!(
+        end["agent"]["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("wss://127.0.0.1:")),
+        "agent.target: {end}"
+    );
+    let m = sbc.metrics();
+    for line in [
+        "sbc_calls_total{outcome=\"accepted\"} 1",
+        "sbc_srtp_suite_total{suite=\"AES_CM_128_HMAC_SHA1_80\"} 1",
+        "sbc_calls_active 0",
+    ] {
+        assert!(
+            m.lines().any(|l| l.trim() == line),
+            "metrics lack `{line}`:\n{m}"
+        );
+    }
+}
+
+#[test]
+fn basic_call_builtin_echo() {
+    let env = TestEnv::new();
+    let sbc = env.start_sbc(SbcOptions::builtin_echo());
+    let o = env
+        .sipp("uac_tls_srtp_pattern.xml")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let end = check_audit_basic(&sbc, &call_id);
+    assert_eq!(end["agent"]["target"], "builtin:echo", "call.end: {end}");
+}
+
+/// No SRTP key (neither SIPp's offered keys nor sbc's answer key) may appear in sbc's trace log
+/// or audit file.
+#[test]
+fn no_srtp_keys_in_logs_or_audit() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let mut opts = SbcOptions::agent(agent.url());
+    opts.log_level = "trace".into();
+    let sbc = env.start_sbc(opts);
+    let o = env
+        .sipp("uac_tls_srtp_pattern.xml")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    sbc.wait_event("call.end", &call_id, SECS10);
+    let msgs = o.messages_log();
+    let keys = inline_keys(&msgs);
+    assert!(
+        keys.len() >= 3,
+        "expected at least 2 offered keys and 1 answer key in SIPp's messages log, found {keys:?}"
+    );
+    let log = sbc.log();
+    let audit = sbc.audit_text();
+    assert!(!log.is_empty(), "sbc wrote no log at level trace");
+    for k in &keys {
+        // The first 24 base64 characters cover the 16-byte master key.
+        let probe = &k[..24.min(k.len())];
+        for (name, text) in [("log", &log), ("audit", &audit)] {
+            if let Some(line) = text.lines().find(|l| l.contains(probe)) {
+                panic!("SRTP key material {probe}... found in sbc's {name}: {line}");
+            }
+        }
+    }
+    assert!(
+        !log.contains("inline:") && !audit.contains("inline:"),
+        "sbc's log or audit contains an inline: crypto attribute"
+    );
+}
+
+#[test]
+fn plain_rtp_avp_refused_with_488() {
+    let env = TestEnv::new();
+    let sbc = env.start_sbc(SbcOptions::builtin_echo());
+    let o = env
+        .sipp("uac_rtp_avp.xml")
+        .timeout("10s")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    assert!(
+        o.messages_log().contains("Warning:"),
+        "the 488 must carry a Warning header\n{}",
+        o.describe()
+    );
+    let r = sbc.wait_event("call.refused", &call_id, SECS10);
+    assert_eq!(r["decision"]["status"], 488, "call.refused: {r}");
+    check_488_warning(&o);
+    assert_eq!(
+        r["srtp"]["offered"],
+        serde_json::json!([]),
+        "call.refused: {r}"
+    );
+    let m = sbc.metrics();
+    assert!(
+        m.lines()
+            .any(|l| l.trim() == "sbc_calls_total{outcome=\"refused\"} 1"),
+        "metrics lack sbc_calls_total{{outcome=\"refused\"}} 1:\n{m}"
+    );
+}
+
+/// The 488 carries `Warning: 399 <host> "<text>"` (RFC 3261 §20.43).
+fn check_488_warning(o: &SippOutcome) {
+    let resp = o
+        .response(488, "1 INVITE")
+        .unwrap_or_else(|| panic!("no 488\n{}", o.describe()));
+    let w = resp
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("warning:"))
+        .unwrap_or_else(|| panic!("488 without Warning:\n{resp}"));
+    let v = w["warning:".len()..].trim();
+    assert!(
+        v.starts_with("399 ") && v.ends_with('"') && v.matches('"').count() == 2,
+        "Warning must be 399 <host> \"text\": {w}"
+    );
+}
+
+#[test]
+fn aead_only_offer_refused_with_488() {
+    let env = TestEnv::new();
+    let sbc = env.start_sbc(SbcOptions::builtin_echo());
+    let o = env
+        .sipp("uac_aead_only.xml")
+        .timeout("10s")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    assert!(
+        o.messages_log().contains("Warning:"),
+        "the 488 must carry a Warning header\n{}",
+        o.describe()
+    );
+    let r = sbc.wait_event("call.refused", &call_id, SECS10);
+    assert_eq!(r["decision"]["status"], 488, "call.refused: {r}");
+    check_488_warning(&o);
+    assert_eq!(
+        r["srtp"]["offered"],
+        serde_json::json!(["AEAD_AES_256_GCM"]),
+        "call.refused: {r}"
+    );
+}
+
+#[test]
+fn cancel_before_answer_gets_487() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::DelayAccept(Duration::from_secs(3)));
+    let mut opts = SbcOptions::agent(agent.url());
+    opts.ringing_after_ms = 10_000;
+    opts.connect_timeout_ms = 5000;
+    let sbc = env.start_sbc(opts);
+    let o = env
+        .sipp("uac_cancel.xml")
+        .timeout("15s")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let r = sbc.wait_event("call.refused", &call_id, SECS10);
+    assert_eq!(r["decision"]["status"], 487, "call.refused: {r}");
+    assert!(
+        sbc.audit()
+            .iter()
+            .all(|v| v["event"] != "call.start" || v["sip_call_id"] != call_id.as_str()),
+        "a cancelled call must not have a call.start record"
+    );
+}
+
+#[test]
+fn agent_hangup_sends_bye_to_carrier() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::HangUpAfter(Duration::from_secs(2)));
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let o = env.sipp("uac_wait_bye.xml").run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let end = sbc.wait_event("call.end", &call_id, SECS10);
+    assert_eq!(end["end_reason"], "agent_hangup", "call.end: {end}");
+}
+
+/// Hold and resume by re-INVITE (signalling only, see the scenario for why SIPp cannot check the
+/// echo across a re-key): both re-INVITEs get a 200 whose SDP answers the direction (hold:
+/// `recvonly`/`inactive`; resume: `sendrecv`) with one SDES key, and the agent stream survives.
+#[test]
+fn reinvite_hold_and_resume() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let o = env
+        .sipp("uac_reinvite_hold.xml")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let hold = o
+        .response(200, "2 INVITE")
+        .unwrap_or_else(|| panic!("no 200 for the hold re-INVITE\n{}", o.describe()));
+    assert!(
+        hold.contains("a=recvonly") || hold.contains("a=inactive"),
+        "the answer to a=sendonly must be recvonly or inactive:\n{hold}"
+    );
+    assert_eq!(hold.matches("a=crypto:").count(), 1, "hold answer:\n{hold}");
+    let resume = o
+        .response(200, "3 INVITE")
+        .unwrap_or_else(|| panic!("no 200 for the resume re-INVITE\n{}", o.describe()));
+    assert!(
+        resume.contains("a=sendrecv")
+            || !(resume.contains("a=recvonly")
+                || resume.contains("a=sendonly")
+                || resume.contains("a=inactive")),
+        "the answer to a=sendrecv must be sendrecv:\n{resume}"
+    );
+    assert_eq!(
+        resume.matches("a=crypto:").count(),
+        1,
+        "resume answer:\n{resume}"
+    );
+    let end = sbc.wait_event("call.end", &call_id, SECS10);
+    assert_eq!(end["end_reason"], "carrier_bye", "call.end: {end}");
+    // One stream for the whole call: a re-INVITE must not reconnect the agent.
+    let conns = wait_closed(&agent, 1);
+    assert_eq!(conns.len(), 1, "re-INVITEs must keep the agent stream");
+}
+
+#[test]
+fn info_dtmf_reaches_agent() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    env.sipp("uac_info_dtmf.xml").run_expect(sbc.sip_port, 0);
+    let conns = wait_closed(&agent, 1);
+    let dtmf = conns[0].all("dtmf");
+    assert_eq!(dtmf.len(), 1, "expected one dtmf message, got {dtmf:?}");
+    assert_eq!(dtmf[0]["dtmf"]["digit"], "5", "dtmf: {}", dtmf[0]);
+    assert_eq!(
+        dtmf[0]["dtmf"]["track"], "inbound_track",
+        "dtmf: {}",
+        dtmf[0]
+    );
+    assert!(dtmf[0]["streamSid"].is_string(), "dtmf: {}", dtmf[0]);
+}
+
+#[test]
+fn mark_is_echoed() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let port = sbc.sip_port;
+    std::thread::scope(|s| {
+        let sipp = s.spawn(|| env.sipp("uac_tls_srtp_pattern.xml").run(port));
+        agent.wait_for("start", SECS10, |c| {
+            c.first().is_some_and(|c| c.first("start").is_some())
+        });
+        let m = sbc.metrics();
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("sbc_calls_active") && l.trim_end().ends_with(" 1")),
+            "sbc_calls_active must be 1 during the call:\n{m}"
+        );
+        agent.send_mark(0, "m1");
+        agent.wait_for("mark m1 echoed", Duration::from_secs(3), |c| {
+            c[0].all("mark").iter().any(|m| m["mark"]["name"] == "m1")
+        });
+        agent.send_clear(0);
+        agent.send_mark(0, "m2");
+        agent.wait_for("mark m2 echoed after clear", Duration::from_secs(3), |c| {
+            c[0].all("mark").iter().any(|m| m["mark"]["name"] == "m2")
+        });
+        let o = sipp.join().expect("sipp thread");
+        assert_eq!(o.code, 0, "{}", o.describe());
+    });
+}
+
+#[test]
+fn agent_tls12_only_gets_503() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Tls12Only);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let o = env
+        .sipp("uac_expect_503.xml")
+        .timeout("15s")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let r = sbc.wait_event("call.refused", &call_id, SECS10);
+    assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
+    assert!(agent.connections().is_empty(), "no WebSocket may be opened");
+    assert!(
+        !agent.handshake_errors().is_empty(),
+        "sbc must have tried (and failed) a TLS handshake with the agent; tcp accepts: {}",
+        agent.tcp_accepts()
+    );
+}
+
+#[test]
+fn agent_untrusted_cert_gets_503() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::UntrustedCert);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let o = env
+        .sipp("uac_expect_503.xml")
+        .timeout("15s")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let r = sbc.wait_event("call.refused", &call_id, SECS10);
+    assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
+    assert!(agent.connections().is_empty(), "no WebSocket may be opened");
+    assert!(
+        !agent.handshake_errors().is_empty(),
+        "sbc must have tried (and failed) a TLS handshake with the agent; tcp accepts: {}",
+        agent.tcp_accepts()
+    );
+}
+
+/// An offer with only AES_CM_128_HMAC_SHA1_32: sbc answers with that suite and the echo check
+/// passes with 4-byte tags.
+#[test]
+fn srtp_32_only_offer() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let o = env.sipp("uac_srtp_32_only.xml").run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let ok = o
+        .response(200, "1 INVITE")
+        .unwrap_or_else(|| panic!("no 200\n{}", o.describe()));
+    assert!(
+        ok.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:"),
+        "answer must use tag 1 with AES_CM_128_HMAC_SHA1_32:\n{ok}"
+    );
+    let end = sbc.wait_event("call.end", &call_id, SECS10);
+    assert_eq!(
+        end["srtp"]["chosen_inbound"], "AES_CM_128_HMAC_SHA1_32",
+        "call.end: {end}"
+    );
+    assert_eq!(end["media"]["auth_failures"], 0, "call.end: {end}");
+}
+
+/// A call with no RTP at all from the carrier: sbc hangs up (BYE) after `rtp_timeout_secs`.
+#[test]
+fn rtp_timeout_sends_bye() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let mut opts = SbcOptions::agent(agent.url());
+    opts.rtp_timeout_secs = 2;
+    let sbc = env.start_sbc(opts);
+    let o = env
+        .sipp("uac_no_media_wait_bye.xml")
+        .timeout("20s")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let end = sbc.wait_event("call.end", &call_id, SECS10);
+    assert_eq!(end["end_reason"], "rtp_timeout", "call.end: {end}");
+    let d = end["duration_ms"].as_u64().unwrap_or(0);
+    assert!(
+        (1500..=6000).contains(&d),
+        "rtp_timeout_secs = 2, call lasted {d} ms: {end}"
+    );
+    let conns = wait_closed(&agent, 1);
+    assert_eq!(conns[0].events().last().map(String::as_str), Some("stop"));
+}
+
+/// mTLS towards the agent: with `client_certificate` configured the call works and the audit
+/// says `agent.mtls = true`.
+#[test]
+fn agent_mtls_with_client_cert() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::RequireClientCert);
+    let mut opts = SbcOptions::agent(agent.url());
+    opts.agent_client_cert = true;
+    let sbc = env.start_sbc(opts);
+    let o = env
+        .sipp("uac_tls_srtp_pattern.xml")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let end = sbc.wait_event("call.end", &call_id, SECS10);
+    assert_eq!(end["agent"]["mtls"], true, "call.end: {end}");
+}
+
+/// An agent that requires a client certificate refuses sbc without one: 503.
+#[test]
+fn agent_mtls_without_client_cert_gets_503() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::RequireClientCert);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let o = env
+        .sipp("uac_expect_503.xml")
+        .timeout("15s")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let r = sbc.wait_event("call.refused", &call_id, SECS10);
+    assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
+}
+
+/// Runs SIPp's basic call in the background and, once sbc answered it, a second INVITE that the
+/// carrier limits must refuse with 503.
+fn second_call_refused(opts_change: impl FnOnce(&mut SbcOptions)) {
+    let env = TestEnv::new();
+    let mut opts = SbcOptions::builtin_echo();
+    opts_change(&mut opts);
+    let sbc = env.start_sbc(opts);
+    let port = sbc.sip_port;
+    std::thread::scope(|s| {
+        let first = env.sipp("uac_tls_srtp_pattern.xml");
+        let second = env.sipp("uac_expect_503.xml").timeout("10s");
+        let bg = s.spawn(move || first.run(port));
+        sbc.wait_audit(SECS10, |v| v["event"] == "call.start");
+        let o = second.run_expect(port, 0);
+        let call_id = first_call_id(&o);
+        let r = sbc.wait_event("call.refused", &call_id, SECS10);
+        assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
+        let o = bg.join().expect("first call");
+        assert_eq!(
+            o.code,
+            0,
+            "the first call must be unaffected\n{}",
+            o.describe()
+        );
+    });
+}
+
+#[test]
+fn carrier_concurrent_call_limit_gives_503() {
+    second_call_refused(|o| o.max_concurrent_calls = 1);
+}
+
+#[test]
+fn carrier_call_rate_limit_gives_503() {
+    second_call_refused(|o| o.max_calls_per_second = 1);
+}
+
+/// SIP over TLS 1.2 is accepted with `min_version = "1.2"` and audited as such.
+#[test]
+fn sip_over_tls12() {
+    let env = TestEnv::new();
+    let sbc = env.start_sbc(SbcOptions::builtin_echo());
+    let o = env
+        .sipp("uac_tls_srtp_pattern.xml")
+        .arg("-tls_version")
+        .arg("1.2")
+        .run_expect(sbc.sip_port, 0);
+    let call_id = first_call_id(&o);
+    let end = sbc.wait_event("call.end", &call_id, SECS10);
+    assert_eq!(end["sip_tls"]["version"], "TLSv1_2", "call.end: {end}");
+}
+
+/// The harness's echo check is not vacuous: without `mirror_caller_ssrc` SIPp 3.8 decrypts sbc's
+/// echo with the wrong SSRC (the decryption "succeeds" into garbage), and the check must report
+/// every packet as a content mismatch.
+#[test]
+fn echo_check_detects_broken_srtp() {
+    let env = TestEnv::new();
+    let mut opts = SbcOptions::builtin_echo();
+    opts.mirror_caller_ssrc = false;
+    let sbc = env.start_sbc(opts);
+    let o = env.sipp("uac_tls_srtp_pattern.xml").run(sbc.sip_port);
+    let rc = o.rtp_check();
+    assert!(
+        o.code == 253 && rc.srtp_failures + rc.mismatches > 100,
+        "expected SIPp's echo check to fail on every packet: exit {}, {rc:?}",
+        o.code
+    );
+}
+
+/// SIGTERM drains: the call in progress continues to its end, a new INVITE gets 503, and sbc
+/// exits 0 once the call is over.
+#[test]
+fn sigterm_drains_calls() {
+    let env = TestEnv::new();
+    let mut sbc = env.start_sbc(SbcOptions::builtin_echo());
+    let port = sbc.sip_port;
+    let first = env.sipp("uac_tls_srtp_pattern.xml");
+    let second = env.sipp("uac_expect_503.xml").timeout("10s");
+    let bg = std::thread::spawn(move || first.run(port));
+    sbc.wait_audit(SECS10, |v| v["event"] == "call.start");
+    sbc.signal_term();
+    std::thread::sleep(Duration::from_millis(300));
+    let o = second.run_expect(port, 0);
+    let refused_id = first_call_id(&o);
+    let r = sbc.wait_event("call.refused", &refused_id, SECS10);
+    assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
+    let o1 = bg.join().expect("first call");
+    assert_eq!(
+        o1.code,
+        0,
+        "the call in progress must finish\n{}",
+        o1.describe()
+    );
+    o1.rtp_check().assert_clean(&o1);
+    let end = sbc.wait_event("call.end", &first_call_id(&o1), SECS10);
+    assert_eq!(end["end_reason"], "carrier_bye", "call.end: {end}");
+    let st = sbc
+        .wait_exit(Duration::from_secs(10))
+        .expect("sbc must exit after draining");
+    assert!(st.success(), "sbc exit status after SIGTERM: {st}");
+}
+
+/// SIGTERM with a call that outlasts `drain_timeout_secs`: sbc hangs it up (BYE to the carrier,
+/// `end_reason = "shutdown"`) and exits 0.
+#[test]
+fn sigterm_drain_timeout_hangs_up() {
+    let env = TestEnv::new();
+    let mut opts = SbcOptions::builtin_echo();
+    opts.drain_timeout_secs = Some(1);
+    let mut sbc = env.start_sbc(opts);
+    let port = sbc.sip_port;
+    let sipp = env.sipp("uac_wait_bye.xml");
+    let bg = std::thread::spawn(move || sipp.run(port));
+    sbc.wait_audit(SECS10, |v| v["event"] == "call.start");
+    std::thread::sleep(Duration::from_millis(500));
+    sbc.signal_term();
+    let o = bg.join().expect("sipp");
+    assert_eq!(o.code, 0, "SIPp must get sbc's BYE\n{}", o.describe());
+    o.rtp_check().assert_clean(&o);
+    let end = sbc.wait_event("call.end", &first_call_id(&o), SECS10);
+    assert_eq!(end["end_reason"], "shutdown", "call.end: {end}");
+    let st = sbc
+        .wait_exit(Duration::from_secs(10))
+        .expect("sbc must exit after the drain timeout");
+    assert!(st.success(), "sbc exit status after SIGTERM: {st}");
+}
+
+/// `X-Twilio-CallSid` from the INVITE becomes `start.callSid` and is passed through in
+/// `customParameters` (it is in `passthrough_headers`).
+#[test]
+fn twilio_callsid_header_passthrough() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    env.sipp("uac_twilio_headers.xml")
+        .run_expect(sbc.sip_port, 0);
+    let conns = wait_closed(&agent, 1);
+    let start = conns[0].first("start").expect("start").clone();
+    let sid = "CA0123456789abcdef0123456789abcdef";
+    assert_eq!(start["start"]["callSid"], sid, "start: {start}");
+    assert_eq!(
+        start["start"]["customParameters"]["X-Twilio-CallSid"], sid,
+        "start: {start}"
+    );
+}
+
+/// Routes: an exact route wins over a prefix route, which wins over the default.
+#[test]
+fn routes_pick_the_agent_by_called_number() {
+    let env = TestEnv::new();
+    let exact = env.start_agent(AgentBehaviour::Echo);
+    let prefix = env.start_agent(AgentBehaviour::Echo);
+    let default = env.start_agent(AgentBehaviour::Echo);
+    let mut opts = SbcOptions::agent(default.url());
+    opts.routes = vec![
+        ("exact".into(), "+15550002222".into(), exact.url()),
+        ("prefix".into(), "+1555".into(), prefix.url()),
+    ];
+    let sbc = env.start_sbc(opts);
+    for number in ["+15550002222", "+15559999999", "+4930123456"] {
+        env.sipp("uac_tls_srtp_pattern.xml")
+            .service(number)
+            .run_expect(sbc.sip_port, 0);
+    }
+    let n = |a: &TestAgent| a.connections().len();
+    assert_eq!(
+        (n(&exact), n(&prefix), n(&default)),
+        (1, 1, 1),
+        "one call per agent (exact, prefix, default)"
+    );
+    let to = |a: &TestAgent| {
+        a.connections()[0].first("start").expect("start")["start"]["customParameters"]["to"].clone()
+    };
+    assert_eq!(to(&exact), "+15550002222");
+    assert_eq!(to(&prefix), "+15559999999");
+    assert_eq!(to(&default), "+4930123456");
+}
+
+/// Forged RTP from another socket, sprayed at every port of sbc's media range during a call,
+/// must neither reach the agent nor disturb the call.
+#[test]
+fn forged_rtp_is_not_relayed() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let port = sbc.sip_port;
+    let o = std::thread::scope(|s| {
+        let sipp = s.spawn(|| env.sipp("uac_tls_srtp_pattern.xml").run(port));
+        agent.wait_for("start", SECS10, |c| {
+            c.first().is_some_and(|c| c.first("start").is_some())
+        });
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        for round in 0..5u16 {
+            for p in env.ports.media_min..=env.ports.media_max {
+                let mut pkt = vec![0x80, 0x00];
+                pkt.extend_from_slice(&(1000 + round).to_be_bytes());
+                pkt.extend_from_slice(&(160u32 * u32::from(round)).to_be_bytes());
+                pkt.extend_from_slice(&0x0BAD_F00Du32.to_be_bytes());
+                pkt.extend_from_slice(&[0x55; 160]);
+                pkt.extend_from_slice(&[0u8; 10]);
+                let _ = sock.send_to(&pkt, ("127.0.0.1", p));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        sipp.join().expect("sipp")
+    });
+    assert_eq!(o.code, 0, "{}", o.describe());
+    o.rtp_check().assert_clean(&o);
+    let conns = wait_closed(&agent, 1);
+    for (i, (_, p)) in conns[0].media.iter().enumerate() {
+        assert!(
+            p.iter().all(|&b| b == 0xAA),
+            "media frame {i} reached the agent but is not SIPp's pattern: {:02x?}",
+            &p[..16]
+        );
+    }
+    let n = conns[0].media.len();
+    assert!((100..=175).contains(&n), "agent got {n} media frames");
+    let end = sbc.wait_event("call.end", &first_call_id(&o), SECS10);
+    assert_eq!(end["end_reason"], "carrier_bye", "call.end: {end}");
+}
+
+/// Malformed agent messages are ignored (counted in `media.agent_malformed`), the call goes on.
+#[test]
+fn malformed_agent_messages_are_ignored() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let port = sbc.sip_port;
+    let o = std::thread::scope(|s| {
+        let sipp = s.spawn(|| env.sipp("uac_tls_srtp_pattern.xml").run(port));
+        agent.wait_for("start", SECS10, |c| {
+            c.first().is_some_and(|c| c.first("start").is_some())
+        });
+        agent.send_text(0, "this is not json");
+        agent.send_json(
+            0,
+            serde_json::json!({"event": "media", "streamSid": "x", "media": {"payload": "%%%not base64"}}),
+        );
+        sipp.join().expect("sipp")
+    });
+    assert_eq!(o.code, 0, "{}", o.describe());
+    o.rtp_check().assert_clean(&o);
+    let end = sbc.wait_event("call.end", &first_call_id(&o), SECS10);
+    assert_eq!(end["end_reason"], "carrier_bye", "call.end: {end}");
+    assert!(
+        end["media"]["agent_malformed"].as_u64().unwrap_or(0) >= 2,
+        "media.agent_malformed must count both: {end}"
+    );
+}

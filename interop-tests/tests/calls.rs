@@ -800,3 +800,26 @@ fn malformed_agent_messages_are_ignored() {
         "media.agent_malformed must count both: {end}"
     );
 }
+
+/// Media keeps flowing across a session-refresh re-INVITE with fresh keys (see the scenario: SIPp
+/// keeps its first keys, so this also exercises sbc's grace period for the previous key).
+#[test]
+fn reinvite_refresh_keeps_media() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let o = env
+        .sipp("uac_reinvite_refresh.xml")
+        .run_expect(sbc.sip_port, 0);
+    let rc = o.rtp_check();
+    assert!(rc.sent >= 110, "SIPp sent {} packets: {rc:?}", rc.sent);
+    assert!(
+        o.response(200, "2 INVITE").is_some(),
+        "no 200 for the re-INVITE\n{}",
+        o.describe()
+    );
+    let end = sbc.wait_event("call.end", &first_call_id(&o), SECS10);
+    assert_eq!(end["end_reason"], "carrier_bye", "call.end: {end}");
+    assert_eq!(end["media"]["auth_failures"], 0, "call.end: {end}");
+    assert_eq!(wait_closed(&agent, 1).len(), 1, "one agent stream");
+}

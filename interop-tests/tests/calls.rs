@@ -396,6 +396,8 @@ fn info_dtmf_reaches_agent() {
         dtmf[0]
     );
     assert!(dtmf[0]["streamSid"].is_string(), "dtmf: {}", dtmf[0]);
+    let end = sbc.wait_audit(SECS10, |v| v["event"] == "call.end");
+    assert_eq!(end["media"]["dtmf_events"], 1, "call.end: {end}");
 }
 
 #[test]

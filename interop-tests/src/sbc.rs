@@ -160,10 +160,10 @@ level = {level:?}
 }
 
 pub fn sbc_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("SBC_BIN") {
-        return PathBuf::from(p);
-    }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sbc");
+    let p = match std::env::var_os("SBC_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sbc"),
+    };
     assert!(
         p.exists(),
         "sbc binary not found at {}: build it first: cargo build -p sbc (or set SBC_BIN)",

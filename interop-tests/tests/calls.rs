@@ -825,3 +825,57 @@ fn reinvite_refresh_keeps_media() {
     assert_eq!(end["media"]["auth_failures"], 0, "call.end: {end}");
     assert_eq!(wait_closed(&agent, 1).len(), 1, "one agent stream");
 }
+
+/// Agent audio is re-paced in real time: a `mark` sent after 1 s of audio (sent at once) comes
+/// back only once that audio has been played out (~1 s later); after `clear`, queued audio is
+/// dropped and the next mark comes back at once.
+#[test]
+fn mark_waits_for_playout_and_clear_flushes() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Silent);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let port = sbc.sip_port;
+    std::thread::scope(|s| {
+        let sipp = s.spawn(|| env.sipp("uac_call_5s_no_media.xml").run(port));
+        agent.wait_for("start", SECS10, |c| {
+            c.first().is_some_and(|c| c.first("start").is_some())
+        });
+        let mark_time = |name: &str| {
+            let conns = agent.wait_for(&format!("mark {name} echoed"), SECS10, |c| {
+                c[0].all("mark").iter().any(|m| m["mark"]["name"] == name)
+            });
+            conns[0]
+                .messages
+                .iter()
+                .find(|(_, v)| v["event"] == "mark" && v["mark"]["name"] == name)
+                .map(|(t, _)| *t)
+                .expect("mark")
+        };
+        // 1 s of audio in 40 ms chunks, all at once, then a mark.
+        for _ in 0..25 {
+            agent.send_media(0, &[0xFF; 320]);
+        }
+        let t0 = std::time::Instant::now();
+        agent.send_mark(0, "after-1s");
+        let dt = mark_time("after-1s").saturating_duration_since(t0);
+        assert!(
+            dt >= Duration::from_millis(700) && dt <= Duration::from_millis(2500),
+            "mark after 1 s of audio came back after {dt:?}"
+        );
+        // 5 s of audio, then clear and a mark: the mark must not wait for the 5 s.
+        for _ in 0..125 {
+            agent.send_media(0, &[0xFF; 320]);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        agent.send_clear(0);
+        let t1 = std::time::Instant::now();
+        agent.send_mark(0, "after-clear");
+        let dt = mark_time("after-clear").saturating_duration_since(t1);
+        assert!(
+            dt <= Duration::from_millis(500),
+            "mark after clear came back after {dt:?}"
+        );
+        let o = sipp.join().expect("sipp");
+        assert_eq!(o.code, 0, "{}", o.describe());
+    });
+}

@@ -1,13 +1,17 @@
 //! Disjoint port blocks for tests running in parallel threads of one test binary.
 //!
-//! Block `b` owns:
-//! - 8 TCP/UDP ports at `40000 + 8b` (sbc SIP, sbc metrics, SIPp SIP ports);
-//! - 400 UDP ports at `42000 + 400b`: sbc media `[+0, +199]`, SIPp RTP `[+200, +399]`.
+//! Block `b` (0..20) owns:
+//! - 8 TCP/UDP ports at `21000 + 8b` (sbc SIP, sbc metrics, SIPp SIP ports);
+//! - 400 UDP ports at `22000 + 400b`: sbc media `[+0, +199]`, SIPp RTP `[+200, +399]`.
+//!
+//! All below Linux's ephemeral range (32768-60999) and clear of configs/sbc.toml (20000-20999)
+//! and the benches (sbc media 30000-39999, SIPp RTP 40000-49999); every port of a block is
+//! bind-checked before use (the shared SIPp example's UAC RTP range 21000-21999 does overlap).
 
 use std::net::{TcpListener, UdpSocket};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-const BLOCKS: u32 = 30;
+const BLOCKS: u32 = 20;
 static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
 
 #[derive(Debug, Clone)]
@@ -39,8 +43,8 @@ impl Ports {
         );
         for _ in 0..BLOCKS {
             let block = NEXT.fetch_add(1, Ordering::SeqCst) % BLOCKS;
-            let base = 40000 + 8 * block as u16;
-            let media = 42000 + 400 * block as u16;
+            let base = 21000 + 8 * block as u16;
+            let media = 22000 + 400 * block as u16;
             let p = Ports {
                 block,
                 sip: base,
@@ -51,10 +55,12 @@ impl Ports {
                 sipp_rtp_min: media + 200,
                 sipp_rtp_max: media + 399,
             };
-            if free(p.sip) && free(p.metrics) && free(media) && free(media + 200) {
+            if (base..base + 8).all(free)
+                && (media..media + 400).all(|port| UdpSocket::bind(("127.0.0.1", port)).is_ok())
+            {
                 return p;
             }
         }
-        panic!("no free port block (40000-40240, 42000-54000 on 127.0.0.1)");
+        panic!("no free port block (21000-21159 TCP/UDP, 22000-29999 UDP on 127.0.0.1)");
     }
 }

@@ -28,6 +28,8 @@ pub struct SbcOptions {
     pub mirror_caller_ssrc: bool,
     /// `[limits] drain_timeout_secs` (sbc's default when `None`).
     pub drain_timeout_secs: Option<u64>,
+    /// `[limits] max_connections_per_ip`.
+    pub max_connections_per_ip: u32,
     /// Extra `[[agent.routes]]` before the default one: (`"exact"` or `"prefix"`, number, url).
     pub routes: Vec<(String, String, String)>,
 }
@@ -47,6 +49,7 @@ impl SbcOptions {
             mirror_caller_ssrc: true,
             drain_timeout_secs: None,
             routes: Vec::new(),
+            max_connections_per_ip: 64,
         }
     }
 
@@ -116,7 +119,7 @@ path = {audit}
 listen = "127.0.0.1:{metrics}"
 
 [limits]
-max_connections_per_ip = 64
+max_connections_per_ip = {maxconn}
 {drain}
 
 [log]
@@ -131,6 +134,7 @@ level = {level:?}
         cps = o.max_calls_per_second,
         maxcalls = o.max_concurrent_calls,
         mirror = o.mirror_caller_ssrc,
+        maxconn = o.max_connections_per_ip,
         drain = o
             .drain_timeout_secs
             .map(|d| format!("drain_timeout_secs = {d}"))
@@ -156,10 +160,10 @@ level = {level:?}
 }
 
 pub fn sbc_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("SBC_BIN") {
-        return PathBuf::from(p);
-    }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sbc");
+    let p = match std::env::var_os("SBC_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sbc"),
+    };
     assert!(
         p.exists(),
         "sbc binary not found at {}: build it first: cargo build -p sbc (or set SBC_BIN)",

@@ -20,15 +20,11 @@ fn client_config(pki: &TestPki) -> rustls::ClientConfig {
     .with_no_client_auth()
 }
 
-/// Connects to `127.0.0.1:port` over TLS (trusting the test CA), sends `request` and reads
-/// until one complete SIP message (headers plus `Content-Length` body) arrived, the peer closed,
-/// or `timeout` passed. `Err` describes a connect/handshake/IO failure.
-pub fn sip_exchange(
-    pki: &TestPki,
-    port: u16,
-    request: &[u8],
-    timeout: Duration,
-) -> Result<String, String> {
+/// An open SIP-over-TLS connection.
+pub type TlsConn = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// Connects to `127.0.0.1:port` over TLS (trusting the test CA) and completes the handshake.
+pub fn connect(pki: &TestPki, port: u16, timeout: Duration) -> Result<TlsConn, String> {
     let tcp = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout)
         .map_err(|e| format!("tcp connect: {e}"))?;
     tcp.set_read_timeout(Some(Duration::from_millis(200))).ok();
@@ -39,7 +35,6 @@ pub fn sip_exchange(
         .map_err(|e| format!("tls: {e}"))?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     let deadline = Instant::now() + timeout;
-    // Drive the handshake first so a refused handshake is reported as such.
     while tls.conn.is_handshaking() {
         if Instant::now() > deadline {
             return Err("tls handshake timed out".into());
@@ -52,6 +47,20 @@ pub fn sip_exchange(
             Err(e) => return Err(format!("tls handshake: {e}")),
         }
     }
+    Ok(tls)
+}
+
+/// Connects to `127.0.0.1:port` over TLS (trusting the test CA), sends `request` and reads
+/// until one complete SIP message (headers plus `Content-Length` body) arrived, the peer closed,
+/// or `timeout` passed. `Err` describes a connect/handshake/IO failure.
+pub fn sip_exchange(
+    pki: &TestPki,
+    port: u16,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    let mut tls = connect(pki, port, timeout)?;
     tls.write_all(request).map_err(|e| format!("write: {e}"))?;
     tls.flush().map_err(|e| format!("flush: {e}"))?;
     let mut buf = Vec::new();

@@ -396,6 +396,8 @@ fn info_dtmf_reaches_agent() {
         dtmf[0]
     );
     assert!(dtmf[0]["streamSid"].is_string(), "dtmf: {}", dtmf[0]);
+    let end = sbc.wait_audit(SECS10, |v| v["event"] == "call.end");
+    assert_eq!(end["media"]["dtmf_events"], 1, "call.end: {end}");
 }
 
 #[test]
@@ -799,4 +801,81 @@ fn malformed_agent_messages_are_ignored() {
         end["media"]["agent_malformed"].as_u64().unwrap_or(0) >= 2,
         "media.agent_malformed must count both: {end}"
     );
+}
+
+/// Media keeps flowing across a session-refresh re-INVITE with fresh keys (see the scenario: SIPp
+/// keeps its first keys, so this also exercises sbc's grace period for the previous key).
+#[test]
+fn reinvite_refresh_keeps_media() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let o = env
+        .sipp("uac_reinvite_refresh.xml")
+        .run_expect(sbc.sip_port, 0);
+    let rc = o.rtp_check();
+    assert!(rc.sent >= 110, "SIPp sent {} packets: {rc:?}", rc.sent);
+    assert!(
+        o.response(200, "2 INVITE").is_some(),
+        "no 200 for the re-INVITE\n{}",
+        o.describe()
+    );
+    let end = sbc.wait_event("call.end", &first_call_id(&o), SECS10);
+    assert_eq!(end["end_reason"], "carrier_bye", "call.end: {end}");
+    assert_eq!(end["media"]["auth_failures"], 0, "call.end: {end}");
+    assert_eq!(wait_closed(&agent, 1).len(), 1, "one agent stream");
+}
+
+/// Agent audio is re-paced in real time: a `mark` sent after 1 s of audio (sent at once) comes
+/// back only once that audio has been played out (~1 s later); after `clear`, queued audio is
+/// dropped and the next mark comes back at once.
+#[test]
+fn mark_waits_for_playout_and_clear_flushes() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Silent);
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let port = sbc.sip_port;
+    std::thread::scope(|s| {
+        let sipp = s.spawn(|| env.sipp("uac_call_5s_no_media.xml").run(port));
+        agent.wait_for("start", SECS10, |c| {
+            c.first().is_some_and(|c| c.first("start").is_some())
+        });
+        let mark_time = |name: &str| {
+            let conns = agent.wait_for(&format!("mark {name} echoed"), SECS10, |c| {
+                c[0].all("mark").iter().any(|m| m["mark"]["name"] == name)
+            });
+            conns[0]
+                .messages
+                .iter()
+                .find(|(_, v)| v["event"] == "mark" && v["mark"]["name"] == name)
+                .map(|(t, _)| *t)
+                .expect("mark")
+        };
+        // 1 s of audio in 40 ms chunks, all at once, then a mark.
+        for _ in 0..25 {
+            agent.send_media(0, &[0xFF; 320]);
+        }
+        let t0 = std::time::Instant::now();
+        agent.send_mark(0, "after-1s");
+        let dt = mark_time("after-1s").saturating_duration_since(t0);
+        assert!(
+            dt >= Duration::from_millis(700) && dt <= Duration::from_millis(2500),
+            "mark after 1 s of audio came back after {dt:?}"
+        );
+        // 5 s of audio, then clear and a mark: the mark must not wait for the 5 s.
+        for _ in 0..125 {
+            agent.send_media(0, &[0xFF; 320]);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        agent.send_clear(0);
+        let t1 = std::time::Instant::now();
+        agent.send_mark(0, "after-clear");
+        let dt = mark_time("after-clear").saturating_duration_since(t1);
+        assert!(
+            dt <= Duration::from_millis(500),
+            "mark after clear came back after {dt:?}"
+        );
+        let o = sipp.join().expect("sipp");
+        assert_eq!(o.code, 0, "{}", o.describe());
+    });
 }

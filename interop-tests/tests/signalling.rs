@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use interop_tests::tlsclient::{sip_exchange, status_code};
+use interop_tests::tlsclient::{connect, sip_exchange, status_code};
 use interop_tests::{SbcOptions, TestEnv};
 
 #[test]
@@ -129,4 +129,51 @@ fn sip_over_tls11_refused() {
         "expected a TLS failure\n{}",
         o.describe()
     );
+}
+
+fn options(port: u16, n: u32) -> String {
+    format!(
+        "OPTIONS sip:127.0.0.1:{port};transport=tls SIP/2.0\r\n\
+         Via: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bK-conn-{n}\r\n\
+         From: <sip:probe@127.0.0.1:5999>;tag=t{n}\r\n\
+         To: <sip:127.0.0.1:{port}>\r\n\
+         Call-ID: conn-limit-{n}@127.0.0.1\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Max-Forwards: 70\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// `[limits] max_connections_per_ip = 2`: a third TLS connection from 127.0.0.1 gets no SIP
+/// service while two are open; once one closes, a new one works.
+#[test]
+fn connection_limit_per_ip() {
+    let env = TestEnv::new();
+    let mut opts = SbcOptions::builtin_echo();
+    opts.max_connections_per_ip = 2;
+    let sbc = env.start_sbc(opts);
+    let t = Duration::from_secs(5);
+    let c1 = connect(&env.pki, sbc.sip_port, t).expect("first connection");
+    let _c2 = connect(&env.pki, sbc.sip_port, t).expect("second connection");
+    std::thread::sleep(Duration::from_millis(200));
+    let third = sip_exchange(
+        &env.pki,
+        sbc.sip_port,
+        options(sbc.sip_port, 3).as_bytes(),
+        t,
+    );
+    assert!(
+        third.is_err(),
+        "a third connection beyond max_connections_per_ip = 2 got an answer: {third:?}"
+    );
+    drop(c1);
+    std::thread::sleep(Duration::from_millis(500));
+    let r = sip_exchange(
+        &env.pki,
+        sbc.sip_port,
+        options(sbc.sip_port, 4).as_bytes(),
+        t,
+    )
+    .unwrap_or_else(|e| panic!("after closing one connection a new one must work: {e}"));
+    assert_eq!(status_code(&r), Some(200), "OPTIONS answer:\n{r}");
 }

@@ -820,11 +820,6 @@ impl ConnCtx {
     }
 }
 
-/// Logs a task panic as a failed call instead of losing it silently.
-pub fn log_internal(what: &str, e: &dyn std::fmt::Display) {
-    error!(what, error = %e, "internal error");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ use nom::combinator::{map_res, opt, rest};
 use nom::multi::many0;
 use nom::sequence::preceded;
 use nom::IResult;
+use zeroize::Zeroize;
 
 use crate::crypto::{parse_crypto, CryptoAttribute};
 
@@ -102,7 +103,7 @@ pub struct MediaLine {
 }
 
 /// `a=` attributes sbc understands; everything else is kept as `Other`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Attribute {
     /// `a=rtpmap:<pt> <encoding>/<clock>[/<channels>]` (RFC 8866 §6.6).
     Rtpmap {
@@ -143,7 +144,7 @@ pub enum Attribute {
 }
 
 /// One line: its type letter, parsed value and original text.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Line {
     Version(u32),
     Origin(Origin),
@@ -169,11 +170,112 @@ pub struct SessionDescription {
 }
 
 /// A line with the exact text it was parsed from (or written as).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RawLine {
     pub line: Line,
     pub text: String,
     pub ending: LineEnding,
+}
+
+/// Key material may sit in `a=crypto` lines (RFC 4568) and `k=` lines (RFC 8866 §5.12), also
+/// when they did not parse: their text never reaches `Debug` and is zeroized on drop.
+fn is_sensitive(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.starts_with(b"k=") || (b.len() >= 8 && b[..8].eq_ignore_ascii_case(b"a=crypto"))
+}
+
+impl fmt::Debug for RawLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("RawLine");
+        d.field("line", &self.line);
+        if is_sensitive(&self.text) {
+            d.field("text", &format_args!("<redacted>"));
+        } else {
+            d.field("text", &self.text);
+        }
+        d.field("ending", &self.ending).finish()
+    }
+}
+
+impl Drop for RawLine {
+    fn drop(&mut self) {
+        if is_sensitive(&self.text) {
+            self.text.zeroize();
+        }
+    }
+}
+
+impl fmt::Debug for Attribute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Attribute::Rtpmap {
+                payload_type,
+                encoding,
+                clock_rate,
+                channels,
+            } => f
+                .debug_struct("Rtpmap")
+                .field("payload_type", payload_type)
+                .field("encoding", encoding)
+                .field("clock_rate", clock_rate)
+                .field("channels", channels)
+                .finish(),
+            Attribute::Fmtp { format, params } => f
+                .debug_struct("Fmtp")
+                .field("format", format)
+                .field("params", params)
+                .finish(),
+            Attribute::Ptime(p) => f.debug_tuple("Ptime").field(p).finish(),
+            Attribute::MaxPtime(p) => f.debug_tuple("MaxPtime").field(p).finish(),
+            Attribute::Direction(d) => f.debug_tuple("Direction").field(d).finish(),
+            Attribute::Rtcp { port, address } => f
+                .debug_struct("Rtcp")
+                .field("port", port)
+                .field("address", address)
+                .finish(),
+            Attribute::RtcpMux => f.write_str("RtcpMux"),
+            Attribute::Ssrc { id, rest } => f
+                .debug_struct("Ssrc")
+                .field("id", id)
+                .field("rest", rest)
+                .finish(),
+            // `CryptoAttribute`'s Debug prints keys as `<redacted>` (`KeySalt`).
+            Attribute::Crypto(c) => f.debug_tuple("Crypto").field(c).finish(),
+            Attribute::Other { name, value } => {
+                let mut d = f.debug_struct("Other");
+                d.field("name", name);
+                if name.eq_ignore_ascii_case("crypto") && value.is_some() {
+                    d.field("value", &format_args!("<redacted>"));
+                } else {
+                    d.field("value", value);
+                }
+                d.finish()
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Line::Version(v) => f.debug_tuple("Version").field(v).finish(),
+            Line::Origin(o) => f.debug_tuple("Origin").field(o).finish(),
+            Line::SessionName(s) => f.debug_tuple("SessionName").field(s).finish(),
+            Line::Connection(c) => f.debug_tuple("Connection").field(c).finish(),
+            Line::Media(m) => f.debug_tuple("Media").field(m).finish(),
+            Line::Attribute(a) => f.debug_tuple("Attribute").field(a).finish(),
+            Line::Other { kind, value } => {
+                let mut d = f.debug_struct("Other");
+                d.field("kind", kind);
+                if *kind == 'k' {
+                    d.field("value", &format_args!("<redacted>"));
+                } else {
+                    d.field("value", value);
+                }
+                d.finish()
+            }
+        }
+    }
 }
 
 impl RawLine {
@@ -287,15 +389,17 @@ fn parse_line(text: &str) -> Result<Line, String> {
             Err(_) => Err(format!("malformed {what} line")),
         }
     };
+    // Trailing blanks after the last field are tolerated (the text is kept as written anyway).
+    let fields = value.trim_end_matches([' ', '\t']);
     match kind {
         'v' => full(
-            number::<u32>(value).map(|(i, v)| (i, Line::Version(v))),
+            number::<u32>(fields).map(|(i, v)| (i, Line::Version(v))),
             "v=",
         ),
-        'o' => full(origin(value), "o="),
+        'o' => full(origin(fields), "o="),
         's' => Ok(Line::SessionName(value.to_string())),
-        'c' => full(connection(value), "c="),
-        'm' => full(media_line(value), "m="),
+        'c' => full(connection(fields), "c="),
+        'm' => full(media_line(fields), "m="),
         'a' => Ok(Line::Attribute(attribute(value))),
         other => Ok(Line::Other {
             kind: other,
@@ -568,6 +672,26 @@ mod tests {
         let e = SessionDescription::parse(b"o=- 1 1 IN IP4 192.0.2.1\r\n").unwrap_err();
         assert_eq!(e.line, 1);
         assert!(SessionDescription::parse(b"v=0\r\n\xff=1\r\n").is_err());
+    }
+
+    #[test]
+    fn trailing_blanks_are_tolerated() {
+        let text = "v=0 \r\no=- 1 1 IN IP4 192.0.2.1\t\r\ns=-\r\nc=IN IP4 192.0.2.1 \r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0 8 \r\n";
+        let sd = SessionDescription::parse(text.as_bytes()).unwrap();
+        assert_eq!(sd.to_string(), text);
+        assert!(matches!(&sd.media[0][0].line, Line::Media(m) if m.formats == ["0", "8"]));
+    }
+
+    #[test]
+    fn debug_never_shows_key_material() {
+        let text = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nk=base64:c2VjcmV0a2V5\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\na=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:bm90dmFsaWQ broken\r\na=CRYPTO:3 x\r\n";
+        let sd = SessionDescription::parse(text.as_bytes()).unwrap();
+        assert_eq!(sd.to_string(), text);
+        let debug = format!("{sd:?} {:#?}", sd.media[0]);
+        for secret in ["PS1uQCVe", "bm90dmFsaWQ", "c2VjcmV0a2V5", "CRYPTO:3"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("<redacted>"));
     }
 
     fn arb_attr() -> impl Strategy<Value = Attribute> {

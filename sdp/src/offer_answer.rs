@@ -106,6 +106,27 @@ pub enum Refusal {
     BadAddress(String),
 }
 
+/// Longest text a refusal carries from the offer (the Warning header stays short).
+const MAX_WARNING_DETAIL: usize = 160;
+
+/// Makes text taken from the offer safe inside a SIP quoted-string (RFC 3261 §25.1
+/// `quoted-string`): printable ASCII only, no `"` or backslash, at most `MAX_WARNING_DETAIL` characters.
+fn warning_safe(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .take(MAX_WARNING_DETAIL)
+        .collect();
+    if text.chars().count() > MAX_WARNING_DETAIL {
+        out.push_str("...");
+    }
+    out
+}
+
 fn attrs(section: &[RawLine]) -> impl Iterator<Item = &Attribute> {
     section.iter().filter_map(|l| match &l.line {
         Line::Attribute(a) => Some(a),
@@ -169,7 +190,9 @@ pub fn answer_offer(
         } else {
             offered_suites.join(", ")
         };
-        return Err(Refusal::NoAesCmSuite { offered });
+        return Err(Refusal::NoAesCmSuite {
+            offered: warning_safe(&offered),
+        });
     }
     let mut reasons = Vec::new();
     let mut pick = None;
@@ -192,7 +215,7 @@ pub fn answer_offer(
             ));
         }
         return Err(Refusal::NoUsableCrypto {
-            reason: reasons.join("; "),
+            reason: warning_safe(&reasons.join("; ")),
         });
     };
     let remote_key = crypto.keys[0]
@@ -250,9 +273,12 @@ pub fn answer_offer(
         })
         .or_else(|| offer.connection());
     let conn = conn.ok_or_else(|| Refusal::BadAddress("no c= line".into()))?;
-    let ip = conn
-        .ip()
-        .ok_or_else(|| Refusal::BadAddress(format!("{} is not an IP address", conn.address)))?;
+    let ip = conn.ip().ok_or_else(|| {
+        Refusal::BadAddress(warning_safe(&format!(
+            "{} is not an IP address",
+            conn.address
+        )))
+    })?;
     let rtcp_mux = attrs(section).any(|a| *a == Attribute::RtcpMux);
     let remote_rtp = SocketAddr::new(ip, m.port);
     let remote_rtcp = if rtcp_mux {
@@ -409,4 +435,71 @@ pub fn answer_offer(
             offered_suites,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\n";
+
+    fn policy() -> AnswerPolicy {
+        AnswerPolicy {
+            suites: vec![
+                SrtpSuite::AesCm128HmacSha1_80,
+                SrtpSuite::AesCm128HmacSha1_32,
+            ],
+            codecs: vec![Codec::Pcmu, Codec::Pcma],
+            address: "198.51.100.7".parse().unwrap(),
+            port: 20000,
+            session_id: 1,
+            session_version: 1,
+            local_key: None,
+        }
+    }
+
+    fn refuse(tail: &str) -> Refusal {
+        let offer = SessionDescription::parse(format!("{HEAD}{tail}").as_bytes()).unwrap();
+        let mut rng = rand::rngs::mock::StepRng::new(0, 1);
+        answer_offer(&offer, &policy(), &mut rng).unwrap_err()
+    }
+
+    /// The Display text goes verbatim inside a quoted Warning header (RFC 3261 §20.43).
+    fn assert_warning_safe(r: &Refusal) {
+        let text = r.to_string();
+        assert!(
+            text.chars()
+                .all(|c| (' '..='~').contains(&c) && c != '"' && c != '\\'),
+            "{text:?}"
+        );
+        assert!(text.len() < 300, "{}", text.len());
+    }
+
+    #[test]
+    fn refusal_text_from_the_offer_cannot_break_the_warning_header() {
+        let r = refuse("a=crypto:1 X\"Y\\Z\u{e9} inline:AAAA\r\n");
+        assert!(matches!(r, Refusal::NoAesCmSuite { .. }));
+        assert_warning_safe(&r);
+        assert!(r.to_string().contains("X'Y'Z?"));
+
+        let r = refuse("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR \"EVIL\"\r\n");
+        assert!(matches!(r, Refusal::NoUsableCrypto { .. }));
+        assert_warning_safe(&r);
+
+        let many: String = (1..200)
+            .map(|t| format!("a=crypto:{t} AEAD_AES_256_GCM inline:AAAA\r\n"))
+            .collect();
+        let r = refuse(&many);
+        assert_warning_safe(&r);
+        assert!(r.to_string().ends_with("...)"));
+
+        let offer = SessionDescription::parse(
+            b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 host\"name\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n",
+        )
+        .unwrap();
+        let mut rng = rand::rngs::mock::StepRng::new(0, 1);
+        let r = answer_offer(&offer, &policy(), &mut rng).unwrap_err();
+        assert!(matches!(r, Refusal::BadAddress(_)));
+        assert_warning_safe(&r);
+    }
 }

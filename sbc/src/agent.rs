@@ -97,17 +97,7 @@ pub async fn connect(
             .connect(server_name, tcp)
             .await
             .map_err(AgentError::Tls)?;
-        let (tls_version, cipher) = {
-            let conn = tls.get_ref().1;
-            (
-                conn.protocol_version()
-                    .map(|v| format!("{v:?}"))
-                    .unwrap_or_default(),
-                conn.negotiated_cipher_suite()
-                    .map(|s| format!("{:?}", s.suite()))
-                    .unwrap_or_default(),
-            )
-        };
+        let (tls_version, cipher) = crate::tls::negotiated(tls.get_ref().1);
         // An agent message is at most a few seconds of base64 audio; cap what one frame may
         // allocate (tungstenite's default is 64 MiB).
         let ws_config = WebSocketConfig::default()

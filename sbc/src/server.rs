@@ -408,15 +408,10 @@ async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr)
     };
     let sip_tls = {
         let conn = tls.get_ref().1;
+        let (version, cipher) = crate::tls::negotiated(conn);
         SipTls {
-            version: conn
-                .protocol_version()
-                .map(|v| format!("{v:?}"))
-                .unwrap_or_default(),
-            cipher: conn
-                .negotiated_cipher_suite()
-                .map(|s| format!("{:?}", s.suite()))
-                .unwrap_or_default(),
+            version,
+            cipher,
             sni: conn.server_name().map(str::to_string),
             client_cert_subject: conn
                 .peer_certificates()
@@ -464,15 +459,10 @@ pub async fn connect_outbound(
         .map_err(|_| Error::new(ErrorKind::TimedOut, "connect timed out"))??;
     let sip_tls = {
         let conn = tls.get_ref().1;
+        let (version, cipher) = crate::tls::negotiated(conn);
         SipTls {
-            version: conn
-                .protocol_version()
-                .map(|v| format!("{v:?}"))
-                .unwrap_or_default(),
-            cipher: conn
-                .negotiated_cipher_suite()
-                .map(|s| format!("{:?}", s.suite()))
-                .unwrap_or_default(),
+            version,
+            cipher,
             sni: Some(host.clone()),
             client_cert_subject: None,
         }

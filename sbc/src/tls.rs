@@ -21,6 +21,21 @@ use crate::config::{
     AgentConfig, ConfigError, SipConfig, Tls12Suite, TlsConfig, TlsIdentity, TlsVersion,
 };
 
+/// The negotiated TLS version and cipher suite of an established connection, as the audit
+/// record and metrics name them (`TLSv1_3`, `TLS13_AES_128_GCM_SHA256`).
+pub fn negotiated(state: &rustls::CommonState) -> (String, String) {
+    (
+        state
+            .protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default(),
+        state
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default(),
+    )
+}
+
 /// The SIP listener's server config: TLS 1.3, plus TLS 1.2 with the configured ECDHE+AEAD suites
 /// when `min_version` is 1.2; no 0-RTT; client certificates verified against `client_ca` if set.
 /// With `TlsIdentity::DevSelfSigned` it generates an ECDSA P-256 certificate for `sip.host`, and

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod pki;
 pub mod ports;
+pub mod rawcall;
 pub mod sbc;
 pub mod sipp;
 pub mod tlsclient;

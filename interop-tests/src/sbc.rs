@@ -32,6 +32,12 @@ pub struct SbcOptions {
     pub max_connections_per_ip: u32,
     /// Extra `[[agent.routes]]` before the default one: (`"exact"` or `"prefix"`, number, url).
     pub routes: Vec<(String, String, String)>,
+    /// `[tls] client_ca` = the test CA: the roots sbc trusts when it connects to a carrier.
+    pub carrier_ca: bool,
+    /// `[media] port_min, port_max` instead of the test's whole media block.
+    pub media_ports: Option<(u16, u16)>,
+    /// Extra `[limits]` lines, e.g. `"max_headers = 20"`.
+    pub extra_limits: Vec<String>,
 }
 
 impl SbcOptions {
@@ -50,6 +56,9 @@ impl SbcOptions {
             drain_timeout_secs: None,
             routes: Vec::new(),
             max_connections_per_ip: 64,
+            carrier_ca: false,
+            media_ports: None,
+            extra_limits: Vec::new(),
         }
     }
 
@@ -85,7 +94,7 @@ ringing_after_ms = {ringing}
 certificate = {cert}
 private_key = {key}
 min_version = "1.2"
-
+{carrier_ca}
 [[carriers]]
 name = "test"
 source_cidrs = [{cidrs}]
@@ -121,6 +130,7 @@ listen = "127.0.0.1:{metrics}"
 [limits]
 max_connections_per_ip = {maxconn}
 {drain}
+{extra_limits}
 
 [log]
 format = "json"
@@ -139,8 +149,14 @@ level = {level:?}
             .drain_timeout_secs
             .map(|d| format!("drain_timeout_secs = {d}"))
             .unwrap_or_default(),
-        mmin = p.media_min,
-        mmax = p.media_max,
+        mmin = o.media_ports.map_or(p.media_min, |r| r.0),
+        mmax = o.media_ports.map_or(p.media_max, |r| r.1),
+        carrier_ca = if o.carrier_ca {
+            format!("client_ca = {}", toml_str(&env.pki.ca_pem_path))
+        } else {
+            String::new()
+        },
+        extra_limits = o.extra_limits.join("\n"),
         rtpto = o.rtp_timeout_secs,
         ca = toml_str(&env.pki.ca_pem_path),
         cto = o.connect_timeout_ms,
@@ -196,8 +212,9 @@ impl SbcProcess {
             .arg(&config_path)
             .current_dir(dir)
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
-            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+            // Appended, so that a restart in the same test directory keeps the first run's log.
+            .stdout(append(&stdout_path))
+            .stderr(append(&stderr_path))
             .spawn()
             .expect("spawn sbc");
         let mut sbc = SbcProcess {
@@ -318,6 +335,14 @@ impl SbcProcess {
         }
     }
 
+    /// SIGKILL (no drain, no flush: a crash) and waits for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn signal_term(&self) {
         if let Some(c) = &self.child {
@@ -370,6 +395,14 @@ impl Drop for SbcProcess {
     fn drop(&mut self) {
         self.terminate(Duration::from_secs(5));
     }
+}
+
+fn append(p: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
+        .unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
 }
 
 pub fn read(p: &Path) -> String {

@@ -253,7 +253,23 @@ impl Call {
                             let _ = tx.try_send(CallInput::Adopt(handle));
                         }
                     }
-                    Err(e) => warn!(%host, port, error = %e, "cannot reach the carrier"),
+                    Err(e) => {
+                        warn!(%host, port, error = %e, method = ?req.method, "cannot reach the carrier: request not delivered");
+                        // RFC 3261 §8.1.3.1: a transport failure is a 503 for the request, so
+                        // the call ends now instead of waiting out Timer F for a response
+                        // that cannot come.
+                        if let Some(tx) = shared.lookup(&sip_call_id) {
+                            let resp = crate::sip::stateless_response(
+                                &req,
+                                503,
+                                "Service Unavailable",
+                                &shared.uas,
+                                None,
+                                &mut rand::thread_rng(),
+                            );
+                            let _ = tx.try_send(CallInput::Response(resp));
+                        }
+                    }
                 }
             }
             .in_current_span(),

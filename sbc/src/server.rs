@@ -498,10 +498,33 @@ async fn run_connection<S>(
         debug!(version = %sip_tls.version, cipher = %sip_tls.cipher, "TLS established");
         let (mut rd, mut wr) = tokio::io::split(tls);
         let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+        // Dropped when the reader stops: the connection is gone (or we gave up on it).
+        let (reader_done, mut reader_gone) = tokio::sync::oneshot::channel::<()>();
         let writer = tokio::spawn(async move {
-            while let Some(b) = rx.recv().await {
-                if wr.write_all(&b).await.is_err() {
-                    break;
+            loop {
+                tokio::select! {
+                    biased;
+                    b = rx.recv() => match b {
+                        Some(b) => {
+                            if wr.write_all(&b).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                    _ = &mut reader_gone => {
+                        // Refuse new messages from now on, so that a call still holding this
+                        // handle sees `send` fail and opens a new connection for its BYE
+                        // instead of writing it into a socket the peer already closed. What
+                        // was queued before still goes out (a response to the last request).
+                        rx.close();
+                        while let Some(b) = rx.recv().await {
+                            if wr.write_all(&b).await.is_err() {
+                                break;
+                            }
+                        }
+                        break;
+                    }
                 }
             }
             let _ = wr.shutdown().await;
@@ -578,8 +601,8 @@ async fn run_connection<S>(
             }
         }
         drop(ctx);
-        // The writer ends when every handle (ours and the calls') is dropped; give queued
-        // responses a moment to leave, then stop waiting.
+        drop(reader_done);
+        // The writer sends what is queued and ends; give it a moment, then stop waiting.
         let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     }
     .instrument(span)

@@ -45,6 +45,7 @@ impl Audit {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(err)?;
                 }
+                repair_partial_tail(path).map_err(err)?;
                 let f = OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -84,9 +85,22 @@ impl Audit {
         text.push(b'\n');
         // The lock is only poisoned if a writer panicked mid-write; keep writing regardless.
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        // sbc is the only writer (append mode), so the length before the write is where this
+        // record starts: a write that fails half-way (disk full) is cut back to it, so that the
+        // next record does not continue a partial line.
+        let start = self
+            .file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map(|m| m.len());
         let result = out.write_all(&text).and_then(|()| out.flush());
         if let Err(e) = result {
             tracing::error!(error = %e, "audit record could not be written");
+            if let (Some(f), Some(start)) = (&self.file, start) {
+                if let Err(e) = f.set_len(start) {
+                    tracing::error!(error = %e, "audit log could not be cut back after a failed write");
+                }
+            }
             return;
         }
         if self.fsync {
@@ -97,6 +111,60 @@ impl Audit {
             }
         }
     }
+}
+
+/// Makes the audit file end with a complete line before sbc appends to it. A record is one
+/// `write` of a whole line, so a killed process leaves no partial line; a crash of the machine
+/// (or a full disk) can. Appending after such a fragment would glue the next record to it, so
+/// at start the fragment after the last newline is moved to `<path>.partial` (appended, with a
+/// newline, kept as evidence) and the file is cut back to its last complete line.
+fn repair_partial_tail(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    // Scan back from the end for the last newline, 64 KiB at a time.
+    let mut end = len;
+    let mut keep = 0u64;
+    let mut chunk = vec![0u8; 64 * 1024];
+    'scan: while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let n = (end - start) as usize;
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut chunk[..n])?;
+        if let Some(i) = chunk[..n].iter().rposition(|&b| b == b'\n') {
+            keep = start + i as u64 + 1;
+            break 'scan;
+        }
+        end = start;
+    }
+    if keep == len {
+        return Ok(());
+    }
+    let mut fragment = Vec::with_capacity((len - keep) as usize);
+    f.seek(SeekFrom::Start(keep))?;
+    f.read_to_end(&mut fragment)?;
+    fragment.push(b'\n');
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".partial");
+    let mut side = OpenOptions::new().create(true).append(true).open(&aside)?;
+    side.write_all(&fragment)?;
+    side.sync_data()?;
+    f.set_len(keep)?;
+    f.sync_data()?;
+    tracing::warn!(
+        path = %path.display(),
+        bytes = fragment.len() - 1,
+        moved_to = %std::path::Path::new(&aside).display(),
+        "audit log ended with a partial record (a crash mid-write): moved aside, file cut back to its last complete line"
+    );
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -259,6 +327,40 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert_ne!(a, b);
         assert!(!a.contains("5550001111"));
+    }
+
+    #[test]
+    fn a_partial_last_line_is_moved_aside_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let config = AuditConfig {
+            sink: AuditSink::File(path.clone()),
+            fsync: false,
+            number_privacy: NumberPrivacy::AsIs,
+        };
+        // A fragment longer than one scan chunk, after one complete record.
+        let long = format!("{{\"event\":\"call.end\",\"x\":\"{}", "y".repeat(70_000));
+        std::fs::write(&path, format!("{{\"event\":\"call.start\"}}\n{long}")).unwrap();
+        let audit = Audit::open(&config).unwrap();
+        audit.write("call.refused", &CallRecord::default());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let events: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].to_string())
+            .collect();
+        assert_eq!(events, ["\"call.start\"", "\"call.refused\""]);
+        let aside = std::fs::read_to_string(dir.path().join("audit.jsonl.partial")).unwrap();
+        assert_eq!(aside, format!("{long}\n"));
+
+        // A file that is only a fragment, and a clean file: nothing else changes.
+        std::fs::write(&path, "{\"ev").unwrap();
+        drop(Audit::open(&config).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        std::fs::write(&path, "{}\n").unwrap();
+        drop(Audit::open(&config).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
+        let aside = std::fs::read_to_string(dir.path().join("audit.jsonl.partial")).unwrap();
+        assert!(aside.ends_with("{\"ev\n"), "{aside:?}");
     }
 
     #[test]

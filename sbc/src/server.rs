@@ -547,6 +547,7 @@ async fn run_connection<S>(
         let mut framer = Framer::new(live.config.limits.max_message_bytes);
         let mut buf = BytesMut::with_capacity(8192);
         let idle = live.config.limits.idle_timeout;
+        let mut linger = false;
         'read: loop {
             buf.clear();
             let n = match tokio::time::timeout(idle, rd.read_buf(&mut buf)).await {
@@ -589,12 +590,14 @@ async fn run_connection<S>(
                             _ => None,
                         };
                         if let Some((head, status, reason)) = head {
-                            if let Ok(SipMessage::Request(req)) = SipMessage::parse(&head) {
+                            // The head alone: the body is absent or cut short.
+                            if let Ok(SipMessage::Request(req)) = SipMessage::parse_head(&head) {
                                 if req.method != Method::Ack {
                                     ctx.reply(&req, status, reason, &[]);
                                 }
                             }
                         }
+                        linger = true;
                         break 'read;
                     }
                 }
@@ -602,6 +605,21 @@ async fn run_connection<S>(
         }
         drop(ctx);
         drop(reader_done);
+        if linger {
+            // Lingering close: the peer may still be sending the rest of the refused message.
+            // Closing with unread data makes the kernel send a RST, which can destroy the 413
+            // before the peer reads it; read and discard for a moment while the writer sends
+            // the response and close_notify.
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Ok(n) = rd.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
         // The writer sends what is queued and ends; give it a moment, then stop waiting.
         let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     }

@@ -163,10 +163,16 @@ pub fn parse_answer(sdp: &str) -> Answer {
         if let Some(c) = l.strip_prefix("c=IN IP4 ") {
             ip = c.trim().parse::<std::net::Ipv4Addr>().ok();
         } else if let Some(m) = l.strip_prefix("m=audio ") {
-            port = m.split_whitespace().next().and_then(|p| p.parse::<u16>().ok());
+            port = m
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u16>().ok());
         } else if let Some(c) = l.strip_prefix("a=crypto:") {
             let inline = c.split("inline:").nth(1).expect("inline key");
-            let b64: String = inline.chars().take_while(|c| *c != '|' && !c.is_whitespace()).collect();
+            let b64: String = inline
+                .chars()
+                .take_while(|c| *c != '|' && !c.is_whitespace())
+                .collect();
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(b64)
                 .expect("answer key is base64");
@@ -211,7 +217,14 @@ impl Dialog {
     }
 
     pub fn bye(&self, via_port: u16, cseq: u32) -> String {
-        self.request("BYE", cseq, via_port, "z9hG4bKbye", &self.to_tag_param(), "")
+        self.request(
+            "BYE",
+            cseq,
+            via_port,
+            "z9hG4bKbye",
+            &self.to_tag_param(),
+            "",
+        )
     }
 
     fn to_tag_param(&self) -> String {
@@ -373,7 +386,9 @@ impl Drop for Media {
 
 /// A fresh random-enough SRTP master key for a test call (not secret: test traffic only).
 pub fn test_key(seed: u8) -> MasterKey {
-    let key: Vec<u8> = (0..16).map(|i| seed.wrapping_mul(31).wrapping_add(i)).collect();
+    let key: Vec<u8> = (0..16)
+        .map(|i| seed.wrapping_mul(31).wrapping_add(i))
+        .collect();
     let salt: Vec<u8> = (0..14).map(|i| seed.wrapping_add(7 * i)).collect();
     MasterKey::new(&key, &salt).expect("16-byte key, 14-byte salt")
 }

@@ -156,7 +156,10 @@ fn agent_hangup_after_carrier_drop_sends_bye_on_new_verified_connection() {
         .iter()
         .find(|r| r.starts_with("BYE "))
         .expect("BYE");
-    assert_eq!(rawcall::header(bye, "Call-ID"), Some(dialog.call_id.as_str()));
+    assert_eq!(
+        rawcall::header(bye, "Call-ID"),
+        Some(dialog.call_id.as_str())
+    );
     assert!(
         bye.starts_with(&format!("BYE sip:carrier@127.0.0.1:{}", carrier.port)),
         "the BYE goes to the carrier's Contact: {bye}"
@@ -189,7 +192,8 @@ fn bye_on_new_connection_refuses_an_untrusted_carrier_certificate() {
     agent.wait_for("agent connection", SECS10, |c| !c.is_empty());
     agent.close(0);
     assert!(
-        impostor.wait(SECS20, |l| l.tcp_accepts > 0 && !l.handshake_errors.is_empty()),
+        impostor.wait(SECS20, |l| l.tcp_accepts > 0
+            && !l.handshake_errors.is_empty()),
         "sbc did not try (and fail) a handshake with the impostor: {:?}",
         impostor.log()
     );
@@ -199,7 +203,10 @@ fn bye_on_new_connection_refuses_an_untrusted_carrier_certificate() {
         interop_tests::tail(&sbc.log(), 20)
     );
     let log = impostor.log();
-    assert!(log.requests.is_empty(), "no SIP may reach the impostor: {log:?}");
+    assert!(
+        log.requests.is_empty(),
+        "no SIP may reach the impostor: {log:?}"
+    );
     // The failed connection counts as a 503 for the BYE (RFC 3261 §8.1.3.1): the call ends
     // without waiting out Timer F (64*T1 = 32 s here, plus the 2 s hard stop).
     let end = sbc.wait_event("call.end", &dialog.call_id, SECS20);
@@ -238,7 +245,12 @@ fn media_port_range_exhausted_gives_503() {
             "call.refused: {r}"
         );
         let o = bg.join().expect("first call");
-        assert_eq!(o.code, 0, "the first call must be unaffected\n{}", o.describe());
+        assert_eq!(
+            o.code,
+            0,
+            "the first call must be unaffected\n{}",
+            o.describe()
+        );
     });
     // The pair is back in the pool once the first call ended: a third call works.
     sbc.wait_audit(SECS20, |v| v["event"] == "call.end");
@@ -252,7 +264,10 @@ fn refused_reason(sbc: &SbcProcess, call_id: &str) -> String {
     let r = sbc.wait_event("call.refused", call_id, SECS10);
     eprintln!("call.refused reason: {}", r["decision"]["reason"]);
     assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
-    r["decision"]["reason"].as_str().unwrap_or_default().to_string()
+    r["decision"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// The agent's address has nothing listening: 503 to the carrier, and the audit reason says
@@ -285,7 +300,11 @@ fn agent_unreachable_gives_503_with_reason() {
 fn agent_refusing_the_handshake_gives_503_with_reason() {
     for (behaviour, prefix, cause) in [
         (AgentBehaviour::Tls12Only, "agent tls:", "ProtocolVersion"),
-        (AgentBehaviour::UntrustedCert, "agent tls:", "invalid peer certificate"),
+        (
+            AgentBehaviour::UntrustedCert,
+            "agent tls:",
+            "invalid peer certificate",
+        ),
         (
             AgentBehaviour::RequireClientCert,
             "agent websocket:",
@@ -349,13 +368,17 @@ fn sigkill_and_restart_leave_no_partial_audit_line() {
     sbc.wait_event("call.end", &after, SECS10);
 
     let text = std::fs::read_to_string(&audit_path).expect("read audit");
-    assert!(text.ends_with('\n'), "the file must end with a complete line");
+    assert!(
+        text.ends_with('\n'),
+        "the file must end with a complete line"
+    );
     let records: Vec<Value> = text
         .lines()
         .enumerate()
         .map(|(i, l)| {
-            serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("audit line {} is not one JSON record ({e}): {l}", i + 1))
+            serde_json::from_str(l).unwrap_or_else(|e| {
+                panic!("audit line {} is not one JSON record ({e}): {l}", i + 1)
+            })
         })
         .collect();
     let has = |event: &str, id: &str| {
@@ -365,7 +388,10 @@ fn sigkill_and_restart_leave_no_partial_audit_line() {
     };
     assert!(has("call.end", &done), "the call before the crash is kept");
     assert!(has("call.start", &d1.call_id) && has("call.start", &d2.call_id));
-    assert!(has("call.end", &after), "the call after the restart is recorded");
+    assert!(
+        has("call.end", &after),
+        "the call after the restart is recorded"
+    );
     let partial = std::fs::read_to_string(format!("{}.partial", audit_path.display()))
         .expect("the cut fragment is kept in <audit>.partial");
     assert!(partial.contains(fragment), "partial file: {partial:?}");

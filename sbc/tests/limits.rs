@@ -48,7 +48,13 @@ enum Reply {
 }
 
 /// Sends `msg` on a fresh connection and waits (generously) for a final response.
-fn exchange(f: &Fixture, msg: &[u8]) -> (Reply, Option<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>>) {
+fn exchange(
+    f: &Fixture,
+    msg: &[u8],
+) -> (
+    Reply,
+    Option<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>>,
+) {
     let mut tls = connect(&f.pki, f.port).expect("TLS connect");
     if tls.write_all(msg).and_then(|()| tls.flush()).is_err() {
         return (Reply::Closed, None);
@@ -203,7 +209,11 @@ fn sdp_size_limit_gives_488_with_warning() {
     let f = start();
     let (msg, call_id) = invite(f.port, "d1", 1, 1000);
     let (r, tls) = exchange(&f, msg.as_bytes());
-    assert_eq!(status(&r), Some(200), "an SDP under 1024 bytes is accepted: {r:?}");
+    assert_eq!(
+        status(&r),
+        Some(200),
+        "an SDP under 1024 bytes is accepted: {r:?}"
+    );
     if let (Reply::Final(ok), Some(mut tls)) = (&r, tls) {
         hang_up(&mut tls, ok, f.port, &call_id);
     }
@@ -223,7 +233,11 @@ fn media_line_limit_gives_488_with_warning() {
     let f = start();
     let (msg, call_id) = invite(f.port, "m1", 2, 0);
     let (r, tls) = exchange(&f, msg.as_bytes());
-    assert_eq!(status(&r), Some(200), "two m= lines (the limit) are accepted: {r:?}");
+    assert_eq!(
+        status(&r),
+        Some(200),
+        "two m= lines (the limit) are accepted: {r:?}"
+    );
     if let (Reply::Final(ok), Some(mut tls)) = (&r, tls) {
         hang_up(&mut tls, ok, f.port, &call_id);
     }

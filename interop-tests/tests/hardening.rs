@@ -28,10 +28,21 @@ fn calls_active(sbc: &SbcProcess) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn wait_log(sbc: &SbcProcess, needle: &str, timeout: Duration) -> bool {
+/// Waits until sbc's log says it saw the connection from `peer` end (a read error: no
+/// close_notify; or a clean end of stream).
+fn wait_closed(sbc: &SbcProcess, peer: std::net::SocketAddr) -> bool {
+    let peer = format!("\"peer\":\"{peer}\"");
+    wait_log_line(sbc, SECS20, |l| {
+        l.contains(&peer)
+            && (l.contains("read error: closing") || l.contains("peer closed the connection"))
+    })
+}
+
+/// Waits until one line of sbc's log satisfies `pred`.
+fn wait_log_line(sbc: &SbcProcess, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < deadline {
-        if sbc.log().contains(needle) {
+        if sbc.log().lines().any(&pred) {
             return true;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -71,10 +82,13 @@ fn place_call(
 #[test]
 fn carrier_connection_drop_keeps_call_and_later_bye_on_new_connection_ends_it() {
     let env = TestEnv::new();
+    // The carrier's Contact, where a BYE from sbc would arrive: none may.
+    let carrier = CarrierListener::start(&env.pki.sbc);
     let mut opts = SbcOptions::builtin_echo();
+    opts.carrier_ca = true;
     opts.rtp_timeout_secs = 30;
     let sbc = env.start_sbc(opts);
-    let (conn, dialog, media) = place_call(&env, &sbc, 5999, "drop1");
+    let (conn, dialog, media) = place_call(&env, &sbc, carrier.port, "drop1");
     assert!(
         media.wait_received(25, SECS20),
         "no SRTP echo before the drop: sent {}, authenticated {}, failed {}",
@@ -82,10 +96,10 @@ fn carrier_connection_drop_keeps_call_and_later_bye_on_new_connection_ends_it() 
         media.received(),
         media.received_bad.load(std::sync::atomic::Ordering::SeqCst)
     );
+    let local = conn.local_addr();
     conn.drop_abruptly();
     assert!(
-        wait_log(&sbc, "peer closed the connection", SECS10)
-            || wait_log(&sbc, "read error: closing", SECS10),
+        wait_closed(&sbc, local),
         "sbc did not notice the dropped connection:\n{}",
         interop_tests::tail(&sbc.log(), 20)
     );
@@ -103,6 +117,11 @@ fn carrier_connection_drop_keeps_call_and_later_bye_on_new_connection_ends_it() 
         "the call ended when the connection dropped: {:?}",
         sbc.audit()
     );
+    let log = carrier.log();
+    assert!(
+        log.tcp_accepts == 0 && log.requests.is_empty(),
+        "sbc must not hang up (or send anything) when the connection drops: {log:?}"
+    );
 
     let mut conn2 = SipConn::connect(&env.pki, sbc.sip_port);
     let via2 = conn2.local_addr().port();
@@ -116,6 +135,11 @@ fn carrier_connection_drop_keeps_call_and_later_bye_on_new_connection_ends_it() 
         "sbc's rtp_in ({rtp_in}) must count the packets after the drop ({after_drop} echoed before): {end}"
     );
     assert_eq!(end["media"]["auth_failures"], 0, "call.end: {end}");
+    assert!(
+        carrier.log().requests.is_empty(),
+        "sbc sent a request of its own: {:?}",
+        carrier.log()
+    );
     drop(media);
 }
 
@@ -136,10 +160,10 @@ fn agent_hangup_after_carrier_drop_sends_bye_on_new_verified_connection() {
         media.wait_received(10, SECS20),
         "no SRTP through the agent before the drop"
     );
+    let local = conn.local_addr();
     conn.drop_abruptly();
     assert!(
-        wait_log(&sbc, "peer closed the connection", SECS10)
-            || wait_log(&sbc, "read error: closing", SECS10),
+        wait_closed(&sbc, local),
         "sbc did not notice the dropped connection"
     );
     agent.wait_for("agent connection", SECS10, |c| !c.is_empty());
@@ -183,10 +207,10 @@ fn bye_on_new_connection_refuses_an_untrusted_carrier_certificate() {
     let sbc = env.start_sbc(opts);
     let (conn, dialog, media) = place_call(&env, &sbc, impostor.port, "drop3");
     assert!(media.wait_received(10, SECS20), "no SRTP before the drop");
+    let local = conn.local_addr();
     conn.drop_abruptly();
     assert!(
-        wait_log(&sbc, "peer closed the connection", SECS10)
-            || wait_log(&sbc, "read error: closing", SECS10),
+        wait_closed(&sbc, local),
         "sbc did not notice the dropped connection"
     );
     agent.wait_for("agent connection", SECS10, |c| !c.is_empty());
@@ -198,7 +222,7 @@ fn bye_on_new_connection_refuses_an_untrusted_carrier_certificate() {
         impostor.log()
     );
     assert!(
-        wait_log(&sbc, "cannot reach the carrier", SECS10),
+        wait_log_line(&sbc, SECS10, |l| l.contains("cannot reach the carrier")),
         "sbc must log why the BYE was not delivered:\n{}",
         interop_tests::tail(&sbc.log(), 20)
     );

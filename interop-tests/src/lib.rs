@@ -129,6 +129,32 @@ impl Default for TestEnv {
     }
 }
 
+/// Runs SIPp's basic call in the background and, once sbc answered it, a second INVITE that sbc
+/// must refuse with 503; checks the first call is unaffected. Returns the second SIPp run and
+/// its `call.refused` record.
+pub fn second_call_refused(env: &TestEnv, sbc: &SbcProcess) -> (SippOutcome, serde_json::Value) {
+    let timeout = std::time::Duration::from_secs(20);
+    let port = sbc.sip_port;
+    std::thread::scope(|s| {
+        let first = env.sipp("uac_tls_srtp_pattern.xml");
+        let second = env.sipp("uac_expect_503.xml").timeout("10s");
+        let bg = s.spawn(move || first.run(port));
+        sbc.wait_audit(timeout, |v| v["event"] == "call.start");
+        let o = second.run_expect(port, 0);
+        let call_id = o.first_call_id();
+        let r = sbc.wait_event("call.refused", &call_id, timeout);
+        assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
+        let first = bg.join().expect("first call");
+        assert_eq!(
+            first.code,
+            0,
+            "the first call must be unaffected\n{}",
+            first.describe()
+        );
+        (o, r)
+    })
+}
+
 /// `interop-tests/scenarios/<name>`.
 pub fn scenario_path(name: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))

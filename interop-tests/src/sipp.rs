@@ -213,6 +213,14 @@ impl SippOutcome {
         })
     }
 
+    /// The first Call-ID in the messages log (panics, with the run's description, if none).
+    pub fn first_call_id(&self) -> String {
+        self.call_ids()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no Call-ID in SIPp's messages log\n{}", self.describe()))
+    }
+
     /// Every Call-ID in the messages log.
     pub fn call_ids(&self) -> Vec<String> {
         let mut out = Vec::new();

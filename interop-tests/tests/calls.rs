@@ -9,13 +9,6 @@ use serde_json::Value;
 
 const SECS10: Duration = Duration::from_secs(10);
 
-fn first_call_id(o: &SippOutcome) -> String {
-    o.call_ids()
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| panic!("no Call-ID in SIPp's messages log\n{}", o.describe()))
-}
-
 /// Waits until the agent has `n` connections that all ended.
 fn wait_closed(agent: &TestAgent, n: usize) -> Vec<AgentConn> {
     agent.wait_for(&format!("{n} connection(s), all closed"), SECS10, |c| {
@@ -147,7 +140,7 @@ fn basic_call_echo_through_agent() {
     let o = env
         .sipp("uac_tls_srtp_pattern.xml")
         .run_expect(sbc.sip_port, 0);
-    let call_id = first_call_id(&o);
+    let call_id = o.first_call_id();
     check_answer_sdp(&env, &o);
     let rc = o.rtp_check();
     assert!(
@@ -191,7 +184,7 @@ fn basic_call_builtin_echo() {
     let o = env
         .sipp("uac_tls_srtp_pattern.xml")
         .run_expect(sbc.sip_port, 0);
-    let call_id = first_call_id(&o);
+    let call_id = o.first_call_id();
     let end = check_audit_basic(&sbc, &call_id);
     assert_eq!(end["agent"]["target"], "builtin:echo", "call.end: {end}");
 }
@@ -208,7 +201,7 @@ fn no_srtp_keys_in_logs_or_audit() {
     let o = env
         .sipp("uac_tls_srtp_pattern.xml")
         .run_expect(sbc.sip_port, 0);
-    let call_id = first_call_id(&o);
+    let call_id = o.first_call_id();
     sbc.wait_event("call.end", &call_id, SECS10);
     let msgs = o.messages_log();
     let keys = inline_keys(&msgs);
@@ -242,7 +235,7 @@ fn plain_rtp_avp_refused_with_488() {
         .sipp("uac_rtp_avp.xml")
         .timeout("10s")
         .run_expect(sbc.sip_port, 0);
-    let call_id = first_call_id(&o);
+    let call_id = o.first_call_id();
     assert!(
         o.messages_log().contains("Warning:"),
         "the 488 must carry a Warning header\n{}",
@@ -288,7 +281,7 @@ fn aead_only_offer_refused_with_488() {
         .sipp("uac_aead_only.xml")
         .timeout("10s")
         .run_expect(sbc.sip_port, 0);
-    let call_id = first_call_id(&o);
+    let call_id = o.first_call_id();
     assert!(
         o.messages_log().contains("Warning:"),
         "the 488 must carry a Warning header\n{}",
@@ -316,7 +309,7 @@ fn cancel_before_answer_gets_487() {
         .sipp("uac_cancel.xml")
         .timeout("15s")
         .run_expect(sbc.sip_port, 0);
-    let call_id = first_call_id(&o);
+    let call_id = o.first_call_id();
     let r = sbc.wait_event("call.refused", &call_id, SECS10);
     assert_eq!(r["decision"]["status"], 487, "call.refused: {r}");
     assert!(
@@ -333,7 +326,7 @@ fn agent_hangup_sends_bye_to_carrier() {
     let agent = env.start_agent(AgentBehaviour::HangUpAfter(Duration::from_secs(2)));
     let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
     let o = env.sipp("uac_wait_bye.xml").run_expect(sbc.sip_port, 0);
-    let call_id = first_call_id(&o);
+    let call_id = o.first_call_id();
     let end = sbc.wait_event("call.end", &call_id, SECS10);
     assert_eq!(end["end_reason"], "agent_hangup", "call.end: {end}");
 }
@@ -349,7 +342,7 @@ fn reinvite_hold_and_resume() {
     let o = env
         .sipp("uac_reinvite_hold.xml")
         .run_expect(sbc.sip_port, 0);
-    let call_id = first_call_id(&o);
+    let call_id = o.first_call_id();
     let hold = o
         .response(200, "2 INVITE")
         .unwrap_or_else(|| panic!("no 200 for the hold re-INVITE\n{}", o.describe()));
@@ -440,7 +433,7 @@ fn agent_tls12_only_gets_503() {
         .sipp("uac_expect_503.xml")
         .timeout("15s")
         .run_expect(sbc.sip_port, 0);
-    let call_id = first_call_id(&o);
+    let call_id = o.first_call_id();
     let r = sbc.wait_event("call.refused", &call_id, SECS10);
     assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
     assert!(agent.connections().is_empty(), "no WebSocket may be opened");
@@ -460,7 +453,7 @@ fn agent_untrusted_cert_gets_503() {
         .sipp("uac_expect_503.xml")
         .timeout("15s")
         .run_expect(sbc.sip_port, 0);
-    let call_id = first_call_id(&o);
+    let call_id = o.first_call_id();
     let r = sbc.wait_event("call.refused", &call_id, SECS10);
     assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
     assert!(agent.connections().is_empty(), "no WebSocket may be opened");
@@ -479,7 +472,7 @@ fn srtp_32_only_offer() {
     let agent = env.start_agent(AgentBehaviour::Echo);
     let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
     let o = env.sipp("uac_srtp_32_only.xml").run_expect(sbc.sip_port, 0);
-    let call_id = first_call_id(&o);
+    let call_id = o.first_call_id();
     let ok = o
         .response(200, "1 INVITE")
         .unwrap_or_else(|| panic!("no 200\n{}", o.describe()));
@@ -507,7 +500,7 @@ fn rtp_timeout_sends_bye() {
         .sipp("uac_no_media_wait_bye.xml")
         .timeout("20s")
         .run_expect(sbc.sip_port, 0);
-    let call_id = first_call_id(&o);
+    let call_id = o.first_call_id();
     let end = sbc.wait_event("call.end", &call_id, SECS10);
     assert_eq!(end["end_reason"], "rtp_timeout", "call.end: {end}");
     let d = end["duration_ms"].as_u64().unwrap_or(0);
@@ -531,7 +524,7 @@ fn agent_mtls_with_client_cert() {
     let o = env
         .sipp("uac_tls_srtp_pattern.xml")
         .run_expect(sbc.sip_port, 0);
-    let call_id = first_call_id(&o);
+    let call_id = o.first_call_id();
     let end = sbc.wait_event("call.end", &call_id, SECS10);
     assert_eq!(end["agent"]["mtls"], true, "call.end: {end}");
 }
@@ -546,7 +539,7 @@ fn agent_mtls_without_client_cert_gets_503() {
         .sipp("uac_expect_503.xml")
         .timeout("15s")
         .run_expect(sbc.sip_port, 0);
-    let call_id = first_call_id(&o);
+    let call_id = o.first_call_id();
     let r = sbc.wait_event("call.refused", &call_id, SECS10);
     assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
 }
@@ -558,24 +551,7 @@ fn second_call_refused(opts_change: impl FnOnce(&mut SbcOptions)) {
     let mut opts = SbcOptions::builtin_echo();
     opts_change(&mut opts);
     let sbc = env.start_sbc(opts);
-    let port = sbc.sip_port;
-    std::thread::scope(|s| {
-        let first = env.sipp("uac_tls_srtp_pattern.xml");
-        let second = env.sipp("uac_expect_503.xml").timeout("10s");
-        let bg = s.spawn(move || first.run(port));
-        sbc.wait_audit(SECS10, |v| v["event"] == "call.start");
-        let o = second.run_expect(port, 0);
-        let call_id = first_call_id(&o);
-        let r = sbc.wait_event("call.refused", &call_id, SECS10);
-        assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
-        let o = bg.join().expect("first call");
-        assert_eq!(
-            o.code,
-            0,
-            "the first call must be unaffected\n{}",
-            o.describe()
-        );
-    });
+    interop_tests::second_call_refused(&env, &sbc);
 }
 
 #[test]
@@ -598,7 +574,7 @@ fn sip_over_tls12() {
         .arg("-tls_version")
         .arg("1.2")
         .run_expect(sbc.sip_port, 0);
-    let call_id = first_call_id(&o);
+    let call_id = o.first_call_id();
     let end = sbc.wait_event("call.end", &call_id, SECS10);
     assert_eq!(end["sip_tls"]["version"], "TLSv1_2", "call.end: {end}");
 }
@@ -635,7 +611,7 @@ fn sigterm_drains_calls() {
     sbc.signal_term();
     std::thread::sleep(Duration::from_millis(300));
     let o = second.run_expect(port, 0);
-    let refused_id = first_call_id(&o);
+    let refused_id = o.first_call_id();
     let r = sbc.wait_event("call.refused", &refused_id, SECS10);
     assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
     let o1 = bg.join().expect("first call");
@@ -646,7 +622,7 @@ fn sigterm_drains_calls() {
         o1.describe()
     );
     o1.rtp_check().assert_clean(&o1);
-    let end = sbc.wait_event("call.end", &first_call_id(&o1), SECS10);
+    let end = sbc.wait_event("call.end", &o1.first_call_id(), SECS10);
     assert_eq!(end["end_reason"], "carrier_bye", "call.end: {end}");
     let st = sbc
         .wait_exit(Duration::from_secs(10))
@@ -671,7 +647,7 @@ fn sigterm_drain_timeout_hangs_up() {
     let o = bg.join().expect("sipp");
     assert_eq!(o.code, 0, "SIPp must get sbc's BYE\n{}", o.describe());
     o.rtp_check().assert_clean(&o);
-    let end = sbc.wait_event("call.end", &first_call_id(&o), SECS10);
+    let end = sbc.wait_event("call.end", &o.first_call_id(), SECS10);
     assert_eq!(end["end_reason"], "shutdown", "call.end: {end}");
     let st = sbc
         .wait_exit(Duration::from_secs(10))
@@ -770,7 +746,7 @@ fn forged_rtp_is_not_relayed() {
     }
     let n = conns[0].media.len();
     assert!((100..=175).contains(&n), "agent got {n} media frames");
-    let end = sbc.wait_event("call.end", &first_call_id(&o), SECS10);
+    let end = sbc.wait_event("call.end", &o.first_call_id(), SECS10);
     assert_eq!(end["end_reason"], "carrier_bye", "call.end: {end}");
 }
 
@@ -795,7 +771,7 @@ fn malformed_agent_messages_are_ignored() {
     });
     assert_eq!(o.code, 0, "{}", o.describe());
     o.rtp_check().assert_clean(&o);
-    let end = sbc.wait_event("call.end", &first_call_id(&o), SECS10);
+    let end = sbc.wait_event("call.end", &o.first_call_id(), SECS10);
     assert_eq!(end["end_reason"], "carrier_bye", "call.end: {end}");
     assert!(
         end["media"]["agent_malformed"].as_u64().unwrap_or(0) >= 2,
@@ -820,7 +796,7 @@ fn reinvite_refresh_keeps_media() {
         "no 200 for the re-INVITE\n{}",
         o.describe()
     );
-    let end = sbc.wait_event("call.end", &first_call_id(&o), SECS10);
+    let end = sbc.wait_event("call.end", &o.first_call_id(), SECS10);
     assert_eq!(end["end_reason"], "carrier_bye", "call.end: {end}");
     assert_eq!(end["media"]["auth_failures"], 0, "call.end: {end}");
     assert_eq!(wait_closed(&agent, 1).len(), 1, "one agent stream");

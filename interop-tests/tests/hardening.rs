@@ -12,13 +12,6 @@ use serde_json::Value;
 const SECS10: Duration = Duration::from_secs(10);
 const SECS20: Duration = Duration::from_secs(20);
 
-fn first_call_id(o: &interop_tests::SippOutcome) -> String {
-    o.call_ids()
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| panic!("no Call-ID in SIPp's log\n{}", o.describe()))
-}
-
 /// The value of `sbc_calls_active` in sbc's metrics (0 when absent).
 fn calls_active(sbc: &SbcProcess) -> f64 {
     sbc.metrics()
@@ -143,19 +136,22 @@ fn carrier_connection_drop_keeps_call_and_later_bye_on_new_connection_ends_it() 
     drop(media);
 }
 
-/// After the carrier's connection is gone, the agent hangs up: sbc sends its BYE on a new TLS
-/// connection to the carrier's Contact, verifying the carrier's certificate against
-/// `tls.client_ca` (here the test CA), and the call ends when the carrier's 200 arrives.
-#[test]
-fn agent_hangup_after_carrier_drop_sends_bye_on_new_verified_connection() {
+/// A call through a test agent whose carrier connection drops; then the agent hangs up, so
+/// that sbc must send its BYE on a new connection to the carrier's Contact, a
+/// [`CarrierListener`] serving `contact_identity`'s certificate. Runs `check` afterwards.
+fn agent_hangs_up_after_carrier_drop(
+    tag: &str,
+    contact_identity: impl FnOnce(&TestEnv) -> &interop_tests::pki::Identity,
+    check: impl FnOnce(&SbcProcess, &CarrierListener, &Dialog),
+) {
     let env = TestEnv::new();
     let agent = env.start_agent(AgentBehaviour::Echo);
-    let carrier = CarrierListener::start(&env.pki.sbc);
+    let carrier = CarrierListener::start(contact_identity(&env));
     let mut opts = SbcOptions::agent(agent.url());
     opts.carrier_ca = true;
     opts.rtp_timeout_secs = 30;
     let sbc = env.start_sbc(opts);
-    let (conn, dialog, media) = place_call(&env, &sbc, carrier.port, "drop2");
+    let (conn, dialog, media) = place_call(&env, &sbc, carrier.port, tag);
     assert!(
         media.wait_received(10, SECS20),
         "no SRTP through the agent before the drop"
@@ -168,74 +164,76 @@ fn agent_hangup_after_carrier_drop_sends_bye_on_new_verified_connection() {
     );
     agent.wait_for("agent connection", SECS10, |c| !c.is_empty());
     agent.close(0);
-    assert!(
-        carrier.wait(SECS20, |l| l.requests.iter().any(|r| r.starts_with("BYE "))),
-        "no BYE reached the carrier's Contact; listener: {:?}\nsbc log:\n{}",
-        carrier.log(),
-        interop_tests::tail(&sbc.log(), 30)
-    );
-    let log = carrier.log();
-    let bye = log
-        .requests
-        .iter()
-        .find(|r| r.starts_with("BYE "))
-        .expect("BYE");
-    assert_eq!(
-        rawcall::header(bye, "Call-ID"),
-        Some(dialog.call_id.as_str())
-    );
-    assert!(
-        bye.starts_with(&format!("BYE sip:carrier@127.0.0.1:{}", carrier.port)),
-        "the BYE goes to the carrier's Contact: {bye}"
-    );
-    assert!(log.handshake_errors.is_empty(), "listener: {log:?}");
-    let end = sbc.wait_event("call.end", &dialog.call_id, SECS20);
-    assert_eq!(end["end_reason"], "agent_hangup", "call.end: {end}");
+    check(&sbc, &carrier, &dialog);
     drop(media);
+}
+
+/// After the carrier's connection is gone, the agent hangs up: sbc sends its BYE on a new TLS
+/// connection to the carrier's Contact, verifying the carrier's certificate against
+/// `tls.client_ca` (here the test CA), and the call ends when the carrier's 200 arrives.
+#[test]
+fn agent_hangup_after_carrier_drop_sends_bye_on_new_verified_connection() {
+    agent_hangs_up_after_carrier_drop(
+        "drop2",
+        |env| &env.pki.sbc,
+        |sbc, carrier, dialog| {
+            assert!(
+                carrier.wait(SECS20, |l| l.requests.iter().any(|r| r.starts_with("BYE "))),
+                "no BYE reached the carrier's Contact; listener: {:?}\nsbc log:\n{}",
+                carrier.log(),
+                interop_tests::tail(&sbc.log(), 30)
+            );
+            let log = carrier.log();
+            let bye = log
+                .requests
+                .iter()
+                .find(|r| r.starts_with("BYE "))
+                .expect("BYE");
+            assert_eq!(
+                rawcall::header(bye, "Call-ID"),
+                Some(dialog.call_id.as_str())
+            );
+            assert!(
+                bye.starts_with(&format!("BYE sip:carrier@127.0.0.1:{}", carrier.port)),
+                "the BYE goes to the carrier's Contact: {bye}"
+            );
+            assert!(log.handshake_errors.is_empty(), "listener: {log:?}");
+            let end = sbc.wait_event("call.end", &dialog.call_id, SECS20);
+            assert_eq!(end["end_reason"], "agent_hangup", "call.end: {end}");
+        },
+    );
 }
 
 /// The same, but the carrier's Contact presents a certificate from a CA sbc does not trust: sbc
 /// must refuse the handshake (no BYE in clear to an impostor), log it, and still end the call.
 #[test]
 fn bye_on_new_connection_refuses_an_untrusted_carrier_certificate() {
-    let env = TestEnv::new();
-    let agent = env.start_agent(AgentBehaviour::Echo);
-    let impostor = CarrierListener::start(&env.pki.untrusted_agent);
-    let mut opts = SbcOptions::agent(agent.url());
-    opts.carrier_ca = true;
-    opts.rtp_timeout_secs = 30;
-    let sbc = env.start_sbc(opts);
-    let (conn, dialog, media) = place_call(&env, &sbc, impostor.port, "drop3");
-    assert!(media.wait_received(10, SECS20), "no SRTP before the drop");
-    let local = conn.local_addr();
-    conn.drop_abruptly();
-    assert!(
-        wait_closed(&sbc, local),
-        "sbc did not notice the dropped connection"
+    agent_hangs_up_after_carrier_drop(
+        "drop3",
+        |env| &env.pki.untrusted_agent,
+        |sbc, impostor, dialog| {
+            assert!(
+                impostor.wait(SECS20, |l| l.tcp_accepts > 0
+                    && !l.handshake_errors.is_empty()),
+                "sbc did not try (and fail) a handshake with the impostor: {:?}",
+                impostor.log()
+            );
+            assert!(
+                wait_log_line(sbc, SECS10, |l| l.contains("cannot reach the carrier")),
+                "sbc must log why the BYE was not delivered:\n{}",
+                interop_tests::tail(&sbc.log(), 20)
+            );
+            let log = impostor.log();
+            assert!(
+                log.requests.is_empty(),
+                "no SIP may reach the impostor: {log:?}"
+            );
+            // The failed connection counts as a 503 for the BYE (RFC 3261 §8.1.3.1): the call
+            // ends without waiting out Timer F (64*T1 = 32 s here, plus the 2 s hard stop).
+            let end = sbc.wait_event("call.end", &dialog.call_id, SECS20);
+            assert_eq!(end["end_reason"], "agent_hangup", "call.end: {end}");
+        },
     );
-    agent.wait_for("agent connection", SECS10, |c| !c.is_empty());
-    agent.close(0);
-    assert!(
-        impostor.wait(SECS20, |l| l.tcp_accepts > 0
-            && !l.handshake_errors.is_empty()),
-        "sbc did not try (and fail) a handshake with the impostor: {:?}",
-        impostor.log()
-    );
-    assert!(
-        wait_log_line(&sbc, SECS10, |l| l.contains("cannot reach the carrier")),
-        "sbc must log why the BYE was not delivered:\n{}",
-        interop_tests::tail(&sbc.log(), 20)
-    );
-    let log = impostor.log();
-    assert!(
-        log.requests.is_empty(),
-        "no SIP may reach the impostor: {log:?}"
-    );
-    // The failed connection counts as a 503 for the BYE (RFC 3261 §8.1.3.1): the call ends
-    // without waiting out Timer F (64*T1 = 32 s here, plus the 2 s hard stop).
-    let end = sbc.wait_event("call.end", &dialog.call_id, SECS20);
-    assert_eq!(end["end_reason"], "agent_hangup", "call.end: {end}");
-    drop(media);
 }
 
 /// A media port range holding one call's RTP/RTCP pair: the second concurrent call gets 503
@@ -247,35 +245,18 @@ fn media_port_range_exhausted_gives_503() {
     let mut opts = SbcOptions::builtin_echo();
     opts.media_ports = Some((env.ports.media_min, env.ports.media_min + 1));
     let sbc = env.start_sbc(opts);
-    let port = sbc.sip_port;
-    std::thread::scope(|s| {
-        let first = env.sipp("uac_tls_srtp_pattern.xml");
-        let second = env.sipp("uac_expect_503.xml").timeout("10s");
-        let bg = s.spawn(move || first.run(port));
-        sbc.wait_audit(SECS20, |v| v["event"] == "call.start");
-        let o = second.run_expect(port, 0);
-        let call_id = first_call_id(&o);
-        let resp = o
-            .response(503, "1 INVITE")
-            .unwrap_or_else(|| panic!("no 503 in SIPp's log\n{}", o.describe()));
-        assert!(
-            resp.lines().any(|l| l.starts_with("Retry-After: ")),
-            "503 without Retry-After:\n{resp}"
-        );
-        let r = sbc.wait_event("call.refused", &call_id, SECS10);
-        assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
-        assert_eq!(
-            r["decision"]["reason"], "media port range exhausted",
-            "call.refused: {r}"
-        );
-        let o = bg.join().expect("first call");
-        assert_eq!(
-            o.code,
-            0,
-            "the first call must be unaffected\n{}",
-            o.describe()
-        );
-    });
+    let (o, r) = interop_tests::second_call_refused(&env, &sbc);
+    let resp = o
+        .response(503, "1 INVITE")
+        .unwrap_or_else(|| panic!("no 503 in SIPp's log\n{}", o.describe()));
+    assert!(
+        resp.lines().any(|l| l.starts_with("Retry-After: ")),
+        "503 without Retry-After:\n{resp}"
+    );
+    assert_eq!(
+        r["decision"]["reason"], "media port range exhausted",
+        "call.refused: {r}"
+    );
     // The pair is back in the pool once the first call ended: a third call works.
     sbc.wait_audit(SECS20, |v| v["event"] == "call.end");
     let o = env
@@ -309,7 +290,7 @@ fn agent_unreachable_gives_503_with_reason() {
         .sipp("uac_expect_503.xml")
         .timeout("15s")
         .run_expect(sbc.sip_port, 0);
-    let reason = refused_reason(&sbc, &first_call_id(&o));
+    let reason = refused_reason(&sbc, &o.first_call_id());
     assert!(
         reason.starts_with("agent tcp:") && reason.to_lowercase().contains("refused"),
         "the reason must say the agent's TCP connect was refused: {reason:?}"
@@ -342,7 +323,7 @@ fn agent_refusing_the_handshake_gives_503_with_reason() {
             .sipp("uac_expect_503.xml")
             .timeout("15s")
             .run_expect(sbc.sip_port, 0);
-        let reason = refused_reason(&sbc, &first_call_id(&o));
+        let reason = refused_reason(&sbc, &o.first_call_id());
         assert!(
             reason.starts_with(prefix) && reason.contains(cause),
             "{behaviour:?}: the reason must say why ({prefix} ... {cause}): {reason:?}"
@@ -364,7 +345,7 @@ fn sigkill_and_restart_leave_no_partial_audit_line() {
     let o = env
         .sipp("uac_tls_srtp_pattern.xml")
         .run_expect(sbc.sip_port, 0);
-    let done = first_call_id(&o);
+    let done = o.first_call_id();
     sbc.wait_event("call.end", &done, SECS10);
     let (_c1, d1, m1) = place_call(&env, &sbc, 5999, "kill1");
     let (_c2, d2, m2) = place_call(&env, &sbc, 5999, "kill2");
@@ -388,7 +369,7 @@ fn sigkill_and_restart_leave_no_partial_audit_line() {
     let o = env
         .sipp("uac_tls_srtp_pattern.xml")
         .run_expect(sbc.sip_port, 0);
-    let after = first_call_id(&o);
+    let after = o.first_call_id();
     sbc.wait_event("call.end", &after, SECS10);
 
     let text = std::fs::read_to_string(&audit_path).expect("read audit");

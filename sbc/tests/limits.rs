@@ -204,50 +204,39 @@ fn header_count_limit_gives_400() {
     assert!(m.starts_with("SIP/2.0 400 Too Many Headers"), "{m}");
 }
 
-#[test]
-fn sdp_size_limit_gives_488_with_warning() {
+/// The INVITE `(media_lines, sdp_len)` of `accepted` gets 200 (then ACK and BYE), the one of
+/// `refused` gets 488 whose Warning contains `why`.
+fn accepted_then_refused(accepted: (usize, usize), refused: (usize, usize), why: &str) {
     let f = start();
-    let (msg, call_id) = invite(f.port, "d1", 1, 1000);
+    let (msg, call_id) = invite(f.port, "a", accepted.0, accepted.1);
     let (r, tls) = exchange(&f, msg.as_bytes());
     assert_eq!(
         status(&r),
         Some(200),
-        "an SDP under 1024 bytes is accepted: {r:?}"
+        "{accepted:?} must be accepted: {r:?}"
     );
     if let (Reply::Final(ok), Some(mut tls)) = (&r, tls) {
         hang_up(&mut tls, ok, f.port, &call_id);
     }
-    let (msg, _) = invite(f.port, "d2", 1, 1100);
+    let (msg, _) = invite(f.port, "r", refused.0, refused.1);
     let (r, _) = exchange(&f, msg.as_bytes());
-    assert_eq!(status(&r), Some(488), "{r:?}");
+    assert_eq!(status(&r), Some(488), "{refused:?} must be refused: {r:?}");
     let Reply::Final(m) = r else { unreachable!() };
     let warning = header(&m, "Warning").unwrap_or_else(|| panic!("488 without Warning:\n{m}"));
     assert!(
-        warning.contains("SDP larger than 1024 bytes"),
-        "the Warning must say why: {warning}"
+        warning.contains(why),
+        "the Warning must say why ({why}): {warning}"
     );
 }
 
+/// An SDP of 1000 bytes is accepted, one of 1100 is over `max_sdp_bytes = 1024`.
+#[test]
+fn sdp_size_limit_gives_488_with_warning() {
+    accepted_then_refused((1, 1000), (1, 1100), "SDP larger than 1024 bytes");
+}
+
+/// Two m= lines (the limit) are accepted, three are not.
 #[test]
 fn media_line_limit_gives_488_with_warning() {
-    let f = start();
-    let (msg, call_id) = invite(f.port, "m1", 2, 0);
-    let (r, tls) = exchange(&f, msg.as_bytes());
-    assert_eq!(
-        status(&r),
-        Some(200),
-        "two m= lines (the limit) are accepted: {r:?}"
-    );
-    if let (Reply::Final(ok), Some(mut tls)) = (&r, tls) {
-        hang_up(&mut tls, ok, f.port, &call_id);
-    }
-    let (msg, _) = invite(f.port, "m2", 3, 0);
-    let (r, _) = exchange(&f, msg.as_bytes());
-    assert_eq!(status(&r), Some(488), "{r:?}");
-    let Reply::Final(m) = r else { unreachable!() };
-    let warning = header(&m, "Warning").unwrap_or_else(|| panic!("488 without Warning:\n{m}"));
-    assert!(
-        warning.contains("too many media lines (3)"),
-        "the Warning must say why: {warning}"
-    );
+    accepted_then_refused((2, 0), (3, 0), "too many media lines (3)");
 }

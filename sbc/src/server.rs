@@ -552,6 +552,12 @@ async fn run_connection<S>(
             buf.clear();
             let n = match tokio::time::timeout(idle, rd.read_buf(&mut buf)).await {
                 Err(_) => {
+                    // A call whose dialog uses this connection holds a handle to it: the
+                    // connection is not idle while such a call lasts, however quiet the
+                    // carrier is (a call without re-INVITEs sends no SIP for its whole length).
+                    if ctx.handle.tx.strong_count() > 1 {
+                        continue;
+                    }
                     debug!("idle timeout: closing");
                     break;
                 }

@@ -2,6 +2,7 @@
 //! the default would accept is refused: SIP message size (413, or the connection closed when
 //! not even the header block fits), header count (400 Too Many Headers), SDP body size and
 //! number of media lines (488 with a Warning saying why). Just under each limit is accepted.
+//! And `idle_timeout_secs`: a quiet connection is closed, but not while a call uses it.
 
 mod common;
 
@@ -19,11 +20,15 @@ struct Fixture {
 }
 
 fn start() -> Fixture {
+    start_with(LIMITS)
+}
+
+fn start_with(limits: &str) -> Fixture {
     let pki = Pki::new();
     let port = free_port();
     let media = 44600;
-    let cfg = config(port, media, "\"127.0.0.0/8\"").replace("[limits]\n", LIMITS);
-    assert!(cfg.contains("max_media_lines = 2"), "{cfg}");
+    let cfg = config(port, media, "\"127.0.0.0/8\"").replace("[limits]\n", limits);
+    assert!(cfg.contains(limits), "{cfg}");
     let path = pki.path("sbc.toml");
     std::fs::write(&path, cfg).unwrap();
     let sbc = Sbc::start(&path, pki.path("sbc.stderr"));
@@ -239,4 +244,79 @@ fn sdp_size_limit_gives_488_with_warning() {
 #[test]
 fn media_line_limit_gives_488_with_warning() {
     accepted_then_refused((2, 0), (3, 0), "too many media lines (3)");
+}
+
+/// Reads from `tls` until `timeout`: true when the peer closed the connection (end of stream or
+/// reset), false when it stayed open and silent.
+fn closed_within(
+    tls: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    timeout: Duration,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 4096];
+    tls.sock
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    while Instant::now() < deadline {
+        match tls.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// `idle_timeout_secs = 1`: a connection carrying an answered call stays open although the
+/// carrier sends nothing for several times the timeout (the BYE then still works on it); once
+/// the call ended, the quiet connection is closed. An OPTIONS-only connection is closed too.
+#[test]
+fn idle_timeout_spares_connections_with_calls() {
+    let f = start_with("[limits]\nidle_timeout_secs = 1\n");
+    let (msg, call_id) = invite(f.port, "idle", 1, 0);
+    let (r, tls) = exchange(&f, msg.as_bytes());
+    let (Reply::Final(ok), Some(mut tls)) = (r, tls) else {
+        panic!("no 200 for the INVITE");
+    };
+    assert_eq!(status(&Reply::Final(ok.clone())), Some(200), "{ok}");
+    let to = header(&ok, "To").expect("To").to_string();
+    let from = header(&ok, "From").expect("From").to_string();
+    let request = |method: &str, cseq: u32| {
+        format!(
+            "{method} sip:+15550002222@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKi{cseq}\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            port = f.port
+        )
+    };
+    tls.write_all(request("ACK", 1).as_bytes()).unwrap();
+    // Quiet for four times the idle timeout: a load can only make this wait longer.
+    assert!(
+        !closed_within(&mut tls, Duration::from_secs(4)),
+        "sbc closed the connection of an active call as idle"
+    );
+    tls.write_all(request("BYE", 2).as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while message_end(&got).is_none() && Instant::now() < deadline {
+        match tls.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("SIP/2.0 200") && text.contains("2 BYE"),
+        "the BYE on the kept connection must get 200: {text:?}"
+    );
+    assert!(
+        closed_within(&mut tls, Duration::from_secs(20)),
+        "after the call, the quiet connection must be closed"
+    );
+    // No call at all: closed as well.
+    let mut plain = connect(&f.pki, f.port).expect("TLS connect");
+    assert!(closed_within(&mut plain, Duration::from_secs(20)));
 }

@@ -565,6 +565,8 @@ impl Call {
         let mut rtp_buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 2048];
         let mut stopped = false;
+        // When our Close was sent to the agent: wait for its Close until then.
+        let mut ws_close_by: Option<Instant> = None;
         let mut last_stats = srtp_bridge::BridgeStats::default();
         let hard_stop_after = self.shared.uas.t1 * 64 + Duration::from_secs(2);
         let mut hard_stop: Option<Instant> = None;
@@ -622,7 +624,15 @@ impl Call {
                     }
                     CallEvent::Terminated => {
                         self.set_end("error", Some("dialog terminated".into()));
-                        hard_stop = Some(now);
+                        // Nothing more to do for SIP; leave the agent the time to answer our
+                        // WebSocket Close (the loop ends as soon as it did).
+                        let by = now
+                            + if ws_rx.is_some() {
+                                WS_CLOSE_WAIT
+                            } else {
+                                Duration::ZERO
+                            };
+                        hard_stop = Some(hard_stop.map_or(by, |h| h.min(by)));
                     }
                     #[allow(unreachable_patterns)]
                     other => debug!(event = ?other, "SIP event ignored"),
@@ -676,7 +686,10 @@ impl Call {
                 if let Some(mut tx) = ws_tx.take() {
                     let _ = tx.send(Message::Close(None)).await;
                     let _ = tx.close().await;
-                    ws_rx = None;
+                    // RFC 6455 §7.1.1: the client waits for the server's Close and for the
+                    // server to close TCP, rather than closing first (which made the agent's
+                    // reply fail with a broken pipe); bounded by WS_CLOSE_WAIT.
+                    ws_close_by = Some(Instant::now() + WS_CLOSE_WAIT);
                 }
             }
             if agent_closed && self.end_reason.is_none() {
@@ -686,7 +699,8 @@ impl Call {
                 continue;
             }
             self.report_stats(&bridge, &mut last_stats);
-            if self.uas.state() == CallState::Terminated && stopped {
+            let agent_done = ws_rx.is_none() || ws_close_by.is_some_and(|d| Instant::now() >= d);
+            if self.uas.state() == CallState::Terminated && stopped && agent_done {
                 break;
             }
             if hard_stop.is_some_and(|h| Instant::now() >= h) {
@@ -694,10 +708,15 @@ impl Call {
             }
 
             // 2. Wait for the next input.
-            let deadline = [self.uas.poll_timeout(), bridge.poll_timeout(), hard_stop]
-                .into_iter()
-                .flatten()
-                .min();
+            let deadline = [
+                self.uas.poll_timeout(),
+                bridge.poll_timeout(),
+                hard_stop,
+                ws_close_by,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             tokio::select! {
                 input = self.rx.recv() => match input {
                     Some(i) => self.on_input(i),
@@ -719,7 +738,8 @@ impl Call {
                     Err(e) => trace!(error = %e, "RTCP recv error"),
                 },
                 msg = next_ws(&mut ws_rx) => match msg {
-                    Some(Ok(Message::Text(t))) => {
+                    // After `stop` the agent's late media is dropped; only its Close matters.
+                    Some(Ok(Message::Text(t))) if !stopped => {
                         let now = Instant::now();
                         agent_in = Some(now);
                         bridge.handle_agent_text(now, t.as_str());
@@ -863,6 +883,9 @@ fn media_params(n: &sdp::Negotiated) -> MediaParams {
         direction: n.direction,
     }
 }
+
+/// How long a call waits for the agent's Close after sending its own.
+const WS_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 fn end_reason_for(cause: HangupCause) -> &'static str {
     match cause {

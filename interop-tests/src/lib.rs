@@ -5,6 +5,9 @@
 //! [`TestEnv::start_agent`], and drives calls with SIPp 3.8 (TLS + SRTP) through [`Sipp`].
 
 pub mod agent;
+pub mod audio;
+pub mod baresip;
+pub mod carrier;
 pub mod pki;
 pub mod ports;
 pub mod sbc;

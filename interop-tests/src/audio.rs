@@ -149,7 +149,14 @@ pub struct EnvelopeMatch {
 impl EnvelopeMatch {
     /// True when every compared block matches and at least `min_blocks` were compared.
     pub fn ok(&self, min_blocks: usize) -> bool {
-        self.bad_blocks.is_empty() && self.blocks >= min_blocks
+        self.ok_within(min_blocks, 0)
+    }
+
+    /// True when at least `min_blocks` were compared and at most one in `1 / max_bad_share`
+    /// did not match (a jitter buffer on a loaded machine may conceal a lost or late packet
+    /// with silence, which takes a 100 ms block to 80% of its RMS).
+    pub fn ok_within(&self, min_blocks: usize, max_bad_share: f64) -> bool {
+        self.blocks >= min_blocks && self.bad_blocks.len() as f64 <= max_bad_share * self.blocks as f64
     }
 }
 

@@ -149,7 +149,7 @@ pub struct EnvelopeMatch {
 impl EnvelopeMatch {
     /// True when every compared block matches and at least `min_blocks` were compared.
     pub fn ok(&self, min_blocks: usize) -> bool {
-        self.ok_within(min_blocks, 0)
+        self.ok_within(min_blocks, 0.0)
     }
 
     /// True when at least `min_blocks` were compared and at most one in `1 / max_bad_share`

@@ -57,6 +57,7 @@ pub struct TestCarrier {
     /// Timestamp of the next audio frame.
     ts: u32,
     ssrc: u32,
+    te_pt: u8,
     received: Arc<Mutex<Received>>,
     stop: Arc<AtomicBool>,
     rx_thread: Option<std::thread::JoinHandle<()>>,
@@ -97,6 +98,17 @@ impl TestCarrier {
     /// Calls `number` at sbc (`127.0.0.1:sbc_port`) offering RTP/SAVP with `codec_pt`
     /// (0 PCMU or 8 PCMA) and telephone-event 101, waits for the 200 OK and sends the ACK.
     pub fn call(env: &TestEnv, sbc_port: u16, number: &str, codec_pt: u8) -> TestCarrier {
+        TestCarrier::call_with(env, sbc_port, number, codec_pt, 101)
+    }
+
+    /// [`TestCarrier::call`] with telephone-event on payload type `te_pt`.
+    pub fn call_with(
+        env: &TestEnv,
+        sbc_port: u16,
+        number: &str,
+        codec_pt: u8,
+        te_pt: u8,
+    ) -> TestCarrier {
         let timeout = Duration::from_secs(10);
         let tls = connect(&env.pki, sbc_port, timeout).expect("TLS to sbc");
         let local_sip_port = tls.sock.local_addr().expect("local addr").port();
@@ -107,10 +119,10 @@ impl TestCarrier {
         let codec = if codec_pt == 8 { "PCMA" } else { "PCMU" };
         let sdp = format!(
             "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-             m=audio {rtp_port} RTP/SAVP {codec_pt} 101\r\n\
+             m=audio {rtp_port} RTP/SAVP {codec_pt} {te_pt}\r\n\
              a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{inline}\r\n\
-             a=rtpmap:{codec_pt} {codec}/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
-             a=fmtp:101 0-15\r\na=ptime:20\r\na=sendrecv\r\n"
+             a=rtpmap:{codec_pt} {codec}/8000\r\na=rtpmap:{te_pt} telephone-event/8000\r\n\
+             a=fmtp:{te_pt} 0-15\r\na=ptime:20\r\na=sendrecv\r\n"
         );
         let [a, b, c, d]: [u8; 4] = random_bytes();
         let call_id = format!("rust-carrier-{:02x}{:02x}{:02x}{:02x}@127.0.0.1", a, b, c, d);
@@ -152,6 +164,7 @@ impl TestCarrier {
             seq: u16::from_be_bytes(random_bytes()) & 0x7fff,
             ts: u32::from_be_bytes(random_bytes()),
             ssrc,
+            te_pt,
             received: Arc::default(),
             stop: Arc::default(),
             rx_thread: None,
@@ -348,7 +361,8 @@ impl TestCarrier {
             ];
             let repeats = if end { 3 } else { 1 };
             for _ in 0..repeats {
-                self.send_rtp(i == 1, 101, start_ts, &payload);
+                let pt = self.te_pt;
+                self.send_rtp(i == 1, pt, start_ts, &payload);
             }
         }
         self.ts = start_ts.wrapping_add(steps * 160);

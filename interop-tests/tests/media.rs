@@ -90,6 +90,11 @@ fn baresip_call_audio_reaches_agent_and_echo_returns() {
         end["media"]["rtp_in"].as_u64().unwrap_or(0) >= 130,
         "call.end: {end}"
     );
+    // baresip (libre) sends a 16-byte RTCP APP in the clear at call start: not SRTCP at all.
+    assert!(
+        end["media"]["carrier_malformed"].as_u64().is_some(),
+        "call.end must count malformed carrier packets: {end}"
+    );
     // baresip (libre) sends one RTCP BYE in the clear as it hangs up (after its SRTP is gone);
     // when it arrives before sbc has processed the SIP BYE it counts as one failure.
     assert!(
@@ -147,6 +152,8 @@ fn wrong_srtp_key_counts_auth_failures_and_relays_nothing() {
         "SIPp sent {sent} packets, sbc counted {failures} auth failures: {end}"
     );
     assert_eq!(end["media"]["rtp_in"], 0, "call.end: {end}");
+    // Well-formed SRTP with the wrong key: auth failures, not malformed packets.
+    assert_eq!(end["media"]["carrier_malformed"], 0, "call.end: {end}");
     assert_eq!(end["media"]["agent_media_out"], 0, "call.end: {end}");
     let conns = wait_closed(&agent, 1);
     assert_eq!(conns[0].media.len(), 0, "the agent must get no media");

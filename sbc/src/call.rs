@@ -742,6 +742,7 @@ impl Call {
             agent_media_in: stats.agent_media_in,
             agent_media_out: stats.agent_media_out,
             agent_malformed: stats.agent_malformed,
+            carrier_malformed: stats.carrier_malformed,
         };
         self.record.ended_at = Some(crate::audit::now_rfc3339());
         self.record.duration_ms = Some(answered.elapsed().as_millis() as u64);

@@ -156,7 +156,8 @@ impl EnvelopeMatch {
     /// did not match (a jitter buffer on a loaded machine may conceal a lost or late packet
     /// with silence, which takes a 100 ms block to 80% of its RMS).
     pub fn ok_within(&self, min_blocks: usize, max_bad_share: f64) -> bool {
-        self.blocks >= min_blocks && self.bad_blocks.len() as f64 <= max_bad_share * self.blocks as f64
+        self.blocks >= min_blocks
+            && self.bad_blocks.len() as f64 <= max_bad_share * self.blocks as f64
     }
 }
 

@@ -125,7 +125,10 @@ impl TestCarrier {
              a=fmtp:{te_pt} 0-15\r\na=ptime:20\r\na=sendrecv\r\n"
         );
         let [a, b, c, d]: [u8; 4] = random_bytes();
-        let call_id = format!("rust-carrier-{:02x}{:02x}{:02x}{:02x}@127.0.0.1", a, b, c, d);
+        let call_id = format!(
+            "rust-carrier-{:02x}{:02x}{:02x}{:02x}@127.0.0.1",
+            a, b, c, d
+        );
         let from_tag = format!("rc{:02x}{:02x}", a, b);
         let invite = format!(
             "INVITE sip:{number}@127.0.0.1:{sbc_port};transport=tls SIP/2.0\r\n\

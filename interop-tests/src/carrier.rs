@@ -320,11 +320,16 @@ impl TestCarrier {
         }));
     }
 
-    fn send_rtp(&mut self, marker: bool, pt: u8, ts: u32, payload: &[u8]) {
+    /// The next RTP packet (sequence number +1), SRTP-protected.
+    fn protect(&mut self, marker: bool, pt: u8, ts: u32, payload: &[u8]) -> Vec<u8> {
         let p = rtp_packet(marker, pt, self.seq, ts, self.ssrc, payload);
         self.seq = self.seq.wrapping_add(1);
-        let srtp = self.tx.encrypt_rtp(&p).expect("SRTP protect");
-        self.sock.send_to(&srtp, self.remote_rtp).expect("send RTP");
+        self.tx.encrypt_rtp(&p).expect("SRTP protect").to_vec()
+    }
+
+    fn send_rtp(&mut self, marker: bool, pt: u8, ts: u32, payload: &[u8]) {
+        let d = self.protect(marker, pt, ts, payload);
+        self.send_datagram(&d);
     }
 
     /// Sends `frames` 20 ms audio frames of `pt`, paced in real time (the tick schedule is
@@ -346,9 +351,23 @@ impl TestCarrier {
     /// timestamp, the first with the marker bit, durations growing by 160, then the end
     /// packet three times (§2.5.1.4). Afterwards audio continues at start + duration.
     pub fn send_dtmf(&mut self, event: u8, duration_ms: u32) {
+        self.send_dtmf_with(event, duration_ms, None, false);
+    }
+
+    /// [`TestCarrier::send_dtmf`], sending the datagram `inject` right after the event's second
+    /// packet, and with `hold_last_end` keeping the third end packet back: it is returned
+    /// (already protected) for the test to send late, out of order.
+    pub fn send_dtmf_with(
+        &mut self,
+        event: u8,
+        duration_ms: u32,
+        inject: Option<&[u8]>,
+        hold_last_end: bool,
+    ) -> Option<Vec<u8>> {
         let start_ts = self.ts;
         let steps = (duration_ms / 20).max(2);
         let t0 = Instant::now();
+        let mut held = None;
         for i in 1..=steps {
             let due = t0 + Duration::from_millis(20 * u64::from(i - 1));
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -363,12 +382,28 @@ impl TestCarrier {
                 duration as u8,
             ];
             let repeats = if end { 3 } else { 1 };
-            for _ in 0..repeats {
+            for r in 0..repeats {
                 let pt = self.te_pt;
-                self.send_rtp(i == 1, pt, start_ts, &payload);
+                let pkt = self.protect(i == 1, pt, start_ts, &payload);
+                if end && hold_last_end && r == repeats - 1 {
+                    held = Some(pkt);
+                } else {
+                    self.send_datagram(&pkt);
+                }
+            }
+            if i == 2 {
+                if let Some(d) = inject {
+                    self.send_datagram(d);
+                }
             }
         }
         self.ts = start_ts.wrapping_add(steps * 160);
+        held
+    }
+
+    /// Sends an already protected datagram to sbc's RTP port.
+    pub fn send_datagram(&self, d: &[u8]) {
+        self.sock.send_to(d, self.remote_rtp).expect("send RTP");
     }
 
     /// A snapshot of what arrived from sbc so far.

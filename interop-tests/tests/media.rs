@@ -191,8 +191,8 @@ fn wrong_srtp_key_counts_auth_failures_and_relays_nothing() {
 }
 
 /// RFC 4733 telephone-events over SRTP from the carrier reach the agent as one Twilio `dtmf`
-/// message per digit (the three end packets de-duplicated); a `dtmf` from the agent reaches the
-/// carrier as one RFC 4733 event over SRTP.
+/// message per digit (the three end packets de-duplicated, also when one arrives late, during
+/// the next digit); a `dtmf` from the agent reaches the carrier as one RFC 4733 event over SRTP.
 #[test]
 fn rfc4733_dtmf_both_ways() {
     let env = TestEnv::new();
@@ -204,10 +204,14 @@ fn rfc4733_dtmf_both_ways() {
     agent.wait_for("start", SECS10, |c| {
         c.first().is_some_and(|c| c.first("start").is_some())
     });
-    for event in [1u8, 5, 11] {
-        carrier.send_dtmf(event, 100);
-        carrier.send_audio(0, &quiet);
-    }
+    // 1: its third end packet is held back and arrives in the middle of 5 (reordered by the
+    // network: it must not end 5 early nor count 1 twice); then 5 and # in order.
+    let late_end = carrier.send_dtmf_with(1, 100, None, true);
+    carrier.send_audio(0, &quiet);
+    carrier.send_dtmf_with(5, 100, late_end.as_deref(), false);
+    carrier.send_audio(0, &quiet);
+    carrier.send_dtmf(11, 100);
+    carrier.send_audio(0, &quiet);
     // The agent presses 7 for 200 ms.
     let sid = agent.connections()[0].stream_sid().unwrap_or_default();
     agent.send_json(

@@ -879,3 +879,38 @@ fn mark_waits_for_playout_and_clear_flushes() {
         assert_eq!(o.code, 0, "{}", o.describe());
     });
 }
+
+/// An agent that is still sending when the carrier hangs up gets `stop` and sbc's Close: sbc
+/// waits for the agent's Close before dropping the connection (dropping it with unread data
+/// sends an RST, and the agent's next write fails before it has read `stop`).
+#[test]
+fn agent_sending_at_hangup_still_gets_stop() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::EchoAndStream(Duration::from_millis(2)));
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let o = env.sipp("uac_tls_srtp_pattern.xml").run(sbc.sip_port);
+    // The agent's extra audio is mixed into the echo, so SIPp's echo check may fail (253); the
+    // call itself must complete.
+    assert!(
+        (o.code == 0 || o.code == 253) && o.response(200, "2 BYE").is_some(),
+        "{}",
+        o.describe()
+    );
+    let conns = wait_closed(&agent, 1);
+    let c = &conns[0];
+    let events: Vec<String> = c.events().into_iter().filter(|e| e != "media").collect();
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("stop"),
+        "the agent must get stop; events without media: {events:?}, error: {:?}",
+        c.error
+    );
+    assert!(
+        c.close_frame_received,
+        "the agent must get sbc's Close frame (error: {:?})",
+        c.error
+    );
+    assert!(c.error.is_none(), "agent connection error: {:?}", c.error);
+    let end = sbc.wait_event("call.end", &first_call_id(&o), SECS10);
+    assert_eq!(end["end_reason"], "carrier_bye", "call.end: {end}");
+}

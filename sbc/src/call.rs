@@ -555,6 +555,8 @@ impl Call {
         // Arrival times for the latency histograms (packet in to frame out, both ways).
         let mut carrier_in: Option<Instant> = None;
         let mut agent_in: Option<Instant> = None;
+        // The agent's half of the WebSocket after our Close: drained once the call is over.
+        let mut closing_rx: Option<WsRx> = None;
 
         loop {
             // 1. Act on what the cores produced.
@@ -660,7 +662,7 @@ impl Call {
                 if let Some(mut tx) = ws_tx.take() {
                     let _ = tx.send(Message::Close(None)).await;
                     let _ = tx.close().await;
-                    ws_rx = None;
+                    closing_rx = ws_rx.take();
                 }
             }
             if agent_closed && self.end_reason.is_none() {
@@ -756,6 +758,9 @@ impl Call {
             "call ended"
         );
         self.shared.audit.write("call.end", &self.record);
+        if let Some(rx) = closing_rx {
+            drain_agent(rx).await;
+        }
     }
 
     /// Pushes counter deltas to Prometheus.
@@ -824,6 +829,31 @@ async fn next_ws(
     match rx {
         Some(rx) => rx.next().await,
         None => std::future::pending().await,
+    }
+}
+
+/// How long sbc waits for the agent's Close after sending its own.
+const AGENT_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Reads (and discards) what the agent still sends after our Close frame, until its Close, the
+/// end of the stream or [`AGENT_CLOSE_WAIT`] (RFC 6455 §7.1.1: close the TCP connection after the
+/// closing handshake). Dropping a socket with unread data makes the kernel send an RST instead of
+/// a FIN; an agent that is still echoing audio then fails its next write and may never read the
+/// `stop` and Close that were already on their way (seen with the test agent under load).
+async fn drain_agent(mut rx: WsRx) {
+    let drained = tokio::time::timeout(AGENT_CLOSE_WAIT, async {
+        let mut frames = 0u32;
+        loop {
+            match rx.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return frames,
+                Some(Ok(_)) => frames += 1,
+            }
+        }
+    })
+    .await;
+    match drained {
+        Ok(frames) => trace!(frames, "agent WebSocket closed"),
+        Err(_) => debug!("agent did not answer our WebSocket Close in time"),
     }
 }
 

@@ -218,7 +218,20 @@ fn rfc4733_dtmf_both_ways() {
         0,
         json!({"event": "dtmf", "streamSid": sid, "dtmf": {"digit": "7", "duration": 200}}),
     );
-    carrier.send_audio(0, &[[0xFF; 160]; 30]);
+    // Keep the call going (audio every 20 ms) until sbc's event has ended (three end packets),
+    // at most 5 s: a loaded machine may deliver the agent's message late.
+    for _ in 0..50 {
+        carrier.send_audio(0, &[[0xFF; 160]; 5]);
+        let ends = carrier
+            .received()
+            .rtp
+            .iter()
+            .filter(|p| p.payload_type == 101 && p.payload.get(1).is_some_and(|b| b & 0x80 != 0))
+            .count();
+        if ends >= 3 {
+            break;
+        }
+    }
     let bye = carrier.hang_up();
     assert!(bye.starts_with("SIP/2.0 200"), "BYE answered with:\n{bye}");
     let conns = wait_closed(&agent, 1);

@@ -131,6 +131,23 @@ impl Default for TestEnv {
     }
 }
 
+/// The first Call-ID in SIPp's messages log (panics with SIPp's output when there is none).
+pub fn first_call_id(o: &SippOutcome) -> String {
+    o.call_ids()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no Call-ID in SIPp's messages log\n{}", o.describe()))
+}
+
+/// Waits (10 s) until the agent has `n` connections that all ended.
+pub fn wait_closed(agent: &TestAgent, n: usize) -> Vec<AgentConn> {
+    agent.wait_for(
+        &format!("{n} connection(s), all closed"),
+        std::time::Duration::from_secs(10),
+        |c| c.len() >= n && c.iter().all(|c| c.closed.is_some()),
+    )
+}
+
 /// `interop-tests/scenarios/<name>`.
 pub fn scenario_path(name: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))

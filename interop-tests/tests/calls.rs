@@ -3,25 +3,12 @@
 use std::time::Duration;
 
 use interop_tests::{
-    inline_keys, AgentBehaviour, AgentConn, SbcOptions, SbcProcess, SippOutcome, TestAgent, TestEnv,
+    first_call_id, inline_keys, wait_closed, AgentBehaviour, AgentConn, SbcOptions, SbcProcess,
+    SippOutcome, TestAgent, TestEnv,
 };
 use serde_json::Value;
 
 const SECS10: Duration = Duration::from_secs(10);
-
-fn first_call_id(o: &SippOutcome) -> String {
-    o.call_ids()
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| panic!("no Call-ID in SIPp's messages log\n{}", o.describe()))
-}
-
-/// Waits until the agent has `n` connections that all ended.
-fn wait_closed(agent: &TestAgent, n: usize) -> Vec<AgentConn> {
-    agent.wait_for(&format!("{n} connection(s), all closed"), SECS10, |c| {
-        c.len() >= n && c.iter().all(|c| c.closed.is_some())
-    })
-}
 
 /// The checks of the Twilio Media Streams stream of one basic 3 s call with SIPp's pattern.
 fn check_basic_stream(c: &AgentConn) {

@@ -8,23 +8,10 @@ use interop_tests::audio::{
 };
 use interop_tests::baresip::Baresip;
 use interop_tests::carrier::TestCarrier;
-use interop_tests::{AgentBehaviour, AgentConn, SbcOptions, SippOutcome, TestAgent, TestEnv};
+use interop_tests::{first_call_id, wait_closed, AgentBehaviour, AgentConn, SbcOptions, TestEnv};
 use serde_json::{json, Value};
 
 const SECS10: Duration = Duration::from_secs(10);
-
-fn first_call_id(o: &SippOutcome) -> String {
-    o.call_ids()
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| panic!("no Call-ID in SIPp's messages log\n{}", o.describe()))
-}
-
-fn wait_closed(agent: &TestAgent, n: usize) -> Vec<AgentConn> {
-    agent.wait_for(&format!("{n} connection(s), all closed"), SECS10, |c| {
-        c.len() >= n && c.iter().all(|c| c.closed.is_some())
-    })
-}
 
 /// The agent's inbound audio as linear samples (every frame must be 160 bytes).
 fn agent_audio(c: &AgentConn) -> Vec<i16> {

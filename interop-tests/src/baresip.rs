@@ -15,21 +15,12 @@ use crate::{tail, TestEnv};
 
 /// The `baresip` binary: `$BARESIP`, else the first `baresip` on `PATH`.
 pub fn baresip_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("BARESIP") {
-        return PathBuf::from(p);
-    }
-    std::env::var_os("PATH")
-        .and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|d| d.join("baresip"))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "baresip not found (set BARESIP or put baresip on PATH): install it with \
-                 scripts/install-test-deps (Debian: apt-get install --no-install-recommends baresip-core)"
-            )
-        })
+    crate::binary_from_env_or_path("BARESIP", "baresip").unwrap_or_else(|| {
+        panic!(
+            "baresip not found (set BARESIP or put baresip on PATH): install it with \
+             scripts/install-test-deps (Debian: apt-get install --no-install-recommends baresip-core)"
+        )
+    })
 }
 
 /// One finished baresip run.
@@ -49,15 +40,7 @@ impl BaresipRun {
     /// The `dump-*-<suffix>.wav` baresip's sndfile module wrote (`dec`: heard, `enc`: sent).
     pub fn dump(&self, suffix: &str) -> Option<PathBuf> {
         let want = format!("-{suffix}.wav");
-        std::fs::read_dir(&self.dir)
-            .ok()?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("dump-") && n.ends_with(&want))
-            })
+        crate::find_file(&self.dir, |n| n.starts_with("dump-") && n.ends_with(&want))
     }
 
     /// A failure message: where the files are and the log's tail.

@@ -83,6 +83,18 @@ fn rtp_packet(marker: bool, pt: u8, seq: u16, ts: u32, ssrc: u32, payload: &[u8]
     p
 }
 
+/// An `AES_CM_128_HMAC_SHA1_80` context from a 30-byte SDES key||salt (RFC 4568 §6.1).
+fn srtp_context(key_salt: &[u8]) -> Context {
+    Context::new(
+        &key_salt[..16],
+        &key_salt[16..],
+        ProtectionProfile::Aes128CmHmacSha1_80,
+        None,
+        None,
+    )
+    .expect("SRTP context")
+}
+
 fn header_value<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
     msg.split("\r\n\r\n").next()?.lines().find_map(|l| {
         let (n, v) = l.split_once(':')?;
@@ -144,14 +156,7 @@ impl TestCarrier {
             sdp.len()
         );
         let ssrc = u32::from_be_bytes(random_bytes());
-        let tx = Context::new(
-            &key[..16],
-            &key[16..],
-            ProtectionProfile::Aes128CmHmacSha1_80,
-            None,
-            None,
-        )
-        .expect("SRTP tx context");
+        let tx = srtp_context(&key);
         let mut c = TestCarrier {
             tls,
             buf: Vec::new(),
@@ -204,14 +209,7 @@ impl TestCarrier {
             .decode(answer_key)
             .expect("answer key base64");
         assert_eq!(answer_key.len(), 30, "answer key length");
-        let rx = Context::new(
-            &answer_key[..16],
-            &answer_key[16..],
-            ProtectionProfile::Aes128CmHmacSha1_80,
-            None,
-            None,
-        )
-        .expect("SRTP rx context");
+        let rx = srtp_context(&answer_key);
         c.answer = answer;
         let ack = c.in_dialog("ACK", 1, "z9hG4bK-rc-2");
         c.send_sip(&ack);

@@ -148,6 +148,26 @@ pub fn wait_closed(agent: &TestAgent, n: usize) -> Vec<AgentConn> {
     )
 }
 
+/// The first file in `dir` whose name satisfies `pred`.
+pub fn find_file(dir: &Path, pred: impl Fn(&str) -> bool) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(&pred))
+}
+
+/// `$var` if set, else the first file called `name` in a directory of `PATH`.
+pub fn binary_from_env_or_path(var: &str, name: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(var) {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
 /// `interop-tests/scenarios/<name>`.
 pub fn scenario_path(name: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -759,7 +759,8 @@ impl Call {
         );
         self.shared.audit.write("call.end", &self.record);
         if let Some(rx) = closing_rx {
-            drain_agent(rx).await;
+            // In its own task, so that the call's admission slots and Call-ID are released now.
+            tokio::spawn(drain_agent(rx).in_current_span());
         }
     }
 

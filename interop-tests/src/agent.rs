@@ -30,6 +30,9 @@ pub enum AgentBehaviour {
     DelayAccept(Duration),
     /// Echoes, and requires a client certificate signed by the test CA (mTLS).
     RequireClientCert,
+    /// Echoes, and also sends 8 bytes of mu-law silence every interval from `start` until sbc's
+    /// Close: sbc always has unread agent data when it ends the call.
+    EchoAndStream(Duration),
 }
 
 /// Everything one WebSocket connection received.
@@ -335,6 +338,13 @@ async fn handle(
         AgentBehaviour::HangUpAfter(d) => Some(d),
         _ => None,
     };
+    let stream_every = match behaviour {
+        AgentBehaviour::EchoAndStream(d) => Some(d),
+        _ => None,
+    };
+    let mut ticker = tokio::time::interval(stream_every.unwrap_or(Duration::from_secs(3600)));
+    let mut streaming = false;
+    let mut stream_sid = Value::Null;
     let (mut sink, mut stream) = ws.split();
     let hangup = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(hangup);
@@ -366,6 +376,8 @@ async fn handle(
                             }
                         }
                         if v["event"] == "start" {
+                            streaming = stream_every.is_some();
+                            stream_sid = v["streamSid"].clone();
                             if let Some(d) = hang_up_after {
                                 hangup.as_mut().reset(tokio::time::Instant::now() + d);
                                 hangup_armed = true;
@@ -382,6 +394,7 @@ async fn handle(
                 }
                 Some(Ok(Message::Binary(_))) => sh.lock().unwrap().conns[idx].binary_frames += 1,
                 Some(Ok(Message::Close(_))) => {
+                    streaming = false;
                     sh.lock().unwrap().conns[idx].close_frame_received = true;
                 }
                 Some(Ok(_)) => {}
@@ -401,6 +414,17 @@ async fn handle(
                     if is_close {
                         let _ = sink.flush().await;
                     }
+                }
+            }
+            _ = ticker.tick(), if streaming => {
+                let m = json!({
+                    "event": "media",
+                    "streamSid": stream_sid,
+                    "media": {"payload": "//////////8="},
+                });
+                if let Err(e) = sink.send(Message::text(m.to_string())).await {
+                    error = Some(format!("send: {e}"));
+                    break;
                 }
             }
             _ = &mut hangup, if hangup_armed => {

@@ -5,6 +5,9 @@
 //! [`TestEnv::start_agent`], and drives calls with SIPp 3.8 (TLS + SRTP) through [`Sipp`].
 
 pub mod agent;
+pub mod audio;
+pub mod baresip;
+pub mod carrier;
 pub mod pki;
 pub mod ports;
 pub mod rawcall;
@@ -153,6 +156,35 @@ pub fn second_call_refused(env: &TestEnv, sbc: &SbcProcess) -> (SippOutcome, ser
         );
         (o, r)
     })
+}
+
+/// Waits (10 s) until the agent has `n` connections that all ended.
+pub fn wait_closed(agent: &TestAgent, n: usize) -> Vec<AgentConn> {
+    agent.wait_for(
+        &format!("{n} connection(s), all closed"),
+        std::time::Duration::from_secs(10),
+        |c| c.len() >= n && c.iter().all(|c| c.closed.is_some()),
+    )
+}
+
+/// The first file in `dir` whose name satisfies `pred`.
+pub fn find_file(dir: &Path, pred: impl Fn(&str) -> bool) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(&pred))
+}
+
+/// `$var` if set, else the first file called `name` in a directory of `PATH`.
+pub fn binary_from_env_or_path(var: &str, name: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(var) {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// `interop-tests/scenarios/<name>`.

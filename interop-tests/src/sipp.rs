@@ -9,21 +9,12 @@ use crate::{scenario_path, tail, TestEnv};
 
 /// The `sipp` to run: `$SIPP`, else the first `sipp` on `PATH` (checked to be a TLS build).
 pub fn sipp_binary() -> PathBuf {
-    let p = match std::env::var_os("SIPP") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::var_os("PATH")
-            .and_then(|path| {
-                std::env::split_paths(&path)
-                    .map(|d| d.join("sipp"))
-                    .find(|p| p.is_file())
-            })
-            .unwrap_or_else(|| {
-                panic!(
-                    "SIPp not found (set SIPP or put sipp on PATH): install SIPp 3.8 with TLS + SRTP \
-                     with scripts/install-sipp"
-                )
-            }),
-    };
+    let p = crate::binary_from_env_or_path("SIPP", "sipp").unwrap_or_else(|| {
+        panic!(
+            "SIPp not found (set SIPP or put sipp on PATH): install SIPp 3.8 with TLS + SRTP \
+             with scripts/install-sipp"
+        )
+    });
     let out = Command::new(&p)
         .arg("-v")
         .output()
@@ -141,15 +132,7 @@ impl SippOutcome {
     }
 
     fn find(&self, suffix: &str) -> Option<PathBuf> {
-        std::fs::read_dir(&self.dir)
-            .ok()?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.ends_with(suffix))
-            })
+        crate::find_file(&self.dir, |n| n.ends_with(suffix))
     }
 
     /// `<scenario>_<pid>_messages.log` (every SIP message sent and received).

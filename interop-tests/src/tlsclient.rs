@@ -99,7 +99,8 @@ pub fn sip_exchange(
     }
 }
 
-fn complete_message(buf: &[u8]) -> Option<usize> {
+/// The length of the first complete SIP message in `buf` (headers plus `Content-Length` body).
+pub fn complete_message(buf: &[u8]) -> Option<usize> {
     let text = String::from_utf8_lossy(buf);
     let head_end = text.find("\r\n\r\n")? + 4;
     let len = text[..head_end]

@@ -3,18 +3,12 @@
 use std::time::Duration;
 
 use interop_tests::{
-    inline_keys, AgentBehaviour, AgentConn, SbcOptions, SbcProcess, SippOutcome, TestAgent, TestEnv,
+    inline_keys, wait_closed, AgentBehaviour, AgentConn, SbcOptions, SbcProcess, SippOutcome,
+    TestAgent, TestEnv,
 };
 use serde_json::Value;
 
 const SECS10: Duration = Duration::from_secs(10);
-
-/// Waits until the agent has `n` connections that all ended.
-fn wait_closed(agent: &TestAgent, n: usize) -> Vec<AgentConn> {
-    agent.wait_for(&format!("{n} connection(s), all closed"), SECS10, |c| {
-        c.len() >= n && c.iter().all(|c| c.closed.is_some())
-    })
-}
 
 /// The checks of the Twilio Media Streams stream of one basic 3 s call with SIPp's pattern.
 fn check_basic_stream(c: &AgentConn) {
@@ -854,4 +848,39 @@ fn mark_waits_for_playout_and_clear_flushes() {
         let o = sipp.join().expect("sipp");
         assert_eq!(o.code, 0, "{}", o.describe());
     });
+}
+
+/// An agent that is still sending when the carrier hangs up gets `stop` and sbc's Close: sbc
+/// waits for the agent's Close before dropping the connection (dropping it with unread data
+/// sends an RST, and the agent's next write fails before it has read `stop`).
+#[test]
+fn agent_sending_at_hangup_still_gets_stop() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::EchoAndStream(Duration::from_millis(2)));
+    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+    let o = env.sipp("uac_tls_srtp_pattern.xml").run(sbc.sip_port);
+    // The agent's extra audio is mixed into the echo, so SIPp's echo check may fail (253); the
+    // call itself must complete.
+    assert!(
+        (o.code == 0 || o.code == 253) && o.response(200, "2 BYE").is_some(),
+        "{}",
+        o.describe()
+    );
+    let conns = wait_closed(&agent, 1);
+    let c = &conns[0];
+    let events: Vec<String> = c.events().into_iter().filter(|e| e != "media").collect();
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("stop"),
+        "the agent must get stop; events without media: {events:?}, error: {:?}",
+        c.error
+    );
+    assert!(
+        c.close_frame_received,
+        "the agent must get sbc's Close frame (error: {:?})",
+        c.error
+    );
+    assert!(c.error.is_none(), "agent connection error: {:?}", c.error);
+    let end = sbc.wait_event("call.end", &o.first_call_id(), SECS10);
+    assert_eq!(end["end_reason"], "carrier_bye", "call.end: {end}");
 }

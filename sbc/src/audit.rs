@@ -270,6 +270,9 @@ pub struct MediaAudit {
     pub agent_media_in: u64,
     pub agent_media_out: u64,
     pub agent_malformed: u64,
+    /// Carrier datagrams that were not SRTP/SRTCP at all (too short, not RTP version 2, a
+    /// telephone-event shorter than 4 bytes); dropped, not counted as auth failures.
+    pub carrier_malformed: u64,
 }
 
 /// Everything known about one call. The same value is written at refusal, start and end, so each

@@ -565,14 +565,14 @@ impl Call {
         let mut rtp_buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 2048];
         let mut stopped = false;
-        // When our Close was sent to the agent: wait for its Close until then.
-        let mut ws_close_by: Option<Instant> = None;
         let mut last_stats = srtp_bridge::BridgeStats::default();
         let hard_stop_after = self.shared.uas.t1 * 64 + Duration::from_secs(2);
         let mut hard_stop: Option<Instant> = None;
         // Arrival times for the latency histograms (packet in to frame out, both ways).
         let mut carrier_in: Option<Instant> = None;
         let mut agent_in: Option<Instant> = None;
+        // The agent's half of the WebSocket after our Close: drained once the call is over.
+        let mut closing_rx: Option<WsRx> = None;
 
         loop {
             // 1. Act on what the cores produced.
@@ -624,15 +624,7 @@ impl Call {
                     }
                     CallEvent::Terminated => {
                         self.set_end("error", Some("dialog terminated".into()));
-                        // Nothing more to do for SIP; leave the agent the time to answer our
-                        // WebSocket Close (the loop ends as soon as it did).
-                        let by = now
-                            + if ws_rx.is_some() {
-                                WS_CLOSE_WAIT
-                            } else {
-                                Duration::ZERO
-                            };
-                        hard_stop = Some(hard_stop.map_or(by, |h| h.min(by)));
+                        hard_stop = Some(now);
                     }
                     #[allow(unreachable_patterns)]
                     other => debug!(event = ?other, "SIP event ignored"),
@@ -686,10 +678,7 @@ impl Call {
                 if let Some(mut tx) = ws_tx.take() {
                     let _ = tx.send(Message::Close(None)).await;
                     let _ = tx.close().await;
-                    // RFC 6455 §7.1.1: the client waits for the server's Close and for the
-                    // server to close TCP, rather than closing first (which made the agent's
-                    // reply fail with a broken pipe); bounded by WS_CLOSE_WAIT.
-                    ws_close_by = Some(Instant::now() + WS_CLOSE_WAIT);
+                    closing_rx = ws_rx.take();
                 }
             }
             if agent_closed && self.end_reason.is_none() {
@@ -699,8 +688,7 @@ impl Call {
                 continue;
             }
             self.report_stats(&bridge, &mut last_stats);
-            let agent_done = ws_rx.is_none() || ws_close_by.is_some_and(|d| Instant::now() >= d);
-            if self.uas.state() == CallState::Terminated && stopped && agent_done {
+            if self.uas.state() == CallState::Terminated && stopped {
                 break;
             }
             if hard_stop.is_some_and(|h| Instant::now() >= h) {
@@ -708,15 +696,10 @@ impl Call {
             }
 
             // 2. Wait for the next input.
-            let deadline = [
-                self.uas.poll_timeout(),
-                bridge.poll_timeout(),
-                hard_stop,
-                ws_close_by,
-            ]
-            .into_iter()
-            .flatten()
-            .min();
+            let deadline = [self.uas.poll_timeout(), bridge.poll_timeout(), hard_stop]
+                .into_iter()
+                .flatten()
+                .min();
             tokio::select! {
                 input = self.rx.recv() => match input {
                     Some(i) => self.on_input(i),
@@ -778,6 +761,7 @@ impl Call {
             agent_media_in: stats.agent_media_in,
             agent_media_out: stats.agent_media_out,
             agent_malformed: stats.agent_malformed,
+            carrier_malformed: stats.carrier_malformed,
         };
         self.record.ended_at = Some(crate::audit::now_rfc3339());
         self.record.duration_ms = Some(answered.elapsed().as_millis() as u64);
@@ -791,6 +775,10 @@ impl Call {
             "call ended"
         );
         self.shared.audit.write("call.end", &self.record);
+        if let Some(rx) = closing_rx {
+            // In its own task, so that the call's admission slots and Call-ID are released now.
+            tokio::spawn(drain_agent(rx).in_current_span());
+        }
     }
 
     /// Pushes counter deltas to Prometheus.
@@ -862,6 +850,31 @@ async fn next_ws(
     }
 }
 
+/// How long sbc waits for the agent's Close after sending its own.
+const AGENT_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Reads (and discards) what the agent still sends after our Close frame, until its Close, the
+/// end of the stream or [`AGENT_CLOSE_WAIT`] (RFC 6455 §7.1.1: close the TCP connection after the
+/// closing handshake). Dropping a socket with unread data makes the kernel send an RST instead of
+/// a FIN; an agent that is still echoing audio then fails its next write and may never read the
+/// `stop` and Close that were already on their way (seen with the test agent under load).
+async fn drain_agent(mut rx: WsRx) {
+    let drained = tokio::time::timeout(AGENT_CLOSE_WAIT, async {
+        let mut frames = 0u32;
+        loop {
+            match rx.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return frames,
+                Some(Ok(_)) => frames += 1,
+            }
+        }
+    })
+    .await;
+    match drained {
+        Ok(frames) => trace!(frames, "agent WebSocket closed"),
+        Err(_) => debug!("agent did not answer our WebSocket Close in time"),
+    }
+}
+
 async fn sleep_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -883,9 +896,6 @@ fn media_params(n: &sdp::Negotiated) -> MediaParams {
         direction: n.direction,
     }
 }
-
-/// How long a call waits for the agent's Close after sending its own.
-const WS_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 fn end_reason_for(cause: HangupCause) -> &'static str {
     match cause {

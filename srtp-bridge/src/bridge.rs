@@ -395,7 +395,7 @@ impl Bridge {
                 self.stats.carrier_malformed += 1;
                 return;
             };
-            for digit in self.dtmf_rx.on_packet(header.timestamp, ev) {
+            for digit in self.dtmf_rx.on_packet(header.ssrc, header.timestamp, ev) {
                 self.stats.dtmf_from_carrier += 1;
                 let msg = self.writer.dtmf(digit);
                 self.agent_out.push_back(msg);

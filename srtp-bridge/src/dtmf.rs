@@ -62,30 +62,64 @@ impl TelephoneEvent {
 
 /// Turns the carrier's telephone-event packets into digits, once per event: all packets of an
 /// event share its RTP timestamp (§2.5.1.1) and the end packet is sent three times (§2.5.1.4).
+///
+/// Later events start later, so a packet of the same stream whose timestamp is before the
+/// current event's (by less than [`LATE_WINDOW`], in RFC 3550 wrap-around arithmetic) is a late,
+/// reordered packet of an earlier event and is ignored: it neither reports that event again nor
+/// cuts the current one short. A new SSRC starts afresh.
 #[derive(Debug, Default)]
 pub struct DtmfReceiver {
-    /// Timestamp and event of the current event, and whether it has been reported.
-    current: Option<(u32, u8, bool)>,
+    current: Option<CurrentEvent>,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct CurrentEvent {
+    ssrc: u32,
+    timestamp: u32,
+    event: u8,
+    reported: bool,
+}
+
+/// How far back (in 8 kHz timestamp units) a packet counts as a late one of an earlier event:
+/// 8 s, the longest an event runs before §2.5.1.3 makes the sender start a new segment. A
+/// timestamp further back is taken as a new event (a sender that reset its timestamps).
+pub const LATE_WINDOW: u32 = 64_000;
+
 impl DtmfReceiver {
-    /// Feeds one telephone-event packet; returns the digits completed by it (an event whose end
-    /// packets were all lost is reported when the next event starts).
-    pub fn on_packet(&mut self, timestamp: u32, ev: TelephoneEvent) -> Vec<char> {
+    /// Feeds one telephone-event packet of stream `ssrc`; returns the digits completed by it (an
+    /// event whose end packets were all lost is reported when the next event starts).
+    pub fn on_packet(&mut self, ssrc: u32, timestamp: u32, ev: TelephoneEvent) -> Vec<char> {
         let mut out = Vec::new();
         match self.current {
-            Some((ts, _, _)) if ts == timestamp => {}
+            Some(c) if c.ssrc == ssrc && c.timestamp == timestamp => {}
+            Some(c)
+                if c.ssrc == ssrc
+                    && c.timestamp.wrapping_sub(timestamp).wrapping_sub(1) < LATE_WINDOW =>
+            {
+                // Behind the current event: a late packet of an earlier one.
+                return out;
+            }
             previous => {
-                if let Some((_, code, false)) = previous {
-                    out.extend(event_to_digit(code));
+                if let Some(CurrentEvent {
+                    event,
+                    reported: false,
+                    ..
+                }) = previous
+                {
+                    out.extend(event_to_digit(event));
                 }
-                self.current = Some((timestamp, ev.event, false));
+                self.current = Some(CurrentEvent {
+                    ssrc,
+                    timestamp,
+                    event: ev.event,
+                    reported: false,
+                });
             }
         }
-        if let Some((_, code, reported)) = &mut self.current {
-            if ev.end && !*reported {
-                *reported = true;
-                out.extend(event_to_digit(*code));
+        if let Some(c) = &mut self.current {
+            if ev.end && !c.reported {
+                c.reported = true;
+                out.extend(event_to_digit(c.event));
             }
         }
         out
@@ -195,12 +229,15 @@ mod tests {
         assert_eq!(TelephoneEvent::parse(&[1, 2, 3]), None);
     }
 
+    const SSRC: u32 = 0xca11_0001;
+
     #[test]
     fn three_end_packets_give_one_digit() {
         let mut rx = DtmfReceiver::default();
         let mut digits = Vec::new();
         for d in [160u16, 320, 480] {
             digits.extend(rx.on_packet(
+                SSRC,
                 1000,
                 TelephoneEvent {
                     event: 7,
@@ -212,6 +249,7 @@ mod tests {
         }
         for _ in 0..3 {
             digits.extend(rx.on_packet(
+                SSRC,
                 1000,
                 TelephoneEvent {
                     event: 7,
@@ -224,6 +262,7 @@ mod tests {
         assert_eq!(digits, vec!['7']);
         // Same digit again is a new event (new timestamp).
         let d = rx.on_packet(
+            SSRC,
             5000,
             TelephoneEvent {
                 event: 7,
@@ -240,6 +279,7 @@ mod tests {
         let mut rx = DtmfReceiver::default();
         assert!(rx
             .on_packet(
+                SSRC,
                 10,
                 TelephoneEvent {
                     event: 1,
@@ -250,6 +290,7 @@ mod tests {
             )
             .is_empty());
         let d = rx.on_packet(
+            SSRC,
             900,
             TelephoneEvent {
                 event: 2,
@@ -259,6 +300,69 @@ mod tests {
             },
         );
         assert_eq!(d, vec!['1', '2']);
+    }
+
+    fn te(event: u8, end: bool, duration: u16) -> TelephoneEvent {
+        TelephoneEvent {
+            event,
+            end,
+            volume: 10,
+            duration,
+        }
+    }
+
+    #[test]
+    fn late_end_packet_of_the_previous_event_is_ignored() {
+        let mut rx = DtmfReceiver::default();
+        let mut digits = Vec::new();
+        digits.extend(rx.on_packet(SSRC, 1000, te(1, false, 160)));
+        digits.extend(rx.on_packet(SSRC, 1000, te(1, true, 800)));
+        digits.extend(rx.on_packet(SSRC, 1000, te(1, true, 800)));
+        digits.extend(rx.on_packet(SSRC, 3000, te(5, false, 160)));
+        // The third end packet of 1 arrives now, out of order.
+        digits.extend(rx.on_packet(SSRC, 1000, te(1, true, 800)));
+        digits.extend(rx.on_packet(SSRC, 3000, te(5, false, 320)));
+        digits.extend(rx.on_packet(SSRC, 3000, te(5, true, 800)));
+        assert_eq!(digits, vec!['1', '5']);
+        // Also across the 32-bit wrap.
+        let mut rx = DtmfReceiver::default();
+        assert_eq!(
+            rx.on_packet(SSRC, u32::MAX - 100, te(2, true, 800)),
+            vec!['2']
+        );
+        assert_eq!(
+            rx.on_packet(SSRC, 700, te(3, false, 160)),
+            Vec::<char>::new()
+        );
+        assert!(rx
+            .on_packet(SSRC, u32::MAX - 100, te(2, true, 800))
+            .is_empty());
+        assert_eq!(rx.on_packet(SSRC, 700, te(3, true, 800)), vec!['3']);
+    }
+
+    #[test]
+    fn new_stream_or_far_older_timestamp_is_a_new_event() {
+        let mut rx = DtmfReceiver::default();
+        assert_eq!(rx.on_packet(SSRC, 100_000, te(4, true, 800)), vec!['4']);
+        // Another SSRC (e.g. after a re-INVITE) with a smaller timestamp: a new event.
+        assert_eq!(rx.on_packet(SSRC + 1, 5_000, te(6, true, 800)), vec!['6']);
+        // The same SSRC, more than LATE_WINDOW back: a sender that reset its timestamps.
+        assert_eq!(
+            rx.on_packet(
+                SSRC + 1,
+                5_000u32.wrapping_sub(LATE_WINDOW + 1),
+                te(8, true, 800)
+            ),
+            vec!['8']
+        );
+        // Within the window: late.
+        assert!(rx
+            .on_packet(
+                SSRC + 1,
+                5_000u32.wrapping_sub(LATE_WINDOW + 1) - 10,
+                te(9, true, 800)
+            )
+            .is_empty());
     }
 
     #[test]

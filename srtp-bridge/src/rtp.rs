@@ -20,6 +20,9 @@ pub enum RtpError {
     /// The padding count exceeds the payload.
     #[error("RTP padding longer than the payload")]
     BadPadding,
+    /// An RFC 8285 header extension element runs past the extension block.
+    #[error("RTP header extension element overruns its block")]
+    BadExtension,
 }
 
 /// The fields of an RTP header sbc uses.
@@ -56,7 +59,13 @@ impl RtpHeader {
         let mut header_len = 12 + 4 * cc;
         if packet[0] & 0x10 != 0 {
             let ext = packet.get(header_len..header_len + 4).ok_or(truncated)?;
-            header_len += 4 + 4 * usize::from(u16::from_be_bytes([ext[2], ext[3]]));
+            let profile = u16::from_be_bytes([ext[0], ext[1]]);
+            let start = header_len + 4;
+            header_len = start + 4 * usize::from(u16::from_be_bytes([ext[2], ext[3]]));
+            let block = packet.get(start..header_len).ok_or(truncated)?;
+            if !rfc8285_elements_fit(profile, block) {
+                return Err(RtpError::BadExtension);
+            }
         }
         if packet.len() < header_len {
             return Err(truncated);
@@ -86,6 +95,46 @@ impl RtpHeader {
         }
         Ok(&body[..body.len() - pad])
     }
+}
+
+/// Whether every element of an RFC 8285 header extension block lies inside the block (other
+/// profiles are opaque, RFC 3550 §5.3.1). One-byte form (profile 0xBEDE, §4.2): a byte `ID|L`,
+/// L+1 data bytes, 0 is padding, ID 15 ends processing. Two-byte form (0x100 in the top 12 bits,
+/// §4.3): `ID`, `L`, L data bytes, ID 0 is padding.
+///
+/// Checked by hand before webrtc-srtp sees the packet: its `rtp` 0.17 header parser reads element
+/// lengths without bounding them by the block and panics on a packet whose element claims more
+/// bytes than the datagram holds (found by the `srtp_unprotect` fuzz target; no key is needed to
+/// send one, since the header is parsed before authentication).
+fn rfc8285_elements_fit(profile: u16, block: &[u8]) -> bool {
+    let two_byte = profile & 0xfff0 == 0x1000;
+    if profile != 0xbede && !two_byte {
+        return true;
+    }
+    let mut i = 0;
+    while i < block.len() {
+        let b = block[i];
+        if b == 0 {
+            i += 1;
+            continue;
+        }
+        let (head, len) = if two_byte {
+            match block.get(i + 1) {
+                Some(&l) => (2, usize::from(l)),
+                None => return false,
+            }
+        } else {
+            if b >> 4 == 15 {
+                return true;
+            }
+            (1, usize::from(b & 0x0f) + 1)
+        };
+        i += head + len;
+        if i > block.len() {
+            return false;
+        }
+    }
+    true
 }
 
 /// Writes an RTP packet with a 12-byte header and no CSRC, extension or padding.
@@ -133,7 +182,7 @@ mod tests {
     fn csrc_extension_and_padding() {
         let mut p = vec![0x80 | 0x20 | 0x10 | 1, 8, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2];
         p.extend_from_slice(&[9, 9, 9, 9]); // CSRC
-        p.extend_from_slice(&[0xbe, 0xde, 0, 1, 7, 7, 7, 7]); // one-word extension
+        p.extend_from_slice(&[0xbe, 0xde, 0, 1, 0x12, 7, 7, 7]); // one-word extension: ID 1, 3 bytes
         p.extend_from_slice(&[0xaa, 0xbb, 0, 0, 3]); // payload + 3 bytes padding
         let h = RtpHeader::parse(&p).unwrap();
         assert_eq!(h.header_len, 24);
@@ -159,6 +208,39 @@ mod tests {
                 let _ = h.payload(&d);
             }
         }
+    }
+
+    /// RFC 8285 §4.2/§4.3 elements must stay inside the extension block.
+    #[test]
+    fn rfc8285_elements_are_bounded() {
+        let packet = |ext: &[u8]| {
+            let mut p = vec![0x90, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2];
+            p.extend_from_slice(ext);
+            p.extend_from_slice(&[0xaa; 20]);
+            p
+        };
+        // One-byte: ID 1, L=1 (2 bytes), padding.
+        assert!(RtpHeader::parse(&packet(&[0xbe, 0xde, 0, 1, 0x11, 7, 7, 0])).is_ok());
+        // One-byte: ID 1, L=15 (16 bytes) in a one-word block.
+        assert_eq!(
+            RtpHeader::parse(&packet(&[0xbe, 0xde, 0, 1, 0x1f, 7, 7, 7])),
+            Err(RtpError::BadExtension)
+        );
+        // One-byte: ID 15 stops processing, whatever follows.
+        assert!(RtpHeader::parse(&packet(&[0xbe, 0xde, 0, 1, 0xff, 0xff, 0xff, 0xff])).is_ok());
+        // Two-byte (appbits 3): ID 1, L=2, padding.
+        assert!(RtpHeader::parse(&packet(&[0x10, 0x03, 0, 1, 1, 2, 7, 7])).is_ok());
+        // Two-byte: ID 1, L=245 in a one-word block; and a length byte outside the block.
+        assert_eq!(
+            RtpHeader::parse(&packet(&[0x10, 0x00, 0, 1, 1, 245, 7, 7])),
+            Err(RtpError::BadExtension)
+        );
+        assert_eq!(
+            RtpHeader::parse(&packet(&[0x10, 0x00, 0, 1, 0, 0, 0, 9])),
+            Err(RtpError::BadExtension)
+        );
+        // Other profiles are opaque (RFC 3550 §5.3.1).
+        assert!(RtpHeader::parse(&packet(&[0x12, 0x34, 0, 1, 0xff, 0xff, 0xff, 0xff])).is_ok());
     }
 
     #[test]

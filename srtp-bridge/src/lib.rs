@@ -31,6 +31,7 @@ use std::time::Duration;
 
 pub use sdp::{Codec, Direction, KeySalt, SrtpSuite};
 
+mod aes_cm;
 pub mod agent;
 pub mod bridge;
 pub mod dtmf;

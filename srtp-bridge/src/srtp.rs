@@ -186,7 +186,9 @@ impl InboundContext {
             Some(i) => self.replay[i].1.accept(index),
             None => {
                 if self.replay.len() >= MAX_SSRCS {
-                    // Forget the least advanced stream; its next packet starts a fresh state.
+                    // Forget the least advanced stream; its next packet starts a fresh state at
+                    // ROC 0, so a stream that had wrapped stops authenticating. Only the key
+                    // holder can get here (state needs an authentic packet), with > 16 SSRCs.
                     if let Some(old) =
                         (0..self.replay.len()).min_by_key(|&i| self.replay[i].1.highest)
                     {

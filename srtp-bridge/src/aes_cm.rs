@@ -23,7 +23,7 @@ const CHUNK_BLOCKS: usize = 16;
 
 /// XORs the AES-CM keystream for `iv` into `data` (RFC 3711 §4.1.1: block j is
 /// AES(k, IV + j), the counter in the low bits of the 128-bit IV).
-pub(crate) fn apply_keystream(aes: &Aes128Enc, iv: &[u8; 16], data: &mut [u8]) {
+fn apply_keystream(aes: &Aes128Enc, iv: &[u8; 16], data: &mut [u8]) {
     let mut counter = u128::from_be_bytes(*iv);
     let mut blocks = [Block::default(); CHUNK_BLOCKS];
     for chunk in data.chunks_mut(16 * CHUNK_BLOCKS) {
@@ -121,6 +121,7 @@ impl RtpTransform {
 
     /// SRTP packet for the RTP packet `plain` (header `header_len` bytes long) at packet
     /// index `index` (ROC · 2^16 + SEQ): payload encrypted, tag appended (RFC 3711 §3.3).
+    /// `header_len` comes from parsing `plain`, so it is at most `plain.len()`.
     pub(crate) fn protect(
         &self,
         plain: &[u8],
@@ -130,14 +131,15 @@ impl RtpTransform {
     ) -> Vec<u8> {
         let mut out = Vec::with_capacity(plain.len() + self.tag_len);
         out.extend_from_slice(plain);
-        apply_keystream(&self.aes, &self.iv(ssrc, index), &mut out[header_len..]);
+        let start = header_len.min(out.len());
+        apply_keystream(&self.aes, &self.iv(ssrc, index), &mut out[start..]);
         let tag = self.mac(&out, (index >> 16) as u32);
         out.extend_from_slice(&tag[..self.tag_len]);
         out
     }
 
     /// The RTP packet inside `packet` if its tag verifies at `index` (compared in constant
-    /// time), `None` otherwise. The caller checked `packet.len() >= header_len + tag_len`.
+    /// time), `None` otherwise (also when `packet` is shorter than `header_len` + the tag).
     pub(crate) fn unprotect(
         &self,
         packet: &[u8],
@@ -145,7 +147,11 @@ impl RtpTransform {
         ssrc: u32,
         index: u64,
     ) -> Option<Vec<u8>> {
-        let (authenticated, tag) = packet.split_at(packet.len() - self.tag_len);
+        let body_end = packet.len().checked_sub(self.tag_len)?;
+        if body_end < header_len {
+            return None;
+        }
+        let (authenticated, tag) = packet.split_at(body_end);
         let mut mac = self.mac.clone();
         mac.update(authenticated);
         mac.update(&((index >> 16) as u32).to_be_bytes());
@@ -215,5 +221,20 @@ mod tests {
                 "6D6E919A48B610EF17C2041E474035766B68642C59BBFC2F34DB60DBDFB2"
             ))
         );
+    }
+
+    /// Too short for header + tag: `None`, no panic.
+    #[test]
+    fn short_packets_do_not_verify() {
+        let t = RtpTransform::new(&[1; 16], &[2; 14], 10);
+        for len in 0..30 {
+            assert!(
+                t.unprotect(&vec![0x80; len], 12, 1, 0).is_none(),
+                "len {len}"
+            );
+        }
+        let p = t.protect(&[0x80; 12], 12, 1, 0);
+        assert_eq!(t.unprotect(&p, 12, 1, 0).unwrap(), vec![0x80; 12]);
+        assert!(t.unprotect(&p, 13, 1, 0).is_none());
     }
 }

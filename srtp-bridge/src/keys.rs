@@ -75,6 +75,11 @@ impl MasterKey {
     pub fn salt(&self) -> &[u8] {
         &self.salt
     }
+
+    /// Master key and master salt at their fixed lengths.
+    pub(crate) fn parts(&self) -> (&[u8; 16], &[u8; 14]) {
+        (&self.key, &self.salt)
+    }
 }
 
 impl PartialEq for MasterKey {

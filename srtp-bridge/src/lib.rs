@@ -21,8 +21,8 @@
 //! }
 //! ```
 //!
-//! Modules: [`keys`] (suite table, redacted master keys), [`srtp`] (contexts over
-//! `webrtc-srtp`, replay window), [`rtp`], [`rtcp`], [`dtmf`] (RFC 4733), [`g711`],
+//! Modules: [`keys`] (suite table, redacted master keys), [`srtp`] (contexts: our own RTP
+//! transform with precomputed session keys, SRTCP over `webrtc-srtp`, replay window), [`rtp`], [`rtcp`], [`dtmf`] (RFC 4733), [`g711`],
 //! [`agent`] (Twilio Media Streams JSON), [`bridge`] (the state machine).
 #![forbid(unsafe_code)]
 
@@ -31,6 +31,7 @@ use std::time::Duration;
 
 pub use sdp::{Codec, Direction, KeySalt, SrtpSuite};
 
+mod aes_cm;
 pub mod agent;
 pub mod bridge;
 pub mod dtmf;

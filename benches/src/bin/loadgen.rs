@@ -709,6 +709,7 @@ async fn run_calls(env: &Env, opts: CallsOpts) -> Res<()> {
         // Let queues settle, then the steady window.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (cpu0, gen0) = (proc::cpu_us(sbc.pid()), proc::cpu_us(me));
+        let (wait0, gwait0) = (proc::wait_us(sbc.pid()), proc::wait_us(me));
         let t0 = Instant::now();
         stats.measuring.store(true, Relaxed);
         let mut rss_peak = rss0;
@@ -718,6 +719,15 @@ async fn run_calls(env: &Env, opts: CallsOpts) -> Res<()> {
         }
         stats.measuring.store(false, Relaxed);
         let (cpu1, gen1) = (proc::cpu_us(sbc.pid()), proc::cpu_us(me));
+        let (wait1, gwait1) = (proc::wait_us(sbc.pid()), proc::wait_us(me));
+        let waited = |a: std::io::Result<u64>, b: std::io::Result<u64>| match (a, b) {
+            (Ok(a), Ok(b)) => format!(
+                "{:.0}",
+                b.saturating_sub(a) as f64 / (opts.window.as_secs_f64() * 1e4)
+            ),
+            _ => "-".into(),
+        };
+        let (sbc_wait, gen_wait) = (waited(wait0, wait1), waited(gwait0, gwait1));
         let secs = t0.elapsed().as_secs_f64();
         // Stop sending, let everything in flight arrive, then count.
         stats.sending.store(false, Relaxed);
@@ -782,7 +792,8 @@ async fn run_calls(env: &Env, opts: CallsOpts) -> Res<()> {
         );
         println!(
             "       packets: carrier sent {sent} (send errors {}), agent got {} sent {}, carrier got {} \
-             (undecodable {}, SRTCP {}); agent sockets {}; sbc idle RSS {rss0} KiB",
+             (undecodable {}, SRTCP {}); agent sockets {}; sbc idle RSS {rss0} KiB; \
+             waiting for a CPU (other load): sbc {sbc_wait} %, loadgen {gen_wait} %",
             stats.carrier_send_errors.load(Relaxed),
             stats.agent_recv.load(Relaxed),
             stats.agent_sent.load(Relaxed),
@@ -850,8 +861,16 @@ async fn run_setup(env: &Env, opts: SetupOpts) -> Res<()> {
         opts.secs
     );
     println!(
-        "{:>6} {:>6} {:>6} {:>12} {:>12} {:>10} {:>12}",
-        "rate/s", "calls", "failed", "setup p50 ms", "setup p99 ms", "sbc CPU %", "us per call"
+        "{:>6} {:>6} {:>6} {:>12} {:>12} {:>10} {:>12} {:>6} {:>10}",
+        "rate/s",
+        "calls",
+        "failed",
+        "setup p50 ms",
+        "setup p99 ms",
+        "sbc CPU %",
+        "us per call",
+        "gen %",
+        "sbc wait %"
     );
     let sbc = env.start_sbc()?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -864,6 +883,8 @@ async fn run_setup(env: &Env, opts: SetupOpts) -> Res<()> {
         };
         let total = rate * opts.secs;
         let cpu0 = proc::cpu_us(sbc.pid()).map_err(|e| e.to_string())?;
+        let gen0 = proc::cpu_us(std::process::id()).map_err(|e| e.to_string())?;
+        let wait0 = proc::wait_us(sbc.pid()).map_err(|e| e.to_string())?;
         let t0 = Instant::now();
         let start = tokio::time::Instant::now();
         let mut calls = Vec::new();
@@ -891,19 +912,27 @@ async fn run_setup(env: &Env, opts: SetupOpts) -> Res<()> {
         let cpu = proc::cpu_us(sbc.pid())
             .map_err(|e| e.to_string())?
             .saturating_sub(cpu0) as f64;
+        let wait = proc::wait_us(sbc.pid())
+            .map_err(|e| e.to_string())?
+            .saturating_sub(wait0) as f64;
+        let gen_cpu = proc::cpu_us(std::process::id())
+            .map_err(|e| e.to_string())?
+            .saturating_sub(gen0) as f64;
         let ms = |p: f64| {
             hist.percentile_us(p)
                 .map_or("-".into(), |u| format!("{:.1}", u as f64 / 1000.0))
         };
         println!(
-            "{:>6} {:>6} {:>6} {:>12} {:>12} {:>10.0} {:>12.0}",
+            "{:>6} {:>6} {:>6} {:>12} {:>12} {:>10.0} {:>12.0} {:>6.0} {:>10.0}",
             rate,
             total,
             failed,
             ms(50.0),
             ms(99.0),
             cpu / (elapsed * 1e6) * 100.0,
-            cpu / f64::from(total)
+            cpu / f64::from(total),
+            gen_cpu / (elapsed * 1e6) * 100.0,
+            wait / (elapsed * 1e6) * 100.0,
         );
         drop(shared);
         if let Some(e) = first_error {
@@ -1100,7 +1129,14 @@ fn main() -> std::process::ExitCode {
                 "usage: loadgen calls|setup|floor [--option value ...] (see the source's doc)"
                     .into(),
             ),
+        }?;
+        if std::env::var_os("LOADGEN_KEEP").is_some() {
+            eprintln!(
+                "loadgen: kept {} (sbc.log, audit.jsonl)",
+                env.dir.keep().display()
+            );
         }
+        Ok(())
     })();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

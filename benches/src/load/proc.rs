@@ -18,6 +18,24 @@ pub fn rss_kib(pid: u32) -> std::io::Result<u64> {
         .ok_or_else(|| std::io::Error::other(format!("/proc/{pid}/status: no VmRSS")))
 }
 
+/// Time the threads of `pid` spent runnable but waiting for a CPU, in microseconds (second field
+/// of `/proc/<pid>/task/*/schedstat`): how much other work on the same cores held the process
+/// back. Threads that ended are not counted.
+pub fn wait_us(pid: u32) -> std::io::Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("schedstat");
+        if let Ok(text) = std::fs::read_to_string(path) {
+            total += parse_schedstat_wait_ns(&text).unwrap_or(0) / 1000;
+        }
+    }
+    Ok(total)
+}
+
+fn parse_schedstat_wait_ns(text: &str) -> Option<u64> {
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn parse_stat_cpu_us(text: &str) -> Option<u64> {
     // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     let rest = text.rsplit_once(')')?.1;
@@ -50,6 +68,11 @@ mod tests {
         let status = "Name:\tsbc\nVmPeak:\t  9000 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n";
         assert_eq!(parse_status_rss_kib(status), Some(12345));
         assert_eq!(parse_status_rss_kib("Name: x\n"), None);
+        assert_eq!(
+            parse_schedstat_wait_ns("2941323431 7846483648 2857\n"),
+            Some(7846483648)
+        );
+        wait_us(std::process::id()).unwrap();
         let me = std::process::id();
         assert!(rss_kib(me).unwrap() > 0);
         cpu_us(me).unwrap();

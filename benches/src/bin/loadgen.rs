@@ -519,7 +519,7 @@ struct TxCall {
 }
 
 enum WheelCmd {
-    Add(TxCall),
+    Add(Box<TxCall>),
     Clear,
 }
 
@@ -531,7 +531,7 @@ async fn send_wheel(mut rx: mpsc::UnboundedReceiver<WheelCmd>, stats: Arc<Stats>
     loop {
         loop {
             match rx.try_recv() {
-                Ok(WheelCmd::Add(c)) => slots[(u64::from(c.idx) % SLOTS) as usize].push(c),
+                Ok(WheelCmd::Add(c)) => slots[(u64::from(c.idx) % SLOTS) as usize].push(*c),
                 Ok(WheelCmd::Clear) => slots.iter_mut().for_each(Vec::clear),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => return,
@@ -630,7 +630,7 @@ async fn one_call(
     let sock = Arc::new(sock);
     let recv = tokio::spawn(receive_media(Arc::clone(&sock), rx, stats));
     let ssrc = rand::thread_rng().next_u32();
-    let _ = wheel.send(WheelCmd::Add(TxCall {
+    let _ = wheel.send(WheelCmd::Add(Box::new(TxCall {
         idx,
         sock,
         dest: answer.rtp,
@@ -639,7 +639,7 @@ async fn one_call(
         seq: (ssrc >> 17) as u16,
         ts: ssrc.rotate_left(7),
         n: 0,
-    }));
+    })));
     Ok(Live { call, recv })
 }
 

@@ -31,6 +31,9 @@ pub const REKEY_GRACE: Duration = Duration::from_secs(5);
 pub const MAX_QUEUED_BYTES: usize = 8000 * 120;
 /// Missed pacing ticks sent in a burst when the driver was late; beyond that they are skipped.
 const MAX_CATCH_UP: u32 = 5;
+/// Longest stall of the driver after which agent audio is still treated as late, not as a new
+/// talkspurt (see [`Bridge::ensure_run`]).
+const MAX_STALL: Duration = Duration::from_secs(2);
 
 /// Why the carrier leg's parameters cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -160,6 +163,14 @@ pub struct Bridge {
     /// The run that ended because its tick `n` found no audio: audio that comes within
     /// [`MAX_CATCH_UP`] ticks of it was late, not a new talkspurt, and resumes this schedule.
     lapsed: Option<Run>,
+    /// The tick that ended the run ran more than a frame after it was due: the driver stalled,
+    /// so the empty queue says nothing about the agent (its audio may be unread).
+    lapsed_late: bool,
+    /// Ticks the driver missed while audio was due (skipped after [`MAX_CATCH_UP`]): that much
+    /// queued audio is dropped at the next ticks rather than played late, until `owed_until`
+    /// (the audio the stall held back is read within a few ticks of it).
+    owed: u32,
+    owed_until: Instant,
     seq: u16,
     ts_base: u32,
     last_ts: Option<u32>,
@@ -274,6 +285,9 @@ impl Bridge {
             dtmf_tx: VecDeque::new(),
             run: None,
             lapsed: None,
+            lapsed_late: false,
+            owed: 0,
+            owed_until: now,
             seq,
             ts_base,
             last_ts: None,
@@ -466,6 +480,7 @@ impl Bridge {
             Ok(AgentMessage::Clear) => {
                 self.played += self.queue.len() as u64;
                 self.queue.clear();
+                self.owed = 0;
                 self.echo_played_marks();
             }
             Ok(AgentMessage::Dtmf { digit, duration }) => {
@@ -535,15 +550,26 @@ impl Bridge {
     /// resumes that run: the late frame takes its missed tick at once (same timestamp spacing,
     /// no marker) and the frames after it keep the run's schedule. Starting a new run at the
     /// late frame's arrival instead would shift every later frame by the lateness, for as long
-    /// as the agent keeps talking. Later audio starts a new run (a talkspurt, marker set).
+    /// as the agent keeps talking. Later audio starts a new run (a talkspurt, marker set),
+    /// except after a stall of the driver (up to [`MAX_STALL`]): then the run resumes too, its
+    /// ticks beyond the last [`MAX_CATCH_UP`] are skipped and that much audio is owed (dropped
+    /// from the queue at the next ticks), so a stall costs audio once instead of adding its
+    /// length to the latency of everything after it.
     fn ensure_run(&mut self, now: Instant) {
         if self.run.is_none() {
-            if let Some(lapsed) = self.lapsed.take() {
-                if now.saturating_duration_since(lapsed.due()) < FRAME * MAX_CATCH_UP {
+            if let Some(mut lapsed) = self.lapsed.take() {
+                let gap = now.saturating_duration_since(lapsed.due());
+                if gap < FRAME * MAX_CATCH_UP || (self.lapsed_late && gap < MAX_STALL) {
+                    let behind = (gap.as_micros() / FRAME.as_micros()) as u32;
+                    if let Some(skip) = behind.checked_sub(MAX_CATCH_UP).filter(|s| *s > 0) {
+                        lapsed.n += skip;
+                        self.owe(now, skip);
+                    }
                     self.run = Some(lapsed);
                     return self.pace(now);
                 }
             }
+            self.owed = 0;
         }
         if self.run.is_none() {
             let mut ts0 = self.ts_at(now);
@@ -575,18 +601,25 @@ impl Bridge {
                 // The driver was late: skip the missed ticks, the timestamp follows the clock.
                 let behind = (now - due).as_micros() / FRAME.as_micros();
                 run.n += behind as u32;
+                self.owe(now, behind as u32);
                 sent = 0;
             }
             let ts = run.ts0.wrapping_add(run.n.wrapping_mul(FRAME_BYTES as u32));
             run.n += 1;
             self.run = Some(run);
-            self.tick(ts);
+            self.tick(ts, now, now.saturating_duration_since(due) > FRAME);
             sent += 1;
         }
     }
 
-    /// One 20 ms tick: a DTMF packet, else an audio frame, else the run ends.
-    fn tick(&mut self, ts: u32) {
+    fn owe(&mut self, now: Instant, ticks: u32) {
+        self.owed = self.owed.saturating_add(ticks);
+        self.owed_until = now + FRAME * MAX_CATCH_UP;
+    }
+
+    /// One 20 ms tick: a DTMF packet, else an audio frame, else the run ends. `late`: the tick
+    /// runs more than a frame after it was due.
+    fn tick(&mut self, ts: u32, now: Instant, late: bool) {
         // Audio sent at earlier ticks has been played out by now.
         self.echo_played_marks();
         if let Some(tx) = self.dtmf_tx.front_mut() {
@@ -608,7 +641,23 @@ impl Bridge {
                 n: r.n.wrapping_sub(1),
                 ..r
             });
+            self.lapsed_late = late;
             return;
+        }
+        // Audio whose ticks the driver missed is dropped (counted as played, so marks after it
+        // still come back), keeping one frame for this tick.
+        if now >= self.owed_until {
+            self.owed = 0;
+        }
+        let owed_frames =
+            ((self.queue.len().saturating_sub(1)) / FRAME_BYTES).min(self.owed as usize);
+        if owed_frames > 0 {
+            let bytes = owed_frames * FRAME_BYTES;
+            self.queue.drain(..bytes);
+            self.played += bytes as u64;
+            self.owed -= owed_frames as u32;
+            self.stats.agent_audio_late_dropped += bytes as u64;
+            debug!(bytes, "agent audio dropped after a stall of the driver");
         }
         let take = self.queue.len().min(FRAME_BYTES);
         let mut frame: Vec<u8> = self.queue.drain(..take).collect();
@@ -791,6 +840,7 @@ impl Bridge {
         self.stopped = true;
         self.run = None;
         self.lapsed = None;
+        self.owed = 0;
     }
 
     /// The next datagram for the carrier.
@@ -1645,5 +1695,69 @@ mod tests {
             );
         }
         assert!(sent[99] >= t0 + FRAME * 98);
+    }
+
+    /// The driver (the call task) stalls for 400 ms while a real-time agent keeps sending:
+    /// afterwards the frames leave on time again; what the stall cost is dropped once (and
+    /// counted), not added to every later frame. Before, the frames read after the stall
+    /// started a new run and the 400 ms stayed in the queue for the rest of the call.
+    #[test]
+    fn a_stalled_driver_costs_audio_once_not_latency_forever() {
+        let (t0, mut b, mut c) = setup(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, true);
+        let arrival = |k: u32| t0 + FRAME * k;
+        let (stall_from, stall_to) = (arrival(50) + Duration::from_millis(1), arrival(70));
+        let mut sent: Vec<(Instant, Datagram)> = Vec::new();
+        let mut timers = |b: &mut Bridge, until: Instant, sent: &mut Vec<(Instant, Datagram)>| {
+            while let Some(due) = b.poll_timeout().filter(|d| *d <= until) {
+                // During the stall nothing runs; the first thing after it is the overdue timer.
+                let at = if due > stall_from && due < stall_to {
+                    stall_to
+                } else {
+                    due
+                };
+                b.handle_timeout(at);
+                sent.extend(datagrams(b).into_iter().map(|d| (at, d)));
+            }
+        };
+        for k in 0..150u32 {
+            let at = arrival(k).max(if arrival(k) > stall_from && arrival(k) < stall_to {
+                stall_to
+            } else {
+                arrival(k)
+            });
+            timers(&mut b, at, &mut sent);
+            b.handle_agent_text(at, &agent_media(&[k as u8; 160]));
+            sent.extend(datagrams(&mut b).into_iter().map(|d| (at, d)));
+        }
+        timers(&mut b, arrival(150) + Duration::from_millis(200), &mut sent);
+        let mut delay = Vec::new();
+        let mut seen = Vec::new();
+        for (at, d) in sent.iter().filter(|(_, d)| !is_rtcp(&d.data)) {
+            let (plain, _) = c.rx.unprotect_rtp(&d.data).unwrap();
+            let k = u32::from(plain[12]);
+            seen.push(k);
+            delay.push((k, *at - arrival(k)));
+        }
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order: {seen:?}");
+        // After the stall (frames 70 on arrive on time again) the delay is under one frame and
+        // worked off (1 ms per frame) within 20 frames.
+        assert!(
+            delay.iter().all(|(k, d)| *k < 75 || *d < FRAME),
+            "{delay:?}"
+        );
+        let late: Vec<_> = delay
+            .iter()
+            .filter(|(k, d)| *k >= 95 && !d.is_zero())
+            .collect();
+        assert!(late.is_empty(), "{late:?}");
+        // The stall's 20 frames: some go out at once (at most MAX_CATCH_UP + 1 burst), the rest are dropped.
+        let dropped = b.stats().agent_audio_late_dropped;
+        assert_eq!(dropped % 160, 0);
+        assert_eq!(
+            seen.len() as u64 + dropped / 160,
+            150,
+            "every frame sent or counted dropped"
+        );
+        assert!(dropped / 160 <= 20, "dropped {} frames", dropped / 160);
     }
 }

@@ -1707,7 +1707,7 @@ mod tests {
         let arrival = |k: u32| t0 + FRAME * k;
         let (stall_from, stall_to) = (arrival(50) + Duration::from_millis(1), arrival(70));
         let mut sent: Vec<(Instant, Datagram)> = Vec::new();
-        let mut timers = |b: &mut Bridge, until: Instant, sent: &mut Vec<(Instant, Datagram)>| {
+        let timers = |b: &mut Bridge, until: Instant, sent: &mut Vec<(Instant, Datagram)>| {
             while let Some(due) = b.poll_timeout().filter(|d| *d <= until) {
                 // During the stall nothing runs; the first thing after it is the overdue timer.
                 let at = if due > stall_from && due < stall_to {

@@ -649,12 +649,18 @@ async fn pace(start: tokio::time::Instant, i: u32, rate: u32) {
     tokio::time::sleep_until(at).await;
 }
 
-async fn run_calls(env: &Env, opts: CallsOpts) -> Res<()> {
+/// Binds the agent's port and serves it for the rest of the process; returns the run's counters.
+async fn start_agent(env: &Env) -> Res<Arc<Stats>> {
     let stats = Arc::new(Stats::default());
     let listener = TcpListener::bind(AGENT_ADDR)
         .await
         .map_err(|e| format!("agent listen {AGENT_ADDR}: {e}"))?;
     tokio::spawn(agent_server(listener, env.agent_tls(), Arc::clone(&stats)));
+    Ok(stats)
+}
+
+async fn run_calls(env: &Env, opts: CallsOpts) -> Res<()> {
+    let stats = start_agent(env).await?;
     let (wheel, wheel_rx) = mpsc::unbounded_channel();
     tokio::spawn(send_wheel(wheel_rx, Arc::clone(&stats)));
     let me = std::process::id();
@@ -849,11 +855,7 @@ async fn setup_call(
 }
 
 async fn run_setup(env: &Env, opts: SetupOpts) -> Res<()> {
-    let stats = Arc::new(Stats::default());
-    let listener = TcpListener::bind(AGENT_ADDR)
-        .await
-        .map_err(|e| format!("agent listen {AGENT_ADDR}: {e}"))?;
-    tokio::spawn(agent_server(listener, env.agent_tls(), Arc::clone(&stats)));
+    start_agent(env).await?;
     let mode = if opts.per_call_connection {
         "ln (one TLS connection per call)"
     } else {

@@ -152,6 +152,9 @@ pub struct BridgeStats {
     pub carrier_malformed: u64,
     /// Agent audio bytes dropped because the play-out queue was full.
     pub agent_audio_overflow: u64,
+    /// Agent audio bytes dropped because the driver stalled past their ticks (see
+    /// `Bridge::ensure_run`): played late, they would have delayed everything after them.
+    pub agent_audio_late_dropped: u64,
 }
 
 /// A fixed `Instant` for tests (the one place this crate may read the clock).

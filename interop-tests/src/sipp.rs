@@ -52,6 +52,8 @@ pub struct Sipp {
     extra: Vec<String>,
     service: String,
     audio_tolerance: f64,
+    /// Share of sent packets whose echo must be back in time (see [`RtpCheck`]).
+    min_echo_share: f64,
 }
 
 pub struct SippOutcome {
@@ -81,10 +83,14 @@ pub struct RtpCheck {
 }
 
 impl RtpCheck {
-    pub fn assert_clean(&self, o: &SippOutcome) {
+    /// No SRTP failure, no content mismatch, and at least `min_share` of the sent packets echoed
+    /// in time (when any were sent).
+    pub fn assert_clean(&self, o: &SippOutcome, min_share: f64) {
         let ok = self.srtp_failures == 0
             && self.mismatches == 0
-            && (self.sent == 0 || self.received_ok * 2 >= self.sent);
+            && (self.sent == 0
+                || (self.received_ok > 0
+                    && self.received_ok as f64 >= min_share * self.sent as f64));
         assert!(
             ok,
             "SIPp echo check: {self:?} (debugafile in {})\n{}",
@@ -247,6 +253,7 @@ impl Sipp {
             extra: Vec::new(),
             service: "+15550002222".into(),
             audio_tolerance: 0.5,
+            min_echo_share: 0.5,
         }
     }
 
@@ -262,6 +269,17 @@ impl Sipp {
     /// failed / checked packets of a call reaches it. A wrong key fails ~90% of the packets.
     pub fn audio_tolerance(mut self, t: f64) -> Sipp {
         self.audio_tolerance = t;
+        self
+    }
+
+    /// For load: judge the echo by content only. SIPp counts an echo that arrives after its next
+    /// send as a failure (`NODATA`); how many do depends on how loaded the machine is, not on
+    /// sbc's correctness, so SIPp gets `-audiotolerance 1.0` and the harness still refuses any
+    /// SRTP failure or content mismatch and wants some echo back. Latency is measured by
+    /// `benches/` (loadgen), not asserted here.
+    pub fn echo_content_only(mut self) -> Sipp {
+        self.audio_tolerance = 1.0;
+        self.min_echo_share = 0.0;
         self
     }
 
@@ -375,7 +393,7 @@ impl Sipp {
             o.rtp_check()
         );
         if code == 0 {
-            o.rtp_check().assert_clean(&o);
+            o.rtp_check().assert_clean(&o, self.min_echo_share);
         }
         o
     }

@@ -1,7 +1,10 @@
 //! Load: 50 calls at 10 calls/s, every one with SIPp's SRTP echo check.
 //!
 //! In its own test binary so that it does not share the two CPU cores with the other call tests.
-//! SIPp's echo check is re-read strictly by the harness (see `interop_tests::sipp::RtpCheck`).
+//! SIPp's echo check is re-read strictly by the harness (see `interop_tests::sipp::RtpCheck`):
+//! every echo must decrypt and match; how many arrive before SIPp's next send depends on the
+//! machine's load, so it is not judged here (`Sipp::echo_content_only`); sbc's audit shows that
+//! each call's packets were relayed. Latency under load is measured by `benches/` (loadgen).
 
 use std::time::Duration;
 
@@ -17,6 +20,7 @@ fn fifty_calls_at_ten_per_second() {
     let o = env
         .sipp("uac_tls_srtp_pattern.xml")
         .calls(50, 10, 50)
+        .echo_content_only()
         .timeout("90s")
         .hard_timeout(Duration::from_secs(120))
         .run_expect(sbc.sip_port, 0);

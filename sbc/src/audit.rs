@@ -273,6 +273,10 @@ pub struct MediaAudit {
     /// Carrier datagrams that were not SRTP/SRTCP at all (too short, not RTP version 2, a
     /// telephone-event shorter than 4 bytes); dropped, not counted as auth failures.
     pub carrier_malformed: u64,
+    /// Agent audio bytes dropped because the play-out queue was full.
+    pub agent_audio_overflow_bytes: u64,
+    /// Agent audio bytes dropped after a stall of the call task instead of being played late.
+    pub agent_audio_late_dropped_bytes: u64,
 }
 
 /// Everything known about one call. The same value is written at refusal, start and end, so each

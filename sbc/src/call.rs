@@ -762,6 +762,8 @@ impl Call {
             agent_media_out: stats.agent_media_out,
             agent_malformed: stats.agent_malformed,
             carrier_malformed: stats.carrier_malformed,
+            agent_audio_overflow_bytes: stats.agent_audio_overflow,
+            agent_audio_late_dropped_bytes: stats.agent_audio_late_dropped,
         };
         self.record.ended_at = Some(crate::audit::now_rfc3339());
         self.record.duration_ms = Some(answered.elapsed().as_millis() as u64);

@@ -35,6 +35,8 @@ mod aes_cm;
 pub mod agent;
 pub mod bridge;
 pub mod dtmf;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod g711;
 pub mod keys;
 pub mod rtcp;

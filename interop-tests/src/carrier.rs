@@ -1,12 +1,12 @@
 //! A minimal carrier written for the tests, for media SIPp cannot send: RFC 4733 telephone-events
 //! over SRTP (SIPp 3.8's `play_dtmf` replays pcap-style plain RTP, not SRTP).
 //!
-//! It speaks SIP over TLS through [`crate::tlsclient`] (INVITE with one
+//! It speaks SIP over TLS through [`crate::rawcall::SipConn`] (INVITE with one
 //! `AES_CM_128_HMAC_SHA1_80` SDES key, ACK, BYE), and protects/unprotects with the `webrtc-srtp`
 //! crate directly; RTP headers, telephone-event payloads and key handling are its own, so only
 //! the SRTP library itself is shared with sbc's `srtp-bridge`.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,8 @@ use base64::Engine as _;
 use webrtc_srtp::context::Context;
 use webrtc_srtp::protection_profile::ProtectionProfile;
 
-use crate::tlsclient::{complete_message, connect, status_code, TlsConn};
+use crate::rawcall::{body, header, tag, SipConn};
+use crate::tlsclient::status_code;
 use crate::TestEnv;
 
 /// One RTP packet the carrier received from sbc (after SRTP).
@@ -41,8 +42,7 @@ pub struct Received {
 
 /// A call from the test carrier to sbc, answered and acknowledged.
 pub struct TestCarrier {
-    tls: TlsConn,
-    buf: Vec<u8>,
+    sip: SipConn,
     sbc_port: u16,
     local_sip_port: u16,
     pub call_id: String,
@@ -95,17 +95,6 @@ fn srtp_context(key_salt: &[u8]) -> Context {
     .expect("SRTP context")
 }
 
-fn header_value<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
-    msg.split("\r\n\r\n").next()?.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
-fn body(msg: &str) -> &str {
-    msg.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
-}
-
 impl TestCarrier {
     /// Calls `number` at sbc (`127.0.0.1:sbc_port`) offering RTP/SAVP with `codec_pt`
     /// (0 PCMU or 8 PCMA) and telephone-event 101, waits for the 200 OK and sends the ACK.
@@ -122,8 +111,8 @@ impl TestCarrier {
         te_pt: u8,
     ) -> TestCarrier {
         let timeout = Duration::from_secs(10);
-        let tls = connect(&env.pki, sbc_port, timeout).expect("TLS to sbc");
-        let local_sip_port = tls.sock.local_addr().expect("local addr").port();
+        let sip = SipConn::connect(&env.pki, sbc_port);
+        let local_sip_port = sip.local_addr().port();
         let sock = UdpSocket::bind(("127.0.0.1", env.ports.sipp_rtp_min)).expect("bind RTP");
         let rtp_port = env.ports.sipp_rtp_min;
         let key: [u8; 30] = random_bytes();
@@ -158,8 +147,7 @@ impl TestCarrier {
         let ssrc = u32::from_be_bytes(random_bytes());
         let tx = srtp_context(&key);
         let mut c = TestCarrier {
-            tls,
-            buf: Vec::new(),
+            sip,
             sbc_port,
             local_sip_port,
             call_id,
@@ -188,9 +176,9 @@ impl TestCarrier {
                 _ => panic!("the INVITE was not answered with 200:\n{msg}"),
             }
         };
-        c.to_tag = header_value(&answer, "To")
-            .and_then(|v| v.split(";tag=").nth(1))
-            .map(|t| t.split(';').next().unwrap_or(t).trim().to_string())
+        c.to_tag = header(&answer, "To")
+            .and_then(tag)
+            .map(str::to_string)
             .unwrap_or_else(|| panic!("200 without a To tag:\n{answer}"));
         let sdp = body(&answer);
         let port: u16 = sdp
@@ -218,7 +206,7 @@ impl TestCarrier {
     }
 
     fn in_dialog(&self, method: &str, cseq: u32, branch: &str) -> String {
-        let contact = header_value(&self.answer, "Contact")
+        let contact = header(&self.answer, "Contact")
             .and_then(|v| Some(v.split_once('<')?.1.split_once('>')?.0.to_string()))
             .unwrap_or_else(|| format!("sip:127.0.0.1:{};transport=tls", self.sbc_port));
         format!(
@@ -232,7 +220,7 @@ impl TestCarrier {
              Content-Length: 0\r\n\r\n",
             self.local_sip_port,
             self.from_tag,
-            header_value(&self.answer, "To")
+            header(&self.answer, "To")
                 .and_then(|v| v.split(";tag=").next())
                 .unwrap_or(""),
             self.to_tag,
@@ -241,38 +229,14 @@ impl TestCarrier {
     }
 
     fn send_sip(&mut self, msg: &str) {
-        self.tls.write_all(msg.as_bytes()).expect("write SIP");
-        self.tls.flush().expect("flush SIP");
+        self.sip.send(msg);
     }
 
-    /// Reads one SIP message (skipping CRLF keep-alives).
+    /// Reads one SIP message (CRLF keep-alives skipped).
     fn read_sip(&mut self, timeout: Duration) -> Result<String, String> {
-        let deadline = Instant::now() + timeout;
-        let mut chunk = [0u8; 4096];
-        loop {
-            while self.buf.starts_with(b"\r\n") {
-                self.buf.drain(..2);
-            }
-            if let Some(end) = complete_message(&self.buf) {
-                let msg = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-                self.buf.drain(..end);
-                return Ok(msg);
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "no complete SIP message within {timeout:?} (have {} bytes)",
-                    self.buf.len()
-                ));
-            }
-            match self.tls.read(&mut chunk) {
-                Ok(0) => return Err("connection closed".into()),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::TimedOut => {}
-                Err(e) => return Err(format!("read: {e}")),
-            }
-        }
+        self.sip.recv(timeout).ok_or_else(|| {
+            format!("no complete SIP message within {timeout:?}, or the connection closed")
+        })
     }
 
     fn start_receiver(&mut self, mut rx: Context) {
@@ -418,7 +382,7 @@ impl TestCarrier {
                 .read_sip(Duration::from_secs(10))
                 .unwrap_or_else(|e| panic!("waiting for the 200 to BYE: {e}"));
             if msg.starts_with("SIP/2.0 ")
-                && header_value(&msg, "CSeq").is_some_and(|c| c.ends_with("BYE"))
+                && header(&msg, "CSeq").is_some_and(|c| c.ends_with("BYE"))
             {
                 self.stop_receiver();
                 return msg;

@@ -87,7 +87,7 @@ fn read_message<S: Read>(io: &mut S, buf: &mut Vec<u8>, timeout: Duration) -> Go
         while buf.starts_with(b"\r\n") {
             buf.drain(..2);
         }
-        if let Some(end) = message_end(buf) {
+        if let Some(end) = tlsclient::complete_message(buf) {
             let msg = String::from_utf8_lossy(&buf[..end]).into_owned();
             buf.drain(..end);
             return Got::Message(msg);
@@ -104,16 +104,6 @@ fn read_message<S: Read>(io: &mut S, buf: &mut Vec<u8>, timeout: Duration) -> Go
             Err(_) => return Got::Closed,
         }
     }
-}
-
-fn message_end(buf: &[u8]) -> Option<usize> {
-    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = String::from_utf8_lossy(&buf[..head_end]);
-    let len = header(&head, "Content-Length")
-        .or_else(|| header(&head, "l"))
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
-    (buf.len() >= head_end + len).then_some(head_end + len)
 }
 
 /// The first value of header `name` (case-insensitive) in a SIP message's text.

@@ -501,6 +501,7 @@ async fn run_connection<S>(
         // Dropped when the reader stops: the connection is gone (or we gave up on it).
         let (reader_done, mut reader_gone) = tokio::sync::oneshot::channel::<()>();
         let writer = tokio::spawn(async move {
+            let mut closed = false;
             loop {
                 tokio::select! {
                     biased;
@@ -512,18 +513,14 @@ async fn run_connection<S>(
                         }
                         None => break,
                     },
-                    _ = &mut reader_gone => {
+                    _ = &mut reader_gone, if !closed => {
                         // Refuse new messages from now on, so that a call still holding this
                         // handle sees `send` fail and opens a new connection for its BYE
                         // instead of writing it into a socket the peer already closed. What
-                        // was queued before still goes out (a response to the last request).
+                        // was queued before still goes out (a response to the last request):
+                        // `recv` yields it, then `None`.
                         rx.close();
-                        while let Some(b) = rx.recv().await {
-                            if wr.write_all(&b).await.is_err() {
-                                break;
-                            }
-                        }
-                        break;
+                        closed = true;
                     }
                 }
             }

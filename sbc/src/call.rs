@@ -17,9 +17,10 @@ use tracing::{debug, info, info_span, trace, warn, Instrument};
 use crate::agent::{self, AgentConn};
 use crate::audit::{CallRecord, Decision, SipTls};
 use crate::config::{AgentTarget, CodecName, RouteMatch, SrtpSuiteName};
+use crate::conn::ConnHandle;
 use crate::metrics as m;
 use crate::ports::MediaSockets;
-use crate::server::{CarrierState, ConnHandle, Live, Shared};
+use crate::shared::{CarrierState, Live, Shared};
 use crate::sip::{CallEvent, CallState, HangupCause, Request, Response, SipMessage, UasCall};
 
 /// What other tasks send to a call.
@@ -33,12 +34,6 @@ pub enum CallInput {
     Hangup(HangupCause),
     /// A new connection to the carrier that sbc opened for this call: use it from now on.
     Adopt(ConnHandle),
-}
-
-impl std::fmt::Debug for ConnHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ConnHandle({}, {})", self.id, self.peer)
-    }
 }
 
 /// Everything a new call task starts with.
@@ -96,8 +91,8 @@ struct Release {
 impl Drop for Release {
     fn drop(&mut self) {
         m::call_ended();
-        self.shared.unregister(&self.sip_call_id);
-        self.carrier.active.fetch_sub(1, Ordering::SeqCst);
+        self.shared.dialogs.unregister(&self.sip_call_id);
+        self.carrier.active().fetch_sub(1, Ordering::SeqCst);
         self.shared.active_calls.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -239,7 +234,7 @@ impl Call {
         info!(%host, port, "carrier connection gone: opening a new one");
         tokio::spawn(
             async move {
-                match crate::server::connect_outbound(
+                match crate::conn::connect_outbound(
                     Arc::clone(&shared),
                     carrier,
                     host.clone(),
@@ -249,7 +244,7 @@ impl Call {
                 {
                     Ok(handle) => {
                         handle.send(&SipMessage::Request(req));
-                        if let Some(tx) = shared.lookup(&sip_call_id) {
+                        if let Some(tx) = shared.dialogs.lookup(&sip_call_id) {
                             let _ = tx.try_send(CallInput::Adopt(handle));
                         }
                     }
@@ -258,7 +253,7 @@ impl Call {
                         // RFC 3261 §8.1.3.1: a transport failure is a 503 for the request, so
                         // the call ends now instead of waiting out Timer F for a response
                         // that cannot come.
-                        if let Some(tx) = shared.lookup(&sip_call_id) {
+                        if let Some(tx) = shared.dialogs.lookup(&sip_call_id) {
                             let resp = crate::sip::stateless_response(
                                 &req,
                                 503,

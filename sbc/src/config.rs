@@ -260,12 +260,17 @@ impl Config {
     /// Reads, parses and validates `path`, including the certificate files it names: each chain
     /// and key is loaded, the key checked against its certificate, and every rustls config built.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::parse_file(path)?;
+        config.check_tls()?;
+        Ok(config)
+    }
+
+    /// Reads and parses `path` without touching certificate files (see [`Config::load`]).
+    pub fn parse_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::in_file(path, format!("cannot read the configuration file: {e}"))
         })?;
-        let config = Config::parse_str(&text, path)?;
-        config.check_tls()?;
-        Ok(config)
+        Config::parse_str(&text, path)
     }
 
     /// Parses and validates `text` as if read from `path` (used for error positions and to
@@ -291,10 +296,7 @@ impl Config {
     /// Loads the certificate and key files and builds every rustls config sbc uses, so that
     /// `check-config` finds what `run` would.
     pub fn check_tls(&self) -> Result<(), ConfigError> {
-        crate::tls::sip_server_config(&self.tls, &self.sip)?;
-        crate::tls::agent_client_config(&self.agent)?;
-        crate::tls::carrier_client_config(&self.tls)?;
-        Ok(())
+        crate::tls::TlsConfigs::build(self).map(drop)
     }
 }
 

@@ -99,14 +99,14 @@ fn reload(pid: u32) -> ExitCode {
 }
 
 fn run(path: PathBuf) -> ExitCode {
-    let config = match Config::load(&path) {
+    let loaded = match sbc::shared::Loaded::load(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sbc: configuration error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = sbc::logging::init(&config.log) {
+    if let Err(e) = sbc::logging::init(&loaded.config.log) {
         eprintln!("sbc: {e}");
         return ExitCode::FAILURE;
     }
@@ -124,7 +124,7 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "starting");
-    match runtime.block_on(sbc::server::run(config)) {
+    match runtime.block_on(sbc::server::run(loaded)) {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS

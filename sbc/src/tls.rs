@@ -36,6 +36,27 @@ pub fn negotiated(state: &rustls::CommonState) -> (String, String) {
     )
 }
 
+/// The three rustls configurations sbc uses, built once per load (start, reload, check-config).
+pub struct TlsConfigs {
+    /// SIP over TLS towards carriers (server side).
+    pub sip_server: Arc<rustls::ServerConfig>,
+    /// The agent WebSocket (client side).
+    pub agent_client: Arc<rustls::ClientConfig>,
+    /// Connections sbc opens to a carrier (client side).
+    pub carrier_client: Arc<rustls::ClientConfig>,
+}
+
+impl TlsConfigs {
+    /// Loads every certificate and key `config` names and builds the three configs.
+    pub fn build(config: &crate::config::Config) -> Result<TlsConfigs, ConfigError> {
+        Ok(TlsConfigs {
+            sip_server: sip_server_config(&config.tls, &config.sip)?,
+            agent_client: agent_client_config(&config.agent)?,
+            carrier_client: carrier_client_config(&config.tls)?,
+        })
+    }
+}
+
 /// The SIP listener's server config: TLS 1.3, plus TLS 1.2 with the configured ECDHE+AEAD suites
 /// when `min_version` is 1.2; no 0-RTT; client certificates verified against `client_ca` if set.
 /// With `TlsIdentity::DevSelfSigned` it generates an ECDSA P-256 certificate for `sip.host`, and

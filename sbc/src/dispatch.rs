@@ -1,0 +1,261 @@
+//! Routing of each SIP message a connection reads: to the call it belongs to, to admission for
+//! a new INVITE, or a stateless answer. The dialog table lives here.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::audit::{CallRecord, Decision, SipTls};
+use crate::call::{self, CallInput};
+use crate::conn::ConnHandle;
+use crate::metrics as m;
+use crate::shared::{CarrierState, Shared};
+use crate::sip::{strict, Method, Request, Response, SipMessage};
+
+/// Call-ID → the mailbox of the call task that owns it.
+#[derive(Default)]
+pub struct Dialogs {
+    calls: Mutex<HashMap<String, mpsc::Sender<CallInput>>>,
+}
+
+impl Dialogs {
+    /// Removes a call (called by the call task on exit).
+    pub fn unregister(&self, sip_call_id: &str) {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(sip_call_id);
+    }
+
+    pub(crate) fn insert(&self, sip_call_id: String, tx: mpsc::Sender<CallInput>) {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sip_call_id, tx);
+    }
+
+    pub(crate) fn lookup(&self, sip_call_id: &str) -> Option<mpsc::Sender<CallInput>> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sip_call_id)
+            .filter(|tx| !tx.is_closed())
+            .cloned()
+    }
+
+    /// Every live call's mailbox (shutdown).
+    pub(crate) fn all(&self) -> Vec<mpsc::Sender<CallInput>> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// What a connection task knows when it routes a message.
+pub(crate) struct ConnCtx {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) carrier: Arc<CarrierState>,
+    pub(crate) sip_tls: SipTls,
+    pub(crate) handle: ConnHandle,
+}
+
+impl ConnCtx {
+    pub(crate) fn reply(&self, req: &Request, status: u16, reason: &str, extra: &[(&str, String)]) {
+        let retry_after = extra
+            .iter()
+            .find(|(k, _)| *k == "Retry-After")
+            .and_then(|(_, v)| v.parse().ok());
+        let mut rng = rand::thread_rng();
+        let mut resp: Response = crate::sip::stateless_response(
+            req,
+            status,
+            reason,
+            &self.shared.uas,
+            retry_after,
+            &mut rng,
+        );
+        for (k, v) in extra.iter().filter(|(k, _)| *k != "Retry-After") {
+            resp.headers.push(k, v.clone());
+        }
+        self.handle.send(&SipMessage::Response(resp));
+    }
+
+    pub(crate) fn handle_message(&self, data: &[u8]) {
+        let line_problem = strict::request_line_problem(data);
+        let msg = match SipMessage::parse(data) {
+            Ok(m) => m,
+            Err(e) => {
+                let reason = line_problem.map(|p| p.1).unwrap_or("Bad Request");
+                match strict::bad_request_for_unparsable(data, reason) {
+                    Some(resp) => {
+                        info!(error = %e, "unparsable SIP request: 400");
+                        m::sip_response(400);
+                        let _ = self.handle.tx.try_send(Bytes::from(resp));
+                    }
+                    // Without Via/Call-ID/CSeq there is nothing to address a response to.
+                    None => warn!(error = %e, "unparsable SIP message dropped"),
+                }
+                return;
+            }
+        };
+        if let SipMessage::Request(req) = &msg {
+            if let Some((status, reason)) = line_problem.or_else(|| strict::header_problem(req)) {
+                info!(method = ?req.method, status, reason, "malformed request rejected");
+                if req.method != Method::Ack {
+                    self.reply(req, status, reason, &[]);
+                }
+                return;
+            }
+        }
+        match msg {
+            SipMessage::Response(resp) => {
+                let tx = resp
+                    .headers
+                    .get("Call-ID")
+                    .and_then(|id| self.shared.dialogs.lookup(id));
+                match tx {
+                    Some(tx) => {
+                        let _ = tx.try_send(CallInput::Response(resp));
+                    }
+                    None => debug!(status = resp.status, "response for no known call dropped"),
+                }
+            }
+            SipMessage::Request(req) => self.handle_request(req),
+        }
+    }
+
+    fn handle_request(&self, req: Request) {
+        if req.headers.0.len() > self.shared.live().config.limits.max_headers {
+            warn!(count = req.headers.0.len(), "too many headers");
+            if req.method != Method::Ack {
+                self.reply(&req, 400, "Too Many Headers", &[]);
+            }
+            return;
+        }
+        if let Err(rej) = req.validate() {
+            info!(method = ?req.method, status = rej.status, reason = %rej.reason, "request rejected");
+            if req.method != Method::Ack {
+                self.reply(&req, rej.status, &rej.reason, &[]);
+            }
+            return;
+        }
+        let call_id = req.call_id().unwrap_or_default().to_string();
+        if let Some(tx) = self.shared.dialogs.lookup(&call_id) {
+            if tx
+                .try_send(CallInput::Request(req, self.handle.clone()))
+                .is_err()
+            {
+                warn!(%call_id, "call mailbox full or closed: request dropped");
+            }
+            return;
+        }
+        match req.method {
+            Method::Invite => {
+                let has_to_tag = req
+                    .headers
+                    .get("To")
+                    .is_some_and(|t| t.contains(";tag=") || t.contains("; tag="));
+                if has_to_tag {
+                    self.reply(&req, 481, "Call/Transaction Does Not Exist", &[]);
+                } else {
+                    self.new_invite(req, call_id);
+                }
+            }
+            Method::Options => self.reply(&req, 200, "OK", &[]),
+            Method::Ack => debug!(%call_id, "ACK for no known call dropped"),
+            _ => self.reply(&req, 481, "Call/Transaction Does Not Exist", &[]),
+        }
+    }
+
+    fn new_invite(&self, req: Request, call_id: String) {
+        let shared = &self.shared;
+        let carrier = &self.carrier;
+        let now = Instant::now();
+        let refuse = |status: u16, reason: &str, why: &str, retry: Option<u32>| {
+            info!(%call_id, status, why, "INVITE refused at admission");
+            let extra: Vec<(&str, String)> = retry
+                .map(|r| ("Retry-After", r.to_string()))
+                .into_iter()
+                .collect();
+            self.reply(&req, status, reason, &extra);
+            let rec = CallRecord {
+                call_id: format!("c{}", shared.next_id()),
+                sip_call_id: call_id.clone(),
+                carrier: carrier.config.name.clone(),
+                source: self.handle.peer.to_string(),
+                sip_tls: self.sip_tls.clone(),
+                from: shared
+                    .audit
+                    .number(&req.caller_number().unwrap_or_default()),
+                to: shared
+                    .audit
+                    .number(&req.called_number().unwrap_or_default()),
+                decision: Decision {
+                    outcome: "refused",
+                    status,
+                    reason: why.to_string(),
+                },
+                received_at: crate::audit::now_rfc3339(),
+                ..Default::default()
+            };
+            shared.audit.write("call.refused", &rec);
+            m::call_outcome("refused");
+        };
+        if shared.draining.load(Ordering::SeqCst) {
+            return refuse(503, "Service Unavailable", "shutting down", Some(30));
+        }
+        // Reserve global and carrier capacity atomically; released by the call task.
+        let global = shared.active_calls.fetch_add(1, Ordering::SeqCst);
+        if global >= shared.live().config.limits.max_concurrent_calls {
+            shared.active_calls.fetch_sub(1, Ordering::SeqCst);
+            return refuse(
+                503,
+                "Service Unavailable",
+                "over capacity (max_concurrent_calls)",
+                Some(5),
+            );
+        }
+        let c = carrier.active().fetch_add(1, Ordering::SeqCst);
+        if c >= carrier.config.max_concurrent_calls {
+            carrier.active().fetch_sub(1, Ordering::SeqCst);
+            shared.active_calls.fetch_sub(1, Ordering::SeqCst);
+            return refuse(
+                503,
+                "Service Unavailable",
+                "carrier over capacity (max_concurrent_calls)",
+                Some(5),
+            );
+        }
+        if !carrier.take_token(now) {
+            carrier.active().fetch_sub(1, Ordering::SeqCst);
+            shared.active_calls.fetch_sub(1, Ordering::SeqCst);
+            return refuse(
+                503,
+                "Service Unavailable",
+                "carrier call rate limit (max_calls_per_second)",
+                Some(1),
+            );
+        }
+        let (tx, rx) = mpsc::channel(256);
+        shared.dialogs.insert(call_id.clone(), tx);
+        let setup = call::CallSetup {
+            shared: Arc::clone(shared),
+            carrier: Arc::clone(carrier),
+            invite: req,
+            conn: self.handle.clone(),
+            sip_tls: self.sip_tls.clone(),
+            sip_call_id: call_id,
+            rx,
+            received: now,
+        };
+        tokio::spawn(call::run(setup));
+    }
+}

@@ -9,7 +9,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use hmac::{Hmac, Mac};
 use serde::Serialize;
@@ -223,6 +223,10 @@ pub struct SipTls {
     pub cipher: String,
     pub sni: Option<String>,
     pub client_cert_subject: Option<String>,
+    /// The carrier's certificate, kept so that admission can check it against the live
+    /// configuration on every new INVITE (a reload may narrow `certificate_names`). Not written.
+    #[serde(skip)]
+    pub client_cert: Option<Arc<rustls_pki_types::CertificateDer<'static>>>,
 }
 
 /// The decision on the INVITE.

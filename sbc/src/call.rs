@@ -790,18 +790,23 @@ impl Call {
     fn stream_info(&mut self) -> StreamInfo {
         let cfg = &self.live.config;
         let h = &self.invite.headers;
-        let call_sid = h
-            .get("X-Twilio-CallSid")
+        // X-Twilio-* headers are Twilio's own only when the carrier is Twilio; from any other
+        // carrier they are whatever the peer chose to write, and never reach the agent.
+        let trusted = |name: &str| {
+            self.carrier.config.twilio || !name.to_ascii_lowercase().starts_with("x-twilio-")
+        };
+        let twilio_header = |name: &str| h.get(name).filter(|_| trusted(name));
+        let call_sid = twilio_header("X-Twilio-CallSid")
             .map(str::to_string)
             .unwrap_or_else(|| format!("CA{}", hex32(&mut self.rng)));
-        let account_sid = h
-            .get("X-Twilio-AccountSid")
+        let account_sid = twilio_header("X-Twilio-AccountSid")
             .map(str::to_string)
             .unwrap_or_else(|| cfg.agent.default_account_sid.clone());
         let custom = cfg
             .agent
             .passthrough_headers
             .iter()
+            .filter(|name| trusted(name))
             .filter_map(|name| h.get(name).map(|v| (name.clone(), v.to_string())))
             .collect();
         StreamInfo {

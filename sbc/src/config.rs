@@ -103,6 +103,12 @@ pub struct CarrierConfig {
     pub certificate_names: Vec<String>,
     pub max_concurrent_calls: u32,
     pub max_calls_per_second: u32,
+    /// The carrier is Twilio: its `X-Twilio-*` headers are believed (they reach the agent's
+    /// `start`). From any other carrier those headers are ignored.
+    pub twilio: bool,
+    /// When non-empty (needs `twilio`), an INVITE whose `X-Twilio-AccountSid` is not listed is
+    /// refused with 403: Twilio's signalling addresses are shared by all Twilio accounts.
+    pub twilio_account_sids: Vec<String>,
 }
 
 #[derive(Clone, Debug)]

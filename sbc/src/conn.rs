@@ -26,6 +26,8 @@ pub struct ConnHandle {
     pub id: u64,
     pub peer: SocketAddr,
     pub(crate) tx: mpsc::Sender<Bytes>,
+    /// sbc opened this connection (to send a BYE): it carries in-dialog requests only.
+    pub outbound: bool,
 }
 
 impl ConnHandle {
@@ -142,6 +144,10 @@ async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr)
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|_| "present".to_string()),
+            client_cert: conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| Arc::new(c.clone().into_owned())),
         }
     };
     m::tls_handshake(&sip_tls.version, &sip_tls.cipher, "ok");
@@ -190,6 +196,7 @@ pub async fn connect_outbound(
             cipher,
             sni: Some(host.clone()),
             client_cert_subject: None,
+            client_cert: None,
         }
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -255,16 +262,12 @@ async fn run_connection<S>(
             id: conn_id,
             peer,
             tx,
+            outbound: ready.is_some(),
         };
         if let Some(ready) = ready {
             let _ = ready.send(handle.clone());
         }
-        let ctx = ConnCtx {
-            shared: Arc::clone(&shared),
-            carrier,
-            sip_tls,
-            handle,
-        };
+        let ctx = ConnCtx::new(Arc::clone(&shared), carrier, sip_tls, handle);
         let live = shared.live();
         let mut framer = Framer::new(live.config.limits.max_message_bytes);
         let mut buf = BytesMut::with_capacity(8192);
@@ -277,7 +280,7 @@ async fn run_connection<S>(
                     // A call whose dialog uses this connection holds a handle to it: the
                     // connection is not idle while such a call lasts, however quiet the
                     // carrier is (a call without re-INVITEs sends no SIP for its whole length).
-                    if ctx.handle.tx.strong_count() > 1 {
+                    if ctx.handle.tx.strong_count() > 1 && !ctx.revoked_and_unused() {
                         continue;
                     }
                     debug!("idle timeout: closing");
@@ -330,6 +333,10 @@ async fn run_connection<S>(
                     }
                 }
             }
+            if ctx.revoked_and_unused() {
+                info!("no carrier admits this connection any more and no call uses it: closing");
+                break;
+            }
         }
         drop(ctx);
         drop(reader_done);
@@ -357,7 +364,7 @@ async fn run_connection<S>(
 
 /// True when the (already chain-verified) client certificate is valid for one of `names`
 /// (DNS subjectAltName, RFC 6125 matching as webpki does it).
-fn certificate_names_match(
+pub(crate) fn certificate_names_match(
     leaf: Option<&rustls_pki_types::CertificateDer<'_>>,
     names: &[String],
 ) -> bool {

@@ -2,7 +2,7 @@
 //! a new INVITE, or a stateless answer. The dialog table lives here.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::admission::{self, ConnFacts};
 use crate::audit::{CallRecord, Decision, SipTls};
 use crate::call::{self, CallInput};
 use crate::conn::ConnHandle;
@@ -65,9 +66,32 @@ pub(crate) struct ConnCtx {
     pub(crate) carrier: Arc<CarrierState>,
     pub(crate) sip_tls: SipTls,
     pub(crate) handle: ConnHandle,
+    /// Set when admission found that no carrier admits this connection any more (a reload):
+    /// the connection closes once no call uses it.
+    pub(crate) revoked: AtomicBool,
 }
 
 impl ConnCtx {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        carrier: Arc<CarrierState>,
+        sip_tls: SipTls,
+        handle: ConnHandle,
+    ) -> ConnCtx {
+        ConnCtx {
+            shared,
+            carrier,
+            sip_tls,
+            handle,
+            revoked: AtomicBool::new(false),
+        }
+    }
+
+    /// True once admission revoked this connection and no call holds it any more.
+    pub(crate) fn revoked_and_unused(&self) -> bool {
+        self.revoked.load(Ordering::Relaxed) && self.handle.tx.strong_count() <= 1
+    }
+
     pub(crate) fn reply(&self, req: &Request, status: u16, reason: &str, extra: &[(&str, String)]) {
         let retry_after = extra
             .iter()
@@ -177,78 +201,56 @@ impl ConnCtx {
 
     fn new_invite(&self, req: Request, call_id: String) {
         let shared = &self.shared;
-        let carrier = &self.carrier;
         let now = Instant::now();
-        let refuse = |status: u16, reason: &str, why: &str, retry: Option<u32>| {
-            info!(%call_id, status, why, "INVITE refused at admission");
-            let extra: Vec<(&str, String)> = retry
-                .map(|r| ("Retry-After", r.to_string()))
-                .into_iter()
-                .collect();
-            self.reply(&req, status, reason, &extra);
-            let rec = CallRecord {
-                call_id: format!("c{}", shared.next_id()),
-                sip_call_id: call_id.clone(),
-                carrier: carrier.config.name.clone(),
-                source: self.handle.peer.to_string(),
-                sip_tls: self.sip_tls.clone(),
-                from: shared
-                    .audit
-                    .number(&req.caller_number().unwrap_or_default()),
-                to: shared
-                    .audit
-                    .number(&req.called_number().unwrap_or_default()),
-                decision: Decision {
-                    outcome: "refused",
-                    status,
-                    reason: why.to_string(),
-                },
-                received_at: crate::audit::now_rfc3339(),
-                ..Default::default()
-            };
-            shared.audit.write("call.refused", &rec);
-            m::call_outcome("refused");
+        let facts = ConnFacts {
+            peer: self.handle.peer,
+            carrier: &self.carrier.config.name,
+            sip_tls: &self.sip_tls,
+            outbound: self.handle.outbound,
         };
-        if shared.draining.load(Ordering::SeqCst) {
-            return refuse(503, "Service Unavailable", "shutting down", Some(30));
-        }
-        // Reserve global and carrier capacity atomically; released by the call task.
-        let global = shared.active_calls.fetch_add(1, Ordering::SeqCst);
-        if global >= shared.live().config.limits.max_concurrent_calls {
-            shared.active_calls.fetch_sub(1, Ordering::SeqCst);
-            return refuse(
-                503,
-                "Service Unavailable",
-                "over capacity (max_concurrent_calls)",
-                Some(5),
-            );
-        }
-        let c = carrier.active().fetch_add(1, Ordering::SeqCst);
-        if c >= carrier.config.max_concurrent_calls {
-            carrier.active().fetch_sub(1, Ordering::SeqCst);
-            shared.active_calls.fetch_sub(1, Ordering::SeqCst);
-            return refuse(
-                503,
-                "Service Unavailable",
-                "carrier over capacity (max_concurrent_calls)",
-                Some(5),
-            );
-        }
-        if !carrier.take_token(now) {
-            carrier.active().fetch_sub(1, Ordering::SeqCst);
-            shared.active_calls.fetch_sub(1, Ordering::SeqCst);
-            return refuse(
-                503,
-                "Service Unavailable",
-                "carrier call rate limit (max_calls_per_second)",
-                Some(1),
-            );
-        }
+        let admitted = match admission::admit(shared, &facts, &req, now) {
+            Ok(a) => a,
+            Err(refusal) => {
+                info!(%call_id, status = refusal.status, why = refusal.why, "INVITE refused at admission");
+                if refusal.revoke {
+                    self.revoked.store(true, Ordering::Relaxed);
+                }
+                let extra: Vec<(&str, String)> = refusal
+                    .retry_after
+                    .map(|r| ("Retry-After", r.to_string()))
+                    .into_iter()
+                    .collect();
+                self.reply(&req, refusal.status, refusal.reason, &extra);
+                let rec = CallRecord {
+                    call_id: format!("c{}", shared.next_id()),
+                    sip_call_id: call_id.clone(),
+                    carrier: self.carrier.config.name.clone(),
+                    source: self.handle.peer.to_string(),
+                    sip_tls: self.sip_tls.clone(),
+                    from: shared
+                        .audit
+                        .number(&req.caller_number().unwrap_or_default()),
+                    to: shared
+                        .audit
+                        .number(&req.called_number().unwrap_or_default()),
+                    decision: Decision {
+                        outcome: "refused",
+                        status: refusal.status,
+                        reason: refusal.why.to_string(),
+                    },
+                    received_at: crate::audit::now_rfc3339(),
+                    ..Default::default()
+                };
+                shared.audit.write("call.refused", &rec);
+                m::call_outcome("refused");
+                return;
+            }
+        };
         let (tx, rx) = mpsc::channel(256);
         shared.dialogs.insert(call_id.clone(), tx);
         let setup = call::CallSetup {
             shared: Arc::clone(shared),
-            carrier: Arc::clone(carrier),
+            carrier: admitted.into_carrier(),
             invite: req,
             conn: self.handle.clone(),
             sip_tls: self.sip_tls.clone(),

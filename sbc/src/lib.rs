@@ -3,6 +3,7 @@
 //! speaks the Twilio Media Streams protocol.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod agent;
 pub mod audit;
 pub mod call;

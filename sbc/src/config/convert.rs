@@ -503,10 +503,37 @@ fn carriers(
                     .collect()
             }
         };
+        let twilio = c.twilio.as_ref().is_some_and(|t| *t.get_ref());
+        let twilio_account_sids = match &c.twilio_account_sids {
+            None => Vec::new(),
+            Some(l) => {
+                if !l.get_ref().is_empty() && !twilio {
+                    return Err(ctx.at(
+                        l.span(),
+                        format!("carrier {name:?}: twilio_account_sids needs twilio = true"),
+                    ));
+                }
+                for sid in l.get_ref() {
+                    if !is_account_sid(sid.get_ref()) {
+                        return Err(ctx.at(
+                            sid.span(),
+                            format!(
+                                "carrier {name:?}: {:?} is not a Twilio Account SID (\"AC\" followed by 32 hex digits)",
+                                sid.get_ref()
+                            ),
+                        ));
+                    }
+                }
+                no_duplicates(ctx, l.get_ref(), "account SID", |s| s.to_string())?;
+                l.get_ref().iter().map(|s| s.get_ref().clone()).collect()
+            }
+        };
         out.push(CarrierConfig {
             name: name.to_string(),
             sources,
             certificate_names,
+            twilio,
+            twilio_account_sids,
             max_concurrent_calls: positive(
                 ctx,
                 &c.max_concurrent_calls,
@@ -522,6 +549,11 @@ fn carriers(
         });
     }
     Ok(out)
+}
+
+/// `AC` followed by 32 hex digits (Twilio's Account SID).
+pub(crate) fn is_account_sid(s: &str) -> bool {
+    s.len() == 34 && s.starts_with("AC") && s[2..].chars().all(|c| c.is_ascii_hexdigit())
 }
 
 fn ip(ctx: &Ctx, s: &S<String>, key: &str) -> Result<IpAddr, ConfigError> {

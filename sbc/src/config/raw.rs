@@ -58,6 +58,8 @@ pub(crate) struct RawCarrier {
     pub certificate_names: Option<S<Vec<S<String>>>>,
     pub max_concurrent_calls: Option<S<u32>>,
     pub max_calls_per_second: Option<S<u32>>,
+    pub twilio: Option<S<bool>>,
+    pub twilio_account_sids: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,156 @@
+//! Admission of a new INVITE: who may call (re-checked against the live configuration on every
+//! INVITE, so a reload that removes or narrows a carrier takes effect at once, also on
+//! connections that are already open), and how many calls at once and per second.
+//!
+//! Pure decisions on the shared state: no I/O, and the clock comes in as `now`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::audit::SipTls;
+use crate::shared::{CarrierState, Shared};
+use crate::sip::Request;
+
+/// What admission knows about the connection an INVITE came on.
+pub struct ConnFacts<'a> {
+    pub peer: SocketAddr,
+    /// The carrier the connection was admitted as when it was opened.
+    pub carrier: &'a str,
+    pub sip_tls: &'a SipTls,
+    /// sbc opened this connection itself (to send a BYE): it carries in-dialog requests only.
+    pub outbound: bool,
+}
+
+/// An INVITE admission refused.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: &'static str,
+    /// For the log and the audit record.
+    pub why: &'static str,
+    pub retry_after: Option<u32>,
+    /// No carrier admits this connection any more: close it once its calls have ended.
+    pub revoke: bool,
+}
+
+impl Refusal {
+    fn forbidden(why: &'static str, revoke: bool) -> Refusal {
+        Refusal {
+            status: 403,
+            reason: "Forbidden",
+            why,
+            retry_after: None,
+            revoke,
+        }
+    }
+
+    fn busy(why: &'static str, retry_after: u32) -> Refusal {
+        Refusal {
+            status: 503,
+            reason: "Service Unavailable",
+            why,
+            retry_after: Some(retry_after),
+            revoke: false,
+        }
+    }
+}
+
+/// A call admitted: its carrier (as the live configuration has it) and its slots, released on
+/// drop unless handed to the call task with [`Admitted::into_carrier`].
+pub struct Admitted {
+    shared: Arc<Shared>,
+    carrier: Option<Arc<CarrierState>>,
+}
+
+impl Admitted {
+    /// The carrier; the call task now owns the slots and gives them back when it ends.
+    pub fn into_carrier(mut self) -> Arc<CarrierState> {
+        // `Some` until this call or the drop.
+        self.carrier.take().expect("carrier present until taken")
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(c) = self.carrier.take() {
+            c.active().fetch_sub(1, Ordering::SeqCst);
+            self.shared.active_calls.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Decides on a new INVITE (one without a To tag and for no known call).
+pub fn admit(
+    shared: &Arc<Shared>,
+    conn: &ConnFacts<'_>,
+    invite: &Request,
+    now: Instant,
+) -> Result<Admitted, Refusal> {
+    if conn.outbound {
+        return Err(Refusal::forbidden(
+            "new INVITE on a connection sbc opened (in-dialog requests only)",
+            false,
+        ));
+    }
+    let live = shared.live();
+    let Some(carrier) = live.carrier_for(conn.peer.ip()) else {
+        return Err(Refusal::forbidden(
+            "no carrier admits this source any more (configuration reloaded)",
+            true,
+        ));
+    };
+    if carrier.config.name != conn.carrier {
+        return Err(Refusal::forbidden(
+            "this source now belongs to another carrier (configuration reloaded)",
+            true,
+        ));
+    }
+    if !carrier.config.certificate_names.is_empty()
+        && !crate::conn::certificate_names_match(
+            conn.sip_tls.client_cert.as_deref(),
+            &carrier.config.certificate_names,
+        )
+    {
+        return Err(Refusal::forbidden(
+            "carrier certificate not for a name the configuration expects",
+            true,
+        ));
+    }
+    if !carrier.config.twilio_account_sids.is_empty() {
+        let sid = invite.headers.get("X-Twilio-AccountSid").map(str::trim);
+        if !sid.is_some_and(|s| carrier.config.twilio_account_sids.iter().any(|a| a == s)) {
+            return Err(Refusal::forbidden(
+                "Twilio account not allowed (X-Twilio-AccountSid missing or not listed)",
+                false,
+            ));
+        }
+    }
+    if shared.draining.load(Ordering::SeqCst) {
+        return Err(Refusal::busy("shutting down", 30));
+    }
+    // Reserve global and carrier capacity; `Admitted` gives them back unless a call takes them.
+    let global = shared.active_calls.fetch_add(1, Ordering::SeqCst);
+    let c = carrier.active().fetch_add(1, Ordering::SeqCst);
+    let admitted = Admitted {
+        shared: Arc::clone(shared),
+        carrier: Some(Arc::clone(carrier)),
+    };
+    if global >= live.config.limits.max_concurrent_calls {
+        return Err(Refusal::busy("over capacity (max_concurrent_calls)", 5));
+    }
+    if c >= carrier.config.max_concurrent_calls {
+        return Err(Refusal::busy(
+            "carrier over capacity (max_concurrent_calls)",
+            5,
+        ));
+    }
+    if !carrier.take_token(now) {
+        return Err(Refusal::busy(
+            "carrier call rate limit (max_calls_per_second)",
+            1,
+        ));
+    }
+    Ok(admitted)
+}

@@ -38,6 +38,8 @@ pub struct SbcOptions {
     pub media_ports: Option<(u16, u16)>,
     /// Extra `[limits]` lines, e.g. `"max_headers = 20"`.
     pub extra_limits: Vec<String>,
+    /// Extra lines in the test carrier's `[[carriers]]` table, e.g. `"twilio = true"`.
+    pub extra_carrier: Vec<String>,
 }
 
 impl SbcOptions {
@@ -59,6 +61,7 @@ impl SbcOptions {
             carrier_ca: false,
             media_ports: None,
             extra_limits: Vec::new(),
+            extra_carrier: Vec::new(),
         }
     }
 
@@ -100,6 +103,7 @@ name = "test"
 source_cidrs = [{cidrs}]
 max_concurrent_calls = {maxcalls}
 max_calls_per_second = {cps}
+{extra_carrier}
 
 [media]
 advertise_address = "127.0.0.1"
@@ -157,6 +161,7 @@ level = {level:?}
             String::new()
         },
         extra_limits = o.extra_limits.join("\n"),
+        extra_carrier = o.extra_carrier.join("\n"),
         rtpto = o.rtp_timeout_secs,
         ca = toml_str(&env.pki.ca_pem_path),
         cto = o.connect_timeout_ms,

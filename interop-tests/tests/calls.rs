@@ -659,22 +659,36 @@ fn sigterm_drain_timeout_hangs_up() {
 }
 
 /// `X-Twilio-CallSid` from the INVITE becomes `start.callSid` and is passed through in
-/// `customParameters` (it is in `passthrough_headers`).
+/// `customParameters` (it is in `passthrough_headers`), but only from a carrier marked
+/// `twilio = true`: from any other carrier the header is the peer's own invention and is ignored
+/// (issue 12, point 7).
 #[test]
-fn twilio_callsid_header_passthrough() {
-    let env = TestEnv::new();
-    let agent = env.start_agent(AgentBehaviour::Echo);
-    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
-    env.sipp("uac_twilio_headers.xml")
-        .run_expect(sbc.sip_port, 0);
-    let conns = wait_closed(&agent, 1);
-    let start = conns[0].first("start").expect("start").clone();
+fn twilio_callsid_header_passthrough_only_from_twilio_carrier() {
     let sid = "CA0123456789abcdef0123456789abcdef";
-    assert_eq!(start["start"]["callSid"], sid, "start: {start}");
-    assert_eq!(
-        start["start"]["customParameters"]["X-Twilio-CallSid"], sid,
-        "start: {start}"
-    );
+    for twilio in [true, false] {
+        let env = TestEnv::new();
+        let agent = env.start_agent(AgentBehaviour::Echo);
+        let mut opts = SbcOptions::agent(agent.url());
+        if twilio {
+            opts.extra_carrier.push("twilio = true".into());
+        }
+        let sbc = env.start_sbc(opts);
+        env.sipp("uac_twilio_headers.xml")
+            .run_expect(sbc.sip_port, 0);
+        let conns = wait_closed(&agent, 1);
+        let start = conns[0].first("start").expect("start").clone();
+        let passed = &start["start"]["customParameters"]["X-Twilio-CallSid"];
+        if twilio {
+            assert_eq!(start["start"]["callSid"], sid, "start: {start}");
+            assert_eq!(passed, sid, "start: {start}");
+        } else {
+            assert_ne!(start["start"]["callSid"], sid, "start: {start}");
+            assert!(
+                passed.is_null(),
+                "header passed from a non-Twilio carrier: {start}"
+            );
+        }
+    }
 }
 
 /// Routes: an exact route wins over a prefix route, which wins over the default.

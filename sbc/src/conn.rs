@@ -275,7 +275,14 @@ async fn run_connection<S>(
         let mut linger = false;
         'read: loop {
             buf.clear();
-            let n = match tokio::time::timeout(idle, rd.read_buf(&mut buf)).await {
+            // A revoked connection is checked every second, so that it closes soon after its
+            // last call ended even when the carrier sends nothing more.
+            let wait = if ctx.revoked.load(std::sync::atomic::Ordering::Relaxed) {
+                idle.min(Duration::from_secs(1))
+            } else {
+                idle
+            };
+            let n = match tokio::time::timeout(wait, rd.read_buf(&mut buf)).await {
                 Err(_) => {
                     // A call whose dialog uses this connection holds a handle to it: the
                     // connection is not idle while such a call lasts, however quiet the

@@ -175,15 +175,21 @@ fn per_carrier_limit_is_exact_across_reloads() {
     for _ in 0..5 {
         reload(&env, &sbc, &opts);
     }
+    // Later calls come on a new connection, which sees the reloaded configuration.
+    let mut conn2 = SipConn::connect(&env.pki, sbc.sip_port);
+    let mut up2 = Vec::new();
     for i in 0..2 {
-        let (status, d) = invite(&mut conn, &sbc, &format!("b{i}"), "");
+        let (status, d) = invite(&mut conn2, &sbc, &format!("b{i}"), "");
         assert_eq!(status, 200, "call b{i}");
-        up.push(d);
+        up2.push(d);
     }
-    let (status, _) = invite(&mut conn, &sbc, "b-over", "");
+    let (status, _) = invite(&mut conn2, &sbc, "b-over", "");
     assert_eq!(status, 503, "13th call while 12 are up");
     for d in up.drain(..) {
         bye(&mut conn, &d);
+    }
+    for d in up2.drain(..) {
+        bye(&mut conn2, &d);
     }
     let deadline = Instant::now() + SECS10;
     while calls_active(&sbc) > 0.0 {
@@ -191,17 +197,17 @@ fn per_carrier_limit_is_exact_across_reloads() {
         std::thread::sleep(Duration::from_millis(50));
     }
     for i in 0..12 {
-        let (status, d) = invite(&mut conn, &sbc, &format!("c{i}"), "");
+        let (status, d) = invite(&mut conn2, &sbc, &format!("c{i}"), "");
         assert_eq!(
             status, 200,
             "call c{i} after the reloads: the count drifted"
         );
-        up.push(d);
+        up2.push(d);
     }
-    let (status, _) = invite(&mut conn, &sbc, "c-over", "");
+    let (status, _) = invite(&mut conn2, &sbc, "c-over", "");
     assert_eq!(status, 503, "13th call after the reloads");
-    for d in up.drain(..) {
-        bye(&mut conn, &d);
+    for d in up2.drain(..) {
+        bye(&mut conn2, &d);
     }
 }
 

@@ -21,7 +21,9 @@ use crate::conn::ConnHandle;
 use crate::metrics as m;
 use crate::ports::MediaSockets;
 use crate::shared::{CarrierState, Live, Shared};
-use crate::sip::{CallEvent, CallState, HangupCause, Request, Response, SipMessage, UasCall};
+use crate::sip::{
+    CallEvent, CallState, HangupCause, Request, RequestMatch, Response, SipMessage, UasCall,
+};
 
 /// What other tasks send to a call.
 #[derive(Debug)]
@@ -91,7 +93,9 @@ struct Release {
 impl Drop for Release {
     fn drop(&mut self) {
         m::call_ended();
-        self.shared.dialogs.unregister(&self.sip_call_id);
+        self.shared
+            .dialogs
+            .unregister(&self.carrier.config.name, &self.sip_call_id);
         self.carrier.active().fetch_sub(1, Ordering::SeqCst);
         self.shared.active_calls.fetch_sub(1, Ordering::SeqCst);
     }
@@ -231,6 +235,7 @@ impl Call {
         let shared = Arc::clone(&self.shared);
         let carrier = Arc::clone(&self.carrier);
         let sip_call_id = self.record.sip_call_id.clone();
+        let carrier_name = self.carrier.config.name.clone();
         info!(%host, port, "carrier connection gone: opening a new one");
         tokio::spawn(
             async move {
@@ -244,7 +249,7 @@ impl Call {
                 {
                     Ok(handle) => {
                         handle.send(&SipMessage::Request(req));
-                        if let Some(tx) = shared.dialogs.lookup(&sip_call_id) {
+                        if let Some(tx) = shared.dialogs.lookup(&carrier_name, &sip_call_id) {
                             let _ = tx.try_send(CallInput::Adopt(handle));
                         }
                     }
@@ -253,7 +258,7 @@ impl Call {
                         // RFC 3261 §8.1.3.1: a transport failure is a 503 for the request, so
                         // the call ends now instead of waiting out Timer F for a response
                         // that cannot come.
-                        if let Some(tx) = shared.dialogs.lookup(&sip_call_id) {
+                        if let Some(tx) = shared.dialogs.lookup(&carrier_name, &sip_call_id) {
                             let resp = crate::sip::stateless_response(
                                 &req,
                                 503,
@@ -275,10 +280,37 @@ impl Call {
         let now = Instant::now();
         match input {
             CallInput::Request(req, conn) => {
+                if self.uas.match_request(&req) == RequestMatch::None {
+                    // Same carrier and Call-ID, but not this dialog nor this INVITE: answered
+                    // where it came from; the call, and the connection it answers on, stay.
+                    debug!(method = %req.method, peer = %conn.peer, "request matches neither the dialog nor the INVITE transaction");
+                    if let Some((status, reason)) = UasCall::unmatched_status(&req) {
+                        let resp = crate::sip::stateless_response(
+                            &req,
+                            status,
+                            reason,
+                            &self.shared.uas,
+                            None,
+                            &mut self.rng,
+                        );
+                        conn.send(&SipMessage::Response(resp));
+                    }
+                    return;
+                }
+                // Matched: from now on the call answers on the connection the carrier last used.
                 self.conn = conn;
                 self.uas.handle_request(now, req);
             }
-            CallInput::Response(resp) => self.uas.handle_response(now, resp),
+            CallInput::Response(resp) => {
+                if self.uas.matches_response(&resp) {
+                    self.uas.handle_response(now, resp);
+                } else {
+                    debug!(
+                        status = resp.status,
+                        "response matches no request of this call: dropped"
+                    );
+                }
+            }
             CallInput::Hangup(cause) => {
                 self.set_end(end_reason_for(cause), None);
                 self.uas.hangup(now, cause);

@@ -41,7 +41,7 @@ pub mod framing;
 pub mod message;
 pub mod strict;
 
-pub use call::{Refresher, SessionTimer, UasCall};
+pub use call::{Refresher, RequestMatch, SessionTimer, UasCall};
 pub use framing::{Frame, FrameError, Framer};
 pub use message::{
     Headers, Method, ParseError, Rejection, Request, Response, SipMessage, ALLOW, SUPPORTED,

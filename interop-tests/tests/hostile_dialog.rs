@@ -239,3 +239,113 @@ fn strangers_cannot_take_over_a_call_by_call_id() {
     assert_eq!(starts, 1, "one call only: {:?}", sbc.audit());
     drop(media);
 }
+
+/// Places a call by hand on a new TLS connection: INVITE with SDES-SRTP, 200 OK, ACK. Returns
+/// the connection, its Via port, the dialog and the running media.
+fn place_call(env: &TestEnv, sbc_port: u16, tag: &str) -> (SipConn, u16, Dialog, Media) {
+    let mut conn = SipConn::connect(&env.pki, sbc_port);
+    let via_port = conn.local_addr().port();
+    let mut dialog = Dialog::new(sbc_port, 9, tag);
+    let (sock, rtp_port) = Media::bind();
+    let our_key = rawcall::test_key(7);
+    conn.send(&dialog.invite(via_port, rtp_port, &our_key));
+    let ok = conn.expect_response(200, "1 INVITE", SECS20);
+    dialog.to_tag = rawcall::header(&ok, "To")
+        .and_then(rawcall::tag)
+        .unwrap_or_else(|| panic!("200 OK without To tag:\n{ok}"))
+        .to_string();
+    conn.send(&dialog.ack(via_port));
+    let answer = rawcall::parse_answer(rawcall::body(&ok));
+    let media = Media::start(sock, our_key, answer);
+    (conn, via_port, dialog, media)
+}
+
+/// The next request on `conn` within `timeout` whose request line starts with `prefix`.
+fn wait_request(conn: &mut SipConn, prefix: &str, timeout: Duration) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(m) = conn.recv(deadline - Instant::now()) {
+            if m.starts_with(prefix) {
+                return Some(m);
+            }
+        }
+    }
+    None
+}
+
+/// An agent that stops reading mid-call (its socket buffers are small, and sbc's send buffer
+/// towards the agent is 4 KiB here, so sbc's writes block within about a second of media).
+/// Either sbc notices within `send_timeout_ms` of its writes making no progress and sends the
+/// carrier a BYE (`end_reason = agent_stuck`), or, when the carrier hangs up during the stall,
+/// its BYE gets a 200 at once (`end_reason = carrier_bye`). Both write `call.end`.
+#[test]
+fn a_stuck_agent_cannot_freeze_its_call() {
+    // (carrier hangs up during the stall, send_timeout_ms, expected end_reason)
+    let cases = [(false, 1000u64, "agent_stuck"), (true, 5000, "carrier_bye")];
+    for (carrier_bye, send_timeout_ms, want_end) in cases {
+        let env = TestEnv::new();
+        let agent = env.start_agent(AgentBehaviour::StopReadingAfter(Duration::from_secs(1)));
+        let mut opts = SbcOptions::agent(agent.url());
+        opts.rtp_timeout_secs = 30;
+        opts.extra_agent = vec![
+            format!("send_timeout_ms = {send_timeout_ms}"),
+            "send_buffer_bytes = 4096".into(),
+        ];
+        let sbc = env.start_sbc(opts);
+        let (mut conn, via_port, dialog, media) =
+            place_call(&env, sbc.sip_port, &format!("stuck{carrier_bye}"));
+        assert!(
+            media.wait_received(10, SECS20),
+            "no SRTP through the agent before the stall"
+        );
+        let conns = agent.wait_for("the agent stops reading", SECS20, |c| {
+            c.first().is_some_and(|c| c.stalled.is_some())
+        });
+        let stalled = conns[0].stalled.expect("stalled");
+        let what = format!("carrier_bye={carrier_bye}");
+        if carrier_bye {
+            // 3 s into the stall sbc's writes to the agent are blocked (a few KB of buffers at
+            // ~13 KB/s), and its 5 s deadline has not passed: the carrier's BYE must still be
+            // answered at once.
+            std::thread::sleep(
+                (stalled + Duration::from_secs(3)).saturating_duration_since(Instant::now()),
+            );
+            let sent = Instant::now();
+            conn.send(&dialog.bye(via_port, 2));
+            conn.expect_response(200, "2 BYE", Duration::from_secs(2));
+            eprintln!(
+                "{what}: 200 to the carrier's BYE {:?} after it was sent, {:?} into the stall",
+                sent.elapsed(),
+                sent - stalled
+            );
+        } else {
+            let bye = wait_request(&mut conn, "BYE ", SECS20).unwrap_or_else(|| {
+                panic!(
+                    "{what}: no BYE from sbc within 20 s of the agent's stall\n{}",
+                    interop_tests::tail(&sbc.log(), 30)
+                )
+            });
+            let after = stalled.elapsed();
+            eprintln!("{what}: sbc's BYE {after:?} after the agent stopped reading");
+            // Buffers (~1-2 s of media) + the 1 s deadline; generous margin for a loaded box.
+            assert!(
+                after < Duration::from_secs(8),
+                "{what}: BYE only {after:?} after the stall"
+            );
+            assert!(
+                rawcall::header(&bye, "Reason").is_some_and(|r| r.contains("cause=41")),
+                "{what}: BYE without the agent-stuck Reason:\n{bye}"
+            );
+            conn.send(&rawcall::response_to(&bye, 200, "OK"));
+        }
+        let end = sbc.wait_event("call.end", &dialog.call_id, Duration::from_secs(5));
+        assert_eq!(end["end_reason"], want_end, "{what}: call.end: {end}");
+        if !carrier_bye {
+            assert_eq!(
+                end["end_detail"], "no write progress within send_timeout",
+                "{what}: it is the deadline that ends the call: {end}"
+            );
+        }
+        drop(media);
+    }
+}

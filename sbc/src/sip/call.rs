@@ -596,7 +596,7 @@ impl UasCall {
                         (480, "Temporarily Unavailable")
                     }
                     HangupCause::Shutdown | HangupCause::Ops => (503, "Service Unavailable"),
-                    HangupCause::Error => (500, "Server Internal Error"),
+                    HangupCause::Error | HangupCause::AgentStuck => (500, "Server Internal Error"),
                 };
                 self.reject(now, status, reason, Some(cause_text(cause)), None);
             }
@@ -1064,7 +1064,11 @@ const REASON_REFRESH_FAILED: &str = "SIP;cause=408;text=\"session refresh failed
 
 /// Reason header for our hangup: Q.850 16 (normal clearing), 41 (temporary failure) on error.
 fn cause_reason(cause: HangupCause) -> String {
-    let code = if cause == HangupCause::Error { 41 } else { 16 };
+    let code = if matches!(cause, HangupCause::Error | HangupCause::AgentStuck) {
+        41
+    } else {
+        16
+    };
     format!("Q.850;cause={code};text=\"{}\"", cause_text(cause))
 }
 
@@ -1075,6 +1079,7 @@ fn cause_text(cause: HangupCause) -> &'static str {
         HangupCause::Shutdown => "shutting down",
         HangupCause::Ops => "ended by operator",
         HangupCause::Error => "internal error",
+        HangupCause::AgentStuck => "voice agent stopped reading",
     }
 }
 

@@ -69,6 +69,8 @@ pub enum HangupCause {
     Shutdown,
     Ops,
     Error,
+    /// The agent stopped reading: frames for it waited past `[agent] send_timeout_ms`.
+    AgentStuck,
 }
 
 /// What the call task must act on.

@@ -33,7 +33,14 @@ pub enum AgentBehaviour {
     /// Echoes, and also sends 8 bytes of mu-law silence every interval from `start` until sbc's
     /// Close: sbc always has unread agent data when it ends the call.
     EchoAndStream(Duration),
+    /// Echoes until this long after `start`, then stops reading (and writing) its socket for
+    /// good, holding it open for up to a minute. Its socket's receive buffer is small (4 KiB), so
+    /// sbc's writes block after a few KB.
+    StopReadingAfter(Duration),
 }
+
+/// SO_RCVBUF of a [`AgentBehaviour::StopReadingAfter`] agent's sockets.
+const STALL_RCVBUF: u32 = 4096;
 
 /// Everything one WebSocket connection received.
 #[derive(Debug, Clone)]
@@ -50,6 +57,8 @@ pub struct AgentConn {
     /// When the connection ended (socket closed or error).
     pub closed: Option<Instant>,
     pub error: Option<String>,
+    /// When a [`AgentBehaviour::StopReadingAfter`] agent stopped reading.
+    pub stalled: Option<Instant>,
 }
 
 impl AgentConn {
@@ -150,7 +159,17 @@ impl TestAgent {
         };
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let listener = runtime
-            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .block_on(async {
+                if matches!(behaviour, AgentBehaviour::StopReadingAfter(_)) {
+                    // Accepted sockets inherit the listener's receive buffer.
+                    let sock = tokio::net::TcpSocket::new_v4()?;
+                    sock.set_recv_buffer_size(STALL_RCVBUF)?;
+                    sock.bind("127.0.0.1:0".parse().expect("addr"))?;
+                    sock.listen(64)
+                } else {
+                    TcpListener::bind("127.0.0.1:0").await
+                }
+            })
             .expect("bind agent");
         let port = listener.local_addr().expect("addr").port();
         let shared = Arc::new(Mutex::new(Shared::default()));
@@ -329,6 +348,7 @@ async fn handle(
             close_frame_received: false,
             closed: None,
             error: None,
+            stalled: None,
         });
         s.senders.push(tx);
         s.conns.len() - 1
@@ -349,6 +369,13 @@ async fn handle(
     let hangup = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(hangup);
     let mut hangup_armed = false;
+    let stop_reading_after = match behaviour {
+        AgentBehaviour::StopReadingAfter(d) => Some(d),
+        _ => None,
+    };
+    let stall = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(stall);
+    let mut stall_armed = false;
     let mut error = None;
     loop {
         tokio::select! {
@@ -381,6 +408,10 @@ async fn handle(
                             if let Some(d) = hang_up_after {
                                 hangup.as_mut().reset(tokio::time::Instant::now() + d);
                                 hangup_armed = true;
+                            }
+                            if let Some(d) = stop_reading_after {
+                                stall.as_mut().reset(tokio::time::Instant::now() + d);
+                                stall_armed = true;
                             }
                         }
                         c.messages.push((now, v));
@@ -426,6 +457,12 @@ async fn handle(
                     error = Some(format!("send: {e}"));
                     break;
                 }
+            }
+            _ = &mut stall, if stall_armed => {
+                sh.lock().unwrap().conns[idx].stalled = Some(Instant::now());
+                // Hold the socket without reading it; sbc must give up on us first.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                break;
             }
             _ = &mut hangup, if hangup_armed => {
                 hangup_armed = false;

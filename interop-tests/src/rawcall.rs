@@ -33,6 +33,62 @@ impl SipConn {
         }
     }
 
+    /// Connects to sbc at `127.0.0.1:port` from `local_ip` (another address in 127.0.0.0/8, so
+    /// that sbc sees another source, e.g. another carrier), trusting the test CA.
+    pub fn connect_from(pki: &TestPki, port: u16, local_ip: std::net::Ipv4Addr) -> SipConn {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let tcp = rt
+            .block_on(async {
+                let sock = tokio::net::TcpSocket::new_v4()?;
+                sock.bind(SocketAddr::from((local_ip, 0)))?;
+                let s = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    sock.connect(SocketAddr::from(([127, 0, 0, 1], port))),
+                )
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+                s.into_std()
+            })
+            .unwrap_or_else(|e| panic!("connect to sbc 127.0.0.1:{port} from {local_ip}: {e}"));
+        tcp.set_nonblocking(false).expect("blocking");
+        tcp.set_read_timeout(Some(Duration::from_millis(200))).ok();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca_der.clone()).expect("add CA");
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1")
+            .expect("name")
+            .to_owned();
+        let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("tls client");
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tls.conn.is_handshaking() {
+            assert!(
+                Instant::now() < deadline,
+                "TLS handshake from {local_ip} timed out"
+            );
+            match tls.conn.complete_io(&mut tls.sock) {
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => panic!("TLS handshake from {local_ip}: {e}"),
+            }
+        }
+        SipConn {
+            tls,
+            buf: Vec::new(),
+        }
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.tls.sock.local_addr().expect("local addr")
     }

@@ -40,6 +40,10 @@ pub struct SbcOptions {
     pub extra_limits: Vec<String>,
     /// Extra lines in the test carrier's `[[carriers]]` table, e.g. `"twilio = true"`.
     pub extra_carrier: Vec<String>,
+    /// More carriers after `test`: (name, source CIDRs), e.g. `("other", vec!["127.0.0.2/32"])`.
+    pub extra_carriers: Vec<(String, Vec<String>)>,
+    /// Extra `[agent]` lines, e.g. `"send_timeout_ms = 500"`.
+    pub extra_agent: Vec<String>,
 }
 
 impl SbcOptions {
@@ -62,6 +66,8 @@ impl SbcOptions {
             media_ports: None,
             extra_limits: Vec::new(),
             extra_carrier: Vec::new(),
+            extra_carriers: Vec::new(),
+            extra_agent: Vec::new(),
         }
     }
 
@@ -104,6 +110,7 @@ source_cidrs = [{cidrs}]
 max_concurrent_calls = {maxcalls}
 max_calls_per_second = {cps}
 {extra_carrier}
+{extra_carriers}
 
 [media]
 advertise_address = "127.0.0.1"
@@ -120,6 +127,7 @@ suites = ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"]
 ca_bundle = {ca}
 connect_timeout_ms = {cto}
 passthrough_headers = ["X-Twilio-CallSid"]
+{extra_agent}
 {client}
 {routes}[[agent.routes]]
 default = true
@@ -162,6 +170,14 @@ level = {level:?}
         },
         extra_limits = o.extra_limits.join("\n"),
         extra_carrier = o.extra_carrier.join("\n"),
+        extra_agent = o.extra_agent.join("\n"),
+        extra_carriers = o
+            .extra_carriers
+            .iter()
+            .map(|(name, cidrs)| {
+                format!("\n[[carriers]]\nname = {name:?}\nsource_cidrs = {cidrs:?}\n")
+            })
+            .collect::<String>(),
         rtpto = o.rtp_timeout_secs,
         ca = toml_str(&env.pki.ca_pem_path),
         cto = o.connect_timeout_ms,

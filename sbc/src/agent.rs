@@ -2,15 +2,21 @@
 //! `tls::agent_client_config`). sbc connects before it answers the INVITE, so an agent that cannot
 //! be reached means 503 to the carrier, never a silent call.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures_util::stream::SplitSink;
+use futures_util::SinkExt;
 use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::http::Uri;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 /// Largest agent WebSocket message accepted (about 3 minutes of base64 mu-law audio).
@@ -69,11 +75,14 @@ pub fn url_host(url: &str) -> Option<String> {
         .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
 }
 
-/// Connects to `url` within `timeout`.
+/// Connects to `url` within `timeout`; the socket's SO_SNDBUF is `send_buffer` bytes (the
+/// kernel doubles it), so that an agent that stops reading blocks sbc's writes after a bounded
+/// amount of data instead of several MB of autotuned buffer.
 pub async fn connect(
     url: &str,
     client: Arc<rustls::ClientConfig>,
     timeout: Duration,
+    send_buffer: usize,
 ) -> Result<AgentConn, AgentError> {
     let uri: Uri = url
         .parse()
@@ -92,7 +101,7 @@ pub async fn connect(
         .map_err(|e| AgentError::BadUrl(format!("{url}: {e}")))?;
     let mtls = client.client_auth_cert_resolver.has_certs();
     let fut = async {
-        let tcp = TcpStream::connect((host.as_str(), port))
+        let tcp = connect_tcp(&host, port, send_buffer)
             .await
             .map_err(AgentError::Tcp)?;
         let _ = tcp.set_nodelay(true);
@@ -126,9 +135,251 @@ pub async fn connect(
         .map_err(|_| AgentError::Timeout(timeout))?
 }
 
+/// TCP connect to the first address of `host` that answers, SO_SNDBUF set before connecting.
+async fn connect_tcp(host: &str, port: u16, send_buffer: usize) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let sock = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        sock.set_send_buffer_size(u32::try_from(send_buffer).unwrap_or(u32::MAX))?;
+        match sock.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no address for the agent host",
+        )
+    }))
+}
+
+/// Backpressure towards the agent, sans-IO (the call task feeds it the clock and the writer's
+/// progress). Bytes queued minus bytes written is bounded; and while any byte waits, the writer
+/// must make progress within `timeout`. Either breach means the agent is stuck.
+#[derive(Debug)]
+pub struct AgentFlow {
+    limit: u64,
+    timeout: Duration,
+    queued: u64,
+    written: u64,
+    /// Since when queued data has waited without the writer making progress.
+    waiting_since: Option<Instant>,
+    stuck: bool,
+}
+
+impl AgentFlow {
+    pub fn new(limit_bytes: usize, timeout: Duration) -> AgentFlow {
+        AgentFlow {
+            limit: limit_bytes as u64,
+            timeout,
+            queued: 0,
+            written: 0,
+            waiting_since: None,
+            stuck: false,
+        }
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn outstanding(&self) -> u64 {
+        self.queued.saturating_sub(self.written)
+    }
+
+    /// A frame of `len` bytes wants to be queued: false (and stuck from now on) when it would
+    /// take the queue past its bound.
+    pub fn offer(&mut self, now: Instant, len: usize) -> bool {
+        if self.stuck {
+            return false;
+        }
+        if self.outstanding() + len as u64 > self.limit {
+            self.stuck = true;
+            return false;
+        }
+        self.queued += len as u64;
+        self.waiting_since.get_or_insert(now);
+        true
+    }
+
+    /// The writer has written `total` bytes since the start.
+    pub fn written(&mut self, now: Instant, total: u64) {
+        if total > self.written {
+            self.written = total.min(self.queued);
+            self.waiting_since = (self.outstanding() > 0).then_some(now);
+        }
+    }
+
+    /// When the agent will count as stuck unless the writer makes progress first.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.stuck {
+            return None;
+        }
+        self.waiting_since.map(|t| t + self.timeout)
+    }
+
+    /// Checks the deadline; true once the agent is stuck.
+    pub fn handle_timeout(&mut self, now: Instant) -> bool {
+        if self.poll_timeout().is_some_and(|d| now >= d) {
+            self.stuck = true;
+        }
+        self.stuck
+    }
+
+    pub fn is_stuck(&self) -> bool {
+        self.stuck
+    }
+}
+
+type WsSink = SplitSink<WebSocketStream<TlsStream<TcpStream>>, Message>;
+
+/// What the writer task tells the call, without a channel the call would have to await.
+#[derive(Debug, Default)]
+pub struct WriterProgress {
+    /// Bytes of frames written to the socket so far.
+    pub written: AtomicU64,
+    /// The writer gave up on a write that did not finish within its deadline.
+    pub timed_out: AtomicBool,
+}
+
+/// The agent WebSocket's sending half, owned by its own task and fed through a bounded queue:
+/// the call task never awaits the agent.
+pub struct AgentWriter {
+    tx: mpsc::Sender<Message>,
+    progress: Arc<WriterProgress>,
+    task: JoinHandle<()>,
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum QueueError {
+    /// The queue is at its bound: the agent is not reading.
+    Full,
+    /// The writer ended (a write failed, or timed out).
+    Closed,
+}
+
+impl AgentWriter {
+    /// Spawns the writer. `frames` bounds the channel (the byte bound is [`AgentFlow`]'s);
+    /// `write_timeout` bounds each write, so that the task ends on its own after the call gave
+    /// up on it (the call's own deadline, [`AgentFlow`], is the one that hangs up).
+    pub fn spawn(sink: WsSink, frames: usize, write_timeout: Duration) -> AgentWriter {
+        let (tx, rx) = mpsc::channel(frames.max(1));
+        let progress = Arc::new(WriterProgress::default());
+        let task = tokio::spawn(write_loop(sink, rx, Arc::clone(&progress), write_timeout));
+        AgentWriter { tx, progress, task }
+    }
+
+    /// Queues a frame without waiting.
+    pub fn try_send(&self, msg: Message) -> Result<(), QueueError> {
+        self.tx.try_send(msg).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => QueueError::Full,
+            mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
+        })
+    }
+
+    pub fn progress(&self) -> &WriterProgress {
+        &self.progress
+    }
+
+    /// Queues a Close frame and lets the writer finish what is queued, then close (each write
+    /// still bounded by its deadline).
+    pub fn close(self) {
+        let _ = self.tx.try_send(Message::Close(None));
+    }
+
+    /// Drops the socket's sending half now (the agent is stuck).
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+/// Bytes a frame puts on the wire, roughly (payload; the framing overhead is a few bytes).
+pub fn frame_len(msg: &Message) -> usize {
+    msg.len()
+}
+
+async fn write_loop(
+    mut sink: WsSink,
+    mut rx: mpsc::Receiver<Message>,
+    progress: Arc<WriterProgress>,
+    write_timeout: Duration,
+) {
+    while let Some(msg) = rx.recv().await {
+        let len = frame_len(&msg) as u64;
+        let is_close = matches!(msg, Message::Close(_));
+        match tokio::time::timeout(write_timeout, sink.send(msg)).await {
+            Ok(Ok(())) => {
+                progress.written.fetch_add(len, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "agent WebSocket write failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(?write_timeout, "agent WebSocket write timed out");
+                progress.timed_out.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+        if is_close {
+            let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+            return;
+        }
+    }
+    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flow_stuck_when_no_progress_within_the_deadline() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut f = AgentFlow::new(100_000, ms(2000));
+        assert_eq!(f.poll_timeout(), None);
+        assert!(f.offer(t0, 200));
+        assert_eq!(f.poll_timeout(), Some(t0 + ms(2000)));
+        // Written promptly: nothing waits, no deadline.
+        f.written(t0 + ms(5), 200);
+        assert_eq!(f.poll_timeout(), None);
+        // Frames every 20 ms; the writer makes progress every now and then: the deadline moves
+        // with the progress, not with each new frame.
+        for i in 1..=100u64 {
+            assert!(f.offer(t0 + ms(20 * i), 200));
+        }
+        assert_eq!(f.poll_timeout(), Some(t0 + ms(2020)));
+        f.written(t0 + ms(1500), 10_000);
+        assert_eq!(f.poll_timeout(), Some(t0 + ms(3500)));
+        assert!(!f.handle_timeout(t0 + ms(3499)));
+        assert!(f.handle_timeout(t0 + ms(3500)));
+        assert!(f.is_stuck());
+        assert!(!f.offer(t0 + ms(3600), 1));
+        assert_eq!(f.poll_timeout(), None);
+    }
+
+    #[test]
+    fn flow_stuck_when_the_queue_passes_its_byte_bound() {
+        let t0 = Instant::now();
+        let mut f = AgentFlow::new(1000, Duration::from_secs(60));
+        assert!(f.offer(t0, 600));
+        assert!(f.offer(t0, 400));
+        assert_eq!(f.outstanding(), 1000);
+        assert!(!f.offer(t0, 1));
+        assert!(f.is_stuck());
+        // A flow that keeps up never reaches the bound.
+        let mut g = AgentFlow::new(1000, Duration::from_secs(60));
+        for i in 0..10_000u64 {
+            assert!(g.offer(t0, 300));
+            g.written(t0, 300 * (i + 1));
+        }
+        assert_eq!(g.outstanding(), 0);
+        assert!(!g.handle_timeout(t0 + Duration::from_secs(3600)));
+    }
 
     #[test]
     fn url_host_strips_ipv6_brackets() {

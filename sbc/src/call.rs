@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use rand::{RngCore, SeedableRng};
 use srtp_bridge::{Bridge, BridgeConfig, BridgeEvent, Component, MediaParams, StreamInfo};
 use tokio::sync::mpsc;
@@ -21,7 +21,9 @@ use crate::conn::ConnHandle;
 use crate::metrics as m;
 use crate::ports::MediaSockets;
 use crate::shared::{CarrierState, Live, Shared};
-use crate::sip::{CallEvent, CallState, HangupCause, Request, Response, SipMessage, UasCall};
+use crate::sip::{
+    CallEvent, CallState, HangupCause, Request, RequestMatch, Response, SipMessage, UasCall,
+};
 
 /// What other tasks send to a call.
 #[derive(Debug)]
@@ -91,7 +93,9 @@ struct Release {
 impl Drop for Release {
     fn drop(&mut self) {
         m::call_ended();
-        self.shared.dialogs.unregister(&self.sip_call_id);
+        self.shared
+            .dialogs
+            .unregister(&self.carrier.config.name, &self.sip_call_id);
         self.carrier.active().fetch_sub(1, Ordering::SeqCst);
         self.shared.active_calls.fetch_sub(1, Ordering::SeqCst);
     }
@@ -231,6 +235,7 @@ impl Call {
         let shared = Arc::clone(&self.shared);
         let carrier = Arc::clone(&self.carrier);
         let sip_call_id = self.record.sip_call_id.clone();
+        let carrier_name = self.carrier.config.name.clone();
         info!(%host, port, "carrier connection gone: opening a new one");
         tokio::spawn(
             async move {
@@ -244,7 +249,7 @@ impl Call {
                 {
                     Ok(handle) => {
                         handle.send(&SipMessage::Request(req));
-                        if let Some(tx) = shared.dialogs.lookup(&sip_call_id) {
+                        if let Some(tx) = shared.dialogs.lookup(&carrier_name, &sip_call_id) {
                             let _ = tx.try_send(CallInput::Adopt(handle));
                         }
                     }
@@ -253,7 +258,7 @@ impl Call {
                         // RFC 3261 §8.1.3.1: a transport failure is a 503 for the request, so
                         // the call ends now instead of waiting out Timer F for a response
                         // that cannot come.
-                        if let Some(tx) = shared.dialogs.lookup(&sip_call_id) {
+                        if let Some(tx) = shared.dialogs.lookup(&carrier_name, &sip_call_id) {
                             let resp = crate::sip::stateless_response(
                                 &req,
                                 503,
@@ -275,10 +280,37 @@ impl Call {
         let now = Instant::now();
         match input {
             CallInput::Request(req, conn) => {
+                if self.uas.match_request(&req) == RequestMatch::None {
+                    // Same carrier and Call-ID, but not this dialog nor this INVITE: answered
+                    // where it came from; the call, and the connection it answers on, stay.
+                    debug!(method = %req.method, peer = %conn.peer, "request matches neither the dialog nor the INVITE transaction");
+                    if let Some((status, reason)) = UasCall::unmatched_status(&req) {
+                        let resp = crate::sip::stateless_response(
+                            &req,
+                            status,
+                            reason,
+                            &self.shared.uas,
+                            None,
+                            &mut self.rng,
+                        );
+                        conn.send(&SipMessage::Response(resp));
+                    }
+                    return;
+                }
+                // Matched: from now on the call answers on the connection the carrier last used.
                 self.conn = conn;
                 self.uas.handle_request(now, req);
             }
-            CallInput::Response(resp) => self.uas.handle_response(now, resp),
+            CallInput::Response(resp) => {
+                if self.uas.matches_response(&resp) {
+                    self.uas.handle_response(now, resp);
+                } else {
+                    debug!(
+                        status = resp.status,
+                        "response matches no request of this call: dropped"
+                    );
+                }
+            }
             CallInput::Hangup(cause) => {
                 self.set_end(end_reason_for(cause), None);
                 self.uas.hangup(now, cause);
@@ -395,6 +427,7 @@ impl Call {
                     &url,
                     Arc::clone(&self.live.agent_tls),
                     cfg.agent.connect_timeout,
+                    cfg.agent.send_buffer_bytes,
                 );
                 tokio::pin!(connect);
                 let ring_at = self.received + cfg.sip.ringing_after;
@@ -550,13 +583,18 @@ impl Call {
         );
         let answered = Instant::now();
 
-        let (mut ws_tx, mut ws_rx, echo) = match agent {
+        // Frames for the agent go through its writer task's bounded queue; `flow` decides when
+        // the agent counts as stuck (bytes waiting, or no progress within send_timeout).
+        let (mut writer, mut ws_rx, echo) = match agent {
             AgentSide::Ws(conn) => {
                 let (tx, rx) = conn.ws.split();
-                (Some(tx), Some(rx), false)
+                let w =
+                    agent::AgentWriter::spawn(tx, AGENT_QUEUE_FRAMES, cfg.agent.send_timeout * 2);
+                (Some(w), Some(rx), false)
             }
             AgentSide::Echo => (None, None, true),
         };
+        let mut flow = agent::AgentFlow::new(cfg.agent.send_queue_bytes, cfg.agent.send_timeout);
         let mut rtp_buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 2048];
         let mut stopped = false;
@@ -568,6 +606,9 @@ impl Call {
         let mut agent_in: Option<Instant> = None;
         // The agent's half of the WebSocket after our Close: drained once the call is over.
         let mut closing_rx: Option<WsRx> = None;
+        // Why the agent counts as stuck, once it does (`flow`'s bound or deadline, the writer's
+        // frame bound, or the writer's own write deadline).
+        let mut stuck_why: Option<&'static str> = None;
 
         loop {
             // 1. Act on what the cores produced.
@@ -653,10 +694,48 @@ impl Call {
                     if let Some(reply) = srtp_bridge::echo_agent_reply(&text) {
                         bridge.handle_agent_text(Instant::now(), &reply);
                     }
-                } else if let Some(tx) = ws_tx.as_mut() {
-                    if tx.send(Message::text(text)).await.is_err() {
-                        agent_closed = true;
+                } else if let Some(w) = writer.as_ref() {
+                    let now = Instant::now();
+                    flow.written(now, w.progress().written.load(Ordering::Relaxed));
+                    let msg = Message::text(text);
+                    if !flow.offer(now, agent::frame_len(&msg)) {
+                        stuck_why.get_or_insert("send queue full");
+                        continue;
                     }
+                    match w.try_send(msg) {
+                        Ok(()) => {}
+                        // The frame bound behind the byte bound.
+                        Err(agent::QueueError::Full) => {
+                            stuck_why.get_or_insert("send queue full");
+                        }
+                        Err(agent::QueueError::Closed) => {
+                            if w.progress().timed_out.load(Ordering::Relaxed) {
+                                stuck_why.get_or_insert("write deadline passed");
+                            } else {
+                                agent_closed = true;
+                            }
+                        }
+                    }
+                }
+            }
+            if flow.is_stuck() {
+                stuck_why.get_or_insert("no write progress within send_timeout");
+            }
+            if stuck_why.is_some() && writer.is_some() {
+                // Never await a stuck agent: drop its socket, hang up towards the carrier.
+                if let Some(w) = writer.take() {
+                    w.abort();
+                }
+                ws_rx = None;
+                if self.end_reason.is_none() {
+                    warn!(
+                        outstanding_bytes = flow.outstanding(),
+                        timeout_ms = cfg.agent.send_timeout.as_millis() as u64,
+                        "agent stopped reading: hanging up"
+                    );
+                    self.set_end("agent_stuck", stuck_why.map(str::to_string));
+                    self.uas.hangup(Instant::now(), HangupCause::AgentStuck);
+                    continue;
                 }
             }
             if echo {
@@ -670,9 +749,10 @@ impl Call {
                 m::media_latency("agent_to_carrier", t.elapsed());
             }
             if stopped {
-                if let Some(mut tx) = ws_tx.take() {
-                    let _ = tx.send(Message::Close(None)).await;
-                    let _ = tx.close().await;
+                if let Some(w) = writer.take() {
+                    // The writer sends what is queued (`stop` included), then Close, each
+                    // write within its deadline; the call does not wait for it.
+                    w.close();
                     closing_rx = ws_rx.take();
                 }
             }
@@ -691,10 +771,15 @@ impl Call {
             }
 
             // 2. Wait for the next input.
-            let deadline = [self.uas.poll_timeout(), bridge.poll_timeout(), hard_stop]
-                .into_iter()
-                .flatten()
-                .min();
+            let deadline = [
+                self.uas.poll_timeout(),
+                bridge.poll_timeout(),
+                hard_stop,
+                writer.as_ref().and(flow.poll_timeout()),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             tokio::select! {
                 input = self.rx.recv() => match input {
                     Some(i) => self.on_input(i),
@@ -737,6 +822,10 @@ impl Call {
                     let now = Instant::now();
                     self.uas.handle_timeout(now);
                     bridge.handle_timeout(now);
+                    if let Some(w) = writer.as_ref() {
+                        flow.written(now, w.progress().written.load(Ordering::Relaxed));
+                        flow.handle_timeout(now);
+                    }
                 }
             }
         }
@@ -852,6 +941,10 @@ async fn next_ws(
     }
 }
 
+/// Frames the agent writer's channel holds (the byte bound, `[agent] send_queue_bytes`, is
+/// usually reached first: a media frame is ~250 bytes).
+const AGENT_QUEUE_FRAMES: usize = 1024;
+
 /// How long sbc waits for the agent's Close after sending its own.
 const AGENT_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -906,6 +999,7 @@ fn end_reason_for(cause: HangupCause) -> &'static str {
         HangupCause::Shutdown => "shutdown",
         HangupCause::Ops => "ops",
         HangupCause::Error => "error",
+        HangupCause::AgentStuck => "agent_stuck",
     }
 }
 

@@ -156,6 +156,14 @@ pub struct AgentConfig {
     /// Client certificate chain and key for mTLS.
     pub client_certificate: Option<(PathBuf, PathBuf)>,
     pub connect_timeout: Duration,
+    /// A frame queued for the agent must be written within this, else the agent is stuck and
+    /// the call is hung up (`agent_stuck`).
+    pub send_timeout: Duration,
+    /// Bytes of frames queued for the agent and not yet written; beyond it the agent is stuck.
+    pub send_queue_bytes: usize,
+    /// SO_SNDBUF of the agent socket: how much the kernel holds for an agent that stops reading
+    /// before writes block and `send_timeout` starts to count.
+    pub send_buffer_bytes: usize,
     /// SIP headers copied into `customParameters` (by header name, case-insensitive).
     pub passthrough_headers: Vec<String>,
     /// accountSid sent when the INVITE has no `X-Twilio-AccountSid`.

@@ -18,33 +18,51 @@ use crate::metrics as m;
 use crate::shared::{CarrierState, Shared};
 use crate::sip::{strict, Method, Request, Response, SipMessage};
 
-/// Call-ID → the mailbox of the call task that owns it.
+/// (carrier name, Call-ID) → the mailbox of the call task that owns it.
+///
+/// A message reaches a call only from a connection of the call's carrier: the carrier is half of
+/// the key. Within the carrier, the call itself decides whether a request belongs to its dialog
+/// or INVITE transaction (`UasCall::match_request`) before anything in the call changes; a
+/// request that does not match is answered 481 on the connection it came on.
 #[derive(Default)]
 pub struct Dialogs {
-    calls: Mutex<HashMap<String, mpsc::Sender<CallInput>>>,
+    calls: Mutex<HashMap<DialogKey, mpsc::Sender<CallInput>>>,
+}
+
+/// The carrier (by name, which admission keeps equal to the connection's) and the Call-ID.
+type DialogKey = (String, String);
+
+fn key(carrier: &str, sip_call_id: &str) -> DialogKey {
+    (carrier.to_string(), sip_call_id.to_string())
 }
 
 impl Dialogs {
-    /// Removes a call (called by the call task on exit).
-    pub fn unregister(&self, sip_call_id: &str) {
-        self.calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(sip_call_id);
+    /// Removes a call (called when its task has ended, so its mailbox is closed). A newer call
+    /// registered under the same key since (its mailbox still open) stays.
+    pub fn unregister(&self, carrier: &str, sip_call_id: &str) {
+        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        let k = key(carrier, sip_call_id);
+        if calls.get(&k).is_some_and(|tx| tx.is_closed()) {
+            calls.remove(&k);
+        }
     }
 
-    pub(crate) fn insert(&self, sip_call_id: String, tx: mpsc::Sender<CallInput>) {
+    pub(crate) fn insert(&self, carrier: &str, sip_call_id: &str, tx: mpsc::Sender<CallInput>) {
         self.calls
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(sip_call_id, tx);
+            .insert(key(carrier, sip_call_id), tx);
     }
 
-    pub(crate) fn lookup(&self, sip_call_id: &str) -> Option<mpsc::Sender<CallInput>> {
+    pub(crate) fn lookup(
+        &self,
+        carrier: &str,
+        sip_call_id: &str,
+    ) -> Option<mpsc::Sender<CallInput>> {
         self.calls
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(sip_call_id)
+            .get(&key(carrier, sip_call_id))
             .filter(|tx| !tx.is_closed())
             .cloned()
     }
@@ -90,6 +108,11 @@ impl ConnCtx {
     /// True once admission revoked this connection and no call holds it any more.
     pub(crate) fn revoked_and_unused(&self) -> bool {
         self.revoked.load(Ordering::Relaxed) && self.handle.tx.strong_count() <= 1
+    }
+
+    /// The carrier this connection was admitted as: half of every dialog-table key.
+    fn carrier_name(&self) -> &str {
+        &self.carrier.config.name
     }
 
     pub(crate) fn reply(&self, req: &Request, status: u16, reason: &str, extra: &[(&str, String)]) {
@@ -141,10 +164,11 @@ impl ConnCtx {
         }
         match msg {
             SipMessage::Response(resp) => {
+                // Only a call of this connection's carrier; the call then checks the branch.
                 let tx = resp
                     .headers
                     .get("Call-ID")
-                    .and_then(|id| self.shared.dialogs.lookup(id));
+                    .and_then(|id| self.shared.dialogs.lookup(self.carrier_name(), id));
                 match tx {
                     Some(tx) => {
                         let _ = tx.try_send(CallInput::Response(resp));
@@ -172,7 +196,9 @@ impl ConnCtx {
             return;
         }
         let call_id = req.call_id().unwrap_or_default().to_string();
-        if let Some(tx) = self.shared.dialogs.lookup(&call_id) {
+        // A call of another carrier is not reachable from here, whatever the Call-ID; within the
+        // carrier the call matches tags or branch before it acts (or answers 481 here).
+        if let Some(tx) = self.shared.dialogs.lookup(self.carrier_name(), &call_id) {
             if tx
                 .try_send(CallInput::Request(req, self.handle.clone()))
                 .is_err()
@@ -181,19 +207,21 @@ impl ConnCtx {
             }
             return;
         }
+        let has_to_tag = req
+            .headers
+            .get("To")
+            .is_some_and(|t| t.contains(";tag=") || t.contains("; tag="));
         match req.method {
             Method::Invite => {
-                let has_to_tag = req
-                    .headers
-                    .get("To")
-                    .is_some_and(|t| t.contains(";tag=") || t.contains("; tag="));
                 if has_to_tag {
                     self.reply(&req, 481, "Call/Transaction Does Not Exist", &[]);
                 } else {
                     self.new_invite(req, call_id);
                 }
             }
-            Method::Options => self.reply(&req, 200, "OK", &[]),
+            // Out of any dialog: a keep-alive or capability query. With a To tag it names a
+            // dialog this carrier does not have (RFC 3261 §12.2.2).
+            Method::Options if !has_to_tag => self.reply(&req, 200, "OK", &[]),
             Method::Ack => debug!(%call_id, "ACK for no known call dropped"),
             _ => self.reply(&req, 481, "Call/Transaction Does Not Exist", &[]),
         }
@@ -247,7 +275,9 @@ impl ConnCtx {
             }
         };
         let (tx, rx) = mpsc::channel(256);
-        shared.dialogs.insert(call_id.clone(), tx);
+        shared
+            .dialogs
+            .insert(&self.carrier.config.name, &call_id, tx);
         let setup = call::CallSetup {
             shared: Arc::clone(shared),
             carrier: admitted.into_carrier(),

@@ -688,6 +688,9 @@ fn agent(ctx: &Ctx, r: raw::RawAgent) -> Result<AgentConfig, ConfigError> {
         }
     };
     let connect_timeout = ms(ctx, &r.connect_timeout_ms, 3000, "agent.connect_timeout_ms")?;
+    let send_timeout = ms(ctx, &r.send_timeout_ms, 2000, "agent.send_timeout_ms")?;
+    let send_queue_bytes = usize_of(ctx, &r.send_queue_bytes, 65536, "agent.send_queue_bytes")?;
+    let send_buffer_bytes = usize_of(ctx, &r.send_buffer_bytes, 65536, "agent.send_buffer_bytes")?;
     let passthrough_headers = match &r.passthrough_headers {
         None => DEFAULT_PASSTHROUGH.iter().map(|s| s.to_string()).collect(),
         Some(l) => {
@@ -768,6 +771,9 @@ fn agent(ctx: &Ctx, r: raw::RawAgent) -> Result<AgentConfig, ConfigError> {
         ca_bundle,
         client_certificate,
         connect_timeout,
+        send_timeout,
+        send_queue_bytes,
+        send_buffer_bytes,
         passthrough_headers,
         default_account_sid,
     })

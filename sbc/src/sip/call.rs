@@ -171,6 +171,19 @@ pub(crate) fn hostport(config: &UasConfig) -> String {
     }
 }
 
+/// How a request relates to a call (RFC 3261 §17.2.3 transaction and §12.2.2 dialog matching).
+/// Only a request that matches may reach the call, or change the connection it answers on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestMatch {
+    /// The INVITE server transaction: a retransmitted INVITE, its CANCEL, or the ACK of a
+    /// non-2xx final (top Via branch, CSeq number and From tag of the INVITE).
+    Transaction,
+    /// The dialog: Call-ID, From tag = the INVITE's From tag, To tag = our tag.
+    Dialog,
+    /// Neither: answered 481 where it came from (nothing for an ACK); the call is not touched.
+    None,
+}
+
 /// The sans-IO UAS side of one call: the INVITE server transaction, the dialog, in-dialog
 /// requests, our BYE client transaction and RFC 4028 session timers.
 #[derive(Debug)]
@@ -181,6 +194,8 @@ pub struct UasCall {
     rng: StdRng,
     local_tag: String,
     call_id: String,
+    /// The INVITE's From tag (the remote tag of the dialog, RFC 3261 §12.1.1).
+    remote_tag: Option<String>,
     invite_branch: Option<String>,
     invite_cseq: u32,
     /// Highest CSeq seen from the carrier (RFC 3261 §12.2.2).
@@ -202,7 +217,10 @@ pub struct UasCall {
     pending_2xx: Option<Pending2xx>,
     pending_offer: Option<Request>,
     bye_cseq: Option<u32>,
+    /// The top Via branch of our BYE: a response matches it only with this branch.
+    bye_branch: Option<String>,
     refresh_cseq: Option<u32>,
+    refresh_branch: Option<String>,
     /// `hangup` while the 2xx waits for its ACK: BYE when it comes.
     bye_on_ack: Option<HangupCause>,
     session: Option<SessionTimer>,
@@ -243,6 +261,7 @@ impl UasCall {
             rng,
             local_tag,
             call_id: invite.call_id().unwrap_or("").to_string(),
+            remote_tag: tag_of(&remote_party).map(str::to_string),
             invite_branch: invite.top_via_branch().map(str::to_string),
             invite_cseq,
             remote_cseq: invite_cseq,
@@ -258,7 +277,9 @@ impl UasCall {
             pending_2xx: None,
             pending_offer: None,
             bye_cseq: None,
+            bye_branch: None,
             refresh_cseq: None,
+            refresh_branch: None,
             bye_on_ack: None,
             session: None,
             timers: Vec::new(),
@@ -298,6 +319,70 @@ impl UasCall {
     /// The negotiated session timer, if any.
     pub fn session_timer(&self) -> Option<SessionTimer> {
         self.session
+    }
+
+    /// Whether `req` belongs to this call: to the INVITE server transaction or to the dialog.
+    /// Decided on the request alone; the shell checks the carrier before asking.
+    pub fn match_request(&self, req: &Request) -> RequestMatch {
+        if req.call_id() != Some(self.call_id.as_str()) {
+            return RequestMatch::None;
+        }
+        let from_tag = req.headers.get("From").and_then(tag_of);
+        if self.remote_tag.is_none() || from_tag != self.remote_tag.as_deref() {
+            return RequestMatch::None;
+        }
+        let cseq = req.cseq();
+        let branch = req.top_via_branch();
+        let same_transaction = branch.is_some()
+            && branch == self.invite_branch.as_deref()
+            && cseq.as_ref().is_some_and(|(n, m)| {
+                *n == self.invite_cseq && *m == req.method && self.invite_transaction(m)
+            });
+        if same_transaction {
+            return RequestMatch::Transaction;
+        }
+        let to_tag = req.headers.get("To").and_then(tag_of);
+        if to_tag == Some(self.local_tag.as_str()) {
+            return RequestMatch::Dialog;
+        }
+        RequestMatch::None
+    }
+
+    /// The answer to a request that [`UasCall::match_request`] found not to be this call's,
+    /// sent where it came from: none for an ACK (RFC 3261 §17.2.3), 482 for an INVITE without
+    /// a To tag (a merged request, §8.2.2.2), else 481 (§12.2.2).
+    pub fn unmatched_status(req: &Request) -> Option<(u16, &'static str)> {
+        match req.method {
+            Method::Ack => None,
+            Method::Invite if req.headers.get("To").and_then(tag_of).is_none() => {
+                Some((482, "Loop Detected"))
+            }
+            _ => Some((481, "Call/Transaction Does Not Exist")),
+        }
+    }
+
+    /// Methods that belong to the INVITE server transaction (RFC 3261 §17.2.3: an ACK or
+    /// CANCEL matches the INVITE it names by branch).
+    fn invite_transaction(&self, m: &Method) -> bool {
+        matches!(m, Method::Invite | Method::Ack | Method::Cancel)
+    }
+
+    /// Whether `resp` answers a request this call sent and still waits for: Call-ID, CSeq and
+    /// the top Via branch we generated (RFC 3261 §17.1.3).
+    pub fn matches_response(&self, resp: &Response) -> bool {
+        if resp.headers.get("Call-ID") != Some(self.call_id.as_str()) {
+            return false;
+        }
+        let Some((cseq, method)) = resp.cseq() else {
+            return false;
+        };
+        let branch = top_via_branch_of(resp);
+        let (want_cseq, want_branch) = match method {
+            Method::Bye => (self.bye_cseq, self.bye_branch.as_deref()),
+            Method::Update => (self.refresh_cseq, self.refresh_branch.as_deref()),
+            _ => return false,
+        };
+        want_cseq == Some(cseq) && want_branch.is_some() && branch == want_branch
     }
 
     /// A request in this dialog or for this INVITE (ACK, CANCEL, BYE, re-INVITE, UPDATE, INFO,
@@ -341,7 +426,7 @@ impl UasCall {
 
     /// A response to a request we sent (BYE, session refresh).
     pub fn handle_response(&mut self, now: Instant, response: Response) {
-        if response.headers.get("Call-ID") != Some(self.call_id.as_str()) || response.status < 200 {
+        if !self.matches_response(&response) || response.status < 200 {
             return;
         }
         let Some((cseq, method)) = response.cseq() else {
@@ -511,7 +596,7 @@ impl UasCall {
                         (480, "Temporarily Unavailable")
                     }
                     HangupCause::Shutdown | HangupCause::Ops => (503, "Service Unavailable"),
-                    HangupCause::Error => (500, "Server Internal Error"),
+                    HangupCause::Error | HangupCause::AgentStuck => (500, "Server Internal Error"),
                 };
                 self.reject(now, status, reason, Some(cause_text(cause)), None);
             }
@@ -909,6 +994,7 @@ impl UasCall {
         bye.headers.push("Reason", reason);
         tracing::debug!(call_id = %self.call_id, reason, "sending BYE");
         self.bye_cseq = Some(self.local_cseq);
+        self.bye_branch = bye.top_via_branch().map(str::to_string);
         self.pending_2xx = None;
         self.refresh_cseq = None;
         self.timers.clear();
@@ -934,6 +1020,7 @@ impl UasCall {
         );
         req.headers.push("Supported", "timer");
         self.refresh_cseq = Some(self.local_cseq);
+        self.refresh_branch = req.top_via_branch().map(str::to_string);
         self.timers
             .push((now + 64 * self.config.t1, TimerKind::RefreshTimeout));
         self.queue(SipMessage::Request(req));
@@ -964,6 +1051,12 @@ impl UasCall {
     }
 }
 
+/// The `branch` parameter of a response's top Via (copied from our request, RFC 3261 §8.2.6.2).
+fn top_via_branch_of(resp: &Response) -> Option<&str> {
+    let first = resp.headers.get("Via")?.split(',').next()?;
+    param(first.split_once(';')?.1, "branch")
+}
+
 /// Reason header values (RFC 3326) for the BYEs the core sends on its own.
 const REASON_NO_ACK: &str = "SIP;cause=408;text=\"no ACK for 2xx\"";
 const REASON_SESSION_EXPIRED: &str = "SIP;cause=408;text=\"session expired\"";
@@ -971,7 +1064,11 @@ const REASON_REFRESH_FAILED: &str = "SIP;cause=408;text=\"session refresh failed
 
 /// Reason header for our hangup: Q.850 16 (normal clearing), 41 (temporary failure) on error.
 fn cause_reason(cause: HangupCause) -> String {
-    let code = if cause == HangupCause::Error { 41 } else { 16 };
+    let code = if matches!(cause, HangupCause::Error | HangupCause::AgentStuck) {
+        41
+    } else {
+        16
+    };
     format!("Q.850;cause={code};text=\"{}\"", cause_text(cause))
 }
 
@@ -982,6 +1079,7 @@ fn cause_text(cause: HangupCause) -> &'static str {
         HangupCause::Shutdown => "shutting down",
         HangupCause::Ops => "ended by operator",
         HangupCause::Error => "internal error",
+        HangupCause::AgentStuck => "voice agent stopped reading",
     }
 }
 
@@ -1899,6 +1997,215 @@ Call-ID: {CALL_ID}\r\nCSeq: 101 CANCEL\r\nContent-Length: 0\r\n\r\n"
             Some(('9', Duration::from_millis(250)))
         );
         assert_eq!(parse_dtmf_relay("Duration=250"), None);
+    }
+
+    /// A request with every dialog and transaction identifier chosen by the test.
+    fn request_ids(method: &str, branch: &str, cseq: u32, from_tag: &str, to_tag: &str) -> Request {
+        let to_tag = if to_tag.is_empty() {
+            String::new()
+        } else {
+            format!(";tag={to_tag}")
+        };
+        let from_tag = if from_tag.is_empty() {
+            String::new()
+        } else {
+            format!(";tag={from_tag}")
+        };
+        parse_req(&format!(
+            "{method} sip:sbc@sbc.example.com:5061;transport=tls SIP/2.0\r\n\
+Via: SIP/2.0/TLS 192.0.2.10:5061;branch={branch}\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:+15550001111@example.pstn.twilio.com>{from_tag}\r\n\
+To: <sip:+15550002222@sbc.example.com>{to_tag}\r\n\
+Call-ID: {CALL_ID}\r\n\
+CSeq: {cseq} {method}\r\n\
+Content-Length: 0\r\n\r\n"
+        ))
+    }
+
+    #[test]
+    fn requests_match_the_dialog_or_the_invite_transaction_only() {
+        let (call, _) = start("");
+        let ours = call.local_tag().to_string();
+        let cases: &[(&str, &str, u32, &str, &str, RequestMatch)] = &[
+            // The INVITE transaction: branch + CSeq + From tag, with or without our To tag.
+            (
+                "CANCEL",
+                "z9hG4bKinv1",
+                101,
+                "77330022",
+                "",
+                RequestMatch::Transaction,
+            ),
+            (
+                "INVITE",
+                "z9hG4bKinv1",
+                101,
+                "77330022",
+                "",
+                RequestMatch::Transaction,
+            ),
+            (
+                "ACK",
+                "z9hG4bKinv1",
+                101,
+                "77330022",
+                &ours,
+                RequestMatch::Transaction,
+            ),
+            // The dialog: From tag + our To tag, any branch.
+            (
+                "BYE",
+                "z9hG4bKx",
+                102,
+                "77330022",
+                &ours,
+                RequestMatch::Dialog,
+            ),
+            (
+                "ACK",
+                "z9hG4bKy",
+                101,
+                "77330022",
+                &ours,
+                RequestMatch::Dialog,
+            ),
+            (
+                "INVITE",
+                "z9hG4bKz",
+                103,
+                "77330022",
+                &ours,
+                RequestMatch::Dialog,
+            ),
+            (
+                "OPTIONS",
+                "z9hG4bKo",
+                104,
+                "77330022",
+                &ours,
+                RequestMatch::Dialog,
+            ),
+            // Wrong or missing tags, wrong branch or CSeq: nothing.
+            (
+                "CANCEL",
+                "z9hG4bKother",
+                101,
+                "77330022",
+                "",
+                RequestMatch::None,
+            ),
+            (
+                "CANCEL",
+                "z9hG4bKinv1",
+                102,
+                "77330022",
+                "",
+                RequestMatch::None,
+            ),
+            (
+                "CANCEL",
+                "z9hG4bKinv1",
+                101,
+                "other",
+                "",
+                RequestMatch::None,
+            ),
+            ("CANCEL", "z9hG4bKinv1", 101, "", "", RequestMatch::None),
+            (
+                "BYE",
+                "z9hG4bKinv1",
+                101,
+                "77330022",
+                "",
+                RequestMatch::None,
+            ),
+            (
+                "OPTIONS",
+                "z9hG4bKinv1",
+                101,
+                "77330022",
+                "",
+                RequestMatch::None,
+            ),
+            (
+                "BYE",
+                "z9hG4bKx",
+                102,
+                "77330022",
+                "wrong",
+                RequestMatch::None,
+            ),
+            ("BYE", "z9hG4bKx", 102, "other", &ours, RequestMatch::None),
+            ("BYE", "z9hG4bKx", 102, "", &ours, RequestMatch::None),
+            ("ACK", "z9hG4bKy", 101, "77330022", "", RequestMatch::None),
+            (
+                "INVITE",
+                "z9hG4bKz",
+                103,
+                "77330022",
+                "",
+                RequestMatch::None,
+            ),
+            (
+                "INVITE",
+                "z9hG4bKz",
+                103,
+                "77330022",
+                "wrong",
+                RequestMatch::None,
+            ),
+        ];
+        for (method, branch, cseq, from_tag, to_tag, want) in cases {
+            let req = request_ids(method, branch, *cseq, from_tag, to_tag);
+            assert_eq!(
+                call.match_request(&req),
+                *want,
+                "{method} branch={branch} cseq={cseq} from={from_tag} to={to_tag}"
+            );
+        }
+        let status =
+            |m: &str, to: &str| UasCall::unmatched_status(&request_ids(m, "z9hG4bKq", 5, "a", to));
+        assert_eq!(status("ACK", "x"), None);
+        assert_eq!(status("INVITE", ""), Some((482, "Loop Detected")));
+        assert_eq!(status("INVITE", "x").map(|s| s.0), Some(481));
+        assert_eq!(status("OPTIONS", "x").map(|s| s.0), Some(481));
+        assert_eq!(status("CANCEL", "").map(|s| s.0), Some(481));
+        // Another Call-ID never matches, whatever its tags.
+        let mut other = request_ids("BYE", "z9hG4bKx", 102, "77330022", &ours);
+        other.headers.remove("Call-ID");
+        other.headers.push("Call-ID", "someone-else");
+        assert_eq!(call.match_request(&other), RequestMatch::None);
+    }
+
+    #[test]
+    fn responses_match_our_client_transaction_by_branch_and_cseq() {
+        let (mut call, t0) = confirmed("");
+        let t = t0 + Duration::from_secs(10);
+        call.hangup(t, HangupCause::Ops);
+        let bye = one_request(&mut call);
+        let ok = bye.response(200, "OK", None);
+        assert!(call.matches_response(&ok));
+        // The right CSeq with another branch (a forged or stale response) is not ours.
+        let mut forged = ok.clone();
+        forged.headers.remove("Via");
+        forged.headers.push(
+            "Via",
+            "SIP/2.0/TLS sbc.example.com:5061;branch=z9hG4bKforged",
+        );
+        assert!(!call.matches_response(&forged));
+        let mut no_via = ok.clone();
+        no_via.headers.remove("Via");
+        assert!(!call.matches_response(&no_via));
+        let mut other_cseq = ok.clone();
+        other_cseq.headers.remove("CSeq");
+        other_cseq.headers.push("CSeq", "7 BYE");
+        assert!(!call.matches_response(&other_cseq));
+        // A forged response changes nothing; ours ends the call.
+        call.handle_response(t, forged);
+        assert_eq!(call.state(), CallState::Terminating);
+        call.handle_response(t, ok);
+        assert_eq!(call.state(), CallState::Terminated);
     }
 
     proptest::proptest! {

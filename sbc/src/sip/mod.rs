@@ -41,7 +41,7 @@ pub mod framing;
 pub mod message;
 pub mod strict;
 
-pub use call::{Refresher, SessionTimer, UasCall};
+pub use call::{Refresher, RequestMatch, SessionTimer, UasCall};
 pub use framing::{Frame, FrameError, Framer};
 pub use message::{
     Headers, Method, ParseError, Rejection, Request, Response, SipMessage, ALLOW, SUPPORTED,
@@ -69,6 +69,8 @@ pub enum HangupCause {
     Shutdown,
     Ops,
     Error,
+    /// The agent stopped reading: frames for it waited past `[agent] send_timeout_ms`.
+    AgentStuck,
 }
 
 /// What the call task must act on.

@@ -231,3 +231,62 @@ fn peers_that_stop_reading_cost_bounded_memory_and_lose_their_connections() {
     );
     drop(outcomes);
 }
+
+/// Issue 12, point 6: the carrier's connection drops, the agent hangs up, and the carrier's
+/// Contact names an address outside its `source_cidrs` (127.0.0.2, the carrier being
+/// 127.0.0.1/32): sbc must not connect there for its BYE, must log why, and the call still ends.
+#[test]
+fn bye_is_not_sent_to_a_contact_outside_the_carrier_sources() {
+    use interop_tests::rawcall::{self, Dialog, Media, SipConn};
+    use interop_tests::AgentBehaviour;
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    // Where a BYE would go: counts TCP accepts.
+    let outside = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    outside.set_nonblocking(true).expect("nonblocking");
+    let outside_port = outside.local_addr().expect("addr").port();
+    let mut opts = SbcOptions::agent(agent.url());
+    opts.source_cidrs = vec!["127.0.0.1/32".into()];
+    opts.carrier_ca = true;
+    opts.rtp_timeout_secs = 30;
+    let sbc = env.start_sbc(opts);
+    let secs20 = Duration::from_secs(20);
+    let mut conn = SipConn::connect(&env.pki, sbc.sip_port);
+    let via_port = conn.local_addr().port();
+    let mut dialog = Dialog::new(sbc.sip_port, outside_port, "outside");
+    dialog.contact = format!("<sip:carrier@127.0.0.2:{outside_port};transport=tls>");
+    let (sock, rtp_port) = Media::bind();
+    let key = rawcall::test_key(7);
+    conn.send(&dialog.invite(via_port, rtp_port, &key));
+    let ok = conn.expect_response(200, "1 INVITE", secs20);
+    dialog.to_tag = rawcall::header(&ok, "To")
+        .and_then(rawcall::tag)
+        .expect("To tag")
+        .to_string();
+    conn.send(&dialog.ack(via_port));
+    let media = Media::start(sock, key, rawcall::parse_answer(rawcall::body(&ok)));
+    sbc.wait_event("call.start", &dialog.call_id, secs20);
+    conn.drop_abruptly();
+    agent.wait_for("agent connection", Duration::from_secs(10), |c| {
+        !c.is_empty()
+    });
+    // Give sbc time to see the drop before the agent hangs up.
+    std::thread::sleep(Duration::from_secs(1));
+    agent.close(0);
+    let end = sbc.wait_event("call.end", &dialog.call_id, secs20);
+    assert_eq!(end["end_reason"], "agent_hangup", "call.end: {end}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sbc.log().contains("outside the carrier's source_cidrs") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        sbc.log().contains("outside the carrier's source_cidrs"),
+        "sbc must log why the BYE was not sent:\n{}",
+        interop_tests::tail(&sbc.log(), 30)
+    );
+    assert!(
+        outside.accept().is_err(),
+        "sbc connected to an address outside the carrier's source_cidrs"
+    );
+    drop(media);
+}

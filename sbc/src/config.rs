@@ -243,6 +243,13 @@ pub struct LimitsConfig {
     pub max_concurrent_calls: u32,
     /// SIGTERM: how long active calls may continue before sbc hangs them up.
     pub drain_timeout: Duration,
+    /// Bytes a connection's writer may hold queued (not yet handed to the kernel). The reader
+    /// stops reading while half of it is used; a message that would overflow it is refused and
+    /// the connection closed. At least 4 × `max_message_bytes`.
+    pub write_queue_bytes: usize,
+    /// Deadline for each write to a carrier connection (and for its close): a peer that does not
+    /// read for this long loses its connection.
+    pub write_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]

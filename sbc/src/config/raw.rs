@@ -131,6 +131,8 @@ pub(crate) struct RawLimits {
     pub idle_timeout_secs: Option<S<u64>>,
     pub max_concurrent_calls: Option<S<u32>>,
     pub drain_timeout_secs: Option<S<u64>>,
+    pub write_queue_bytes: Option<S<u64>>,
+    pub write_timeout_secs: Option<S<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

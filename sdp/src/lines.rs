@@ -313,6 +313,15 @@ impl SessionDescription {
             };
             let text = std::str::from_utf8(body).map_err(|_| err("not UTF-8".into()))?;
             let line = parse_line(text).map_err(err)?;
+            // RFC 8866 §5.1: "v=0"; there is no other version. Parsed leniently (it is a
+            // number), refused here so that the error carries the line's position.
+            if let Line::Version(v) = line {
+                if v != 0 {
+                    return Err(err(format!(
+                        "unsupported SDP version {v} (RFC 8866 §5.1 defines only v=0)"
+                    )));
+                }
+            }
             let raw = RawLine {
                 line,
                 text: text.to_string(),
@@ -672,6 +681,23 @@ mod tests {
         let e = SessionDescription::parse(b"o=- 1 1 IN IP4 192.0.2.1\r\n").unwrap_err();
         assert_eq!(e.line, 1);
         assert!(SessionDescription::parse(b"v=0\r\n\xff=1\r\n").is_err());
+    }
+
+    /// RFC 8866 §5.1 defines only `v=0`: any other version is refused with its position
+    /// (table-driven; the caller answers 400 with a Warning).
+    #[test]
+    fn only_sdp_version_0() {
+        for (text, line, offset) in [
+            ("v=1\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\n", 1, 0),
+            ("v=2\no=- 1 1 IN IP4 192.0.2.1\n", 1, 0),
+            ("v=00001\r\ns=-\r\n", 1, 0),
+            ("v=0\r\ns=-\r\nv=1\r\n", 3, 10),
+        ] {
+            let e = SessionDescription::parse(text.as_bytes()).unwrap_err();
+            assert_eq!((e.line, e.offset), (line, offset), "{text:?}");
+            assert!(e.kind.contains("version"), "{}", e.kind);
+        }
+        assert!(SessionDescription::parse(b"v=0\r\ns=-\r\n").is_ok());
     }
 
     #[test]

@@ -871,7 +871,7 @@ impl UasCall {
         }
         if let Some(sdp) = sdp {
             resp.headers.push("Content-Type", "application/sdp");
-            resp.body = sdp;
+            resp.body = sdp.into();
         }
         resp
     }
@@ -978,7 +978,7 @@ impl UasCall {
             method,
             uri,
             headers: h,
-            body: Bytes::new(),
+            body: Bytes::new().into(),
         }
     }
 
@@ -1654,7 +1654,7 @@ Call-ID: {CALL_ID}\r\nCSeq: 101 CANCEL\r\nContent-Length: 0\r\n\r\n"
         assert_eq!(
             events(&mut call),
             vec![CallEvent::ReOffer {
-                sdp: Bytes::from_static(SDP.as_bytes())
+                sdp: Bytes::from_static(SDP.as_bytes()).into()
             }]
         );
         assert!(drain(&mut call).is_empty());

@@ -12,9 +12,10 @@
 //! senders); the body is exactly Content-Length bytes (long or compact `l:` form), which a stream
 //! transport must carry (RFC 3261 §18.3). After an error the connection is to be closed.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
+use zeroize::Zeroize;
 
-use super::message::{find_head_end, same_header};
+use super::message::{find_head_end, same_header, Body};
 
 /// One unit cut from the byte stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,11 +24,13 @@ pub enum Frame {
     Ping,
     /// A single CRLF pong: nothing to do.
     Pong,
-    /// One whole SIP message, headers and body.
-    Message(Bytes),
+    /// One whole SIP message, headers and body: a [`Body`], so that its SDP (and SRTP keys) is
+    /// redacted in Debug and zeroized when the last copy goes.
+    Message(Body),
 }
 
 /// Why the decoder gave up; the connection is closed after the answer (if any) is sent.
+/// Only header blocks are kept here, never a body.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum FrameError {
@@ -44,8 +47,15 @@ pub enum FrameError {
 }
 
 /// Incremental decoder.
+///
+/// Its buffer holds INVITE bodies, so SRTP keys: bytes read and not yet framed are
+/// `buf[..filled]`, and every byte after `filled` is zero. A message cut from the buffer is
+/// copied out (it never shares the buffer's memory), and the bytes it leaves behind are
+/// zeroized; when the buffer grows the old one is zeroized before it is freed; on drop the
+/// whole buffer is zeroized.
 pub struct Framer {
-    buf: BytesMut,
+    buf: Vec<u8>,
+    filled: usize,
     max: usize,
     /// How far the current message's header block was already searched for its end.
     scanned: usize,
@@ -53,10 +63,17 @@ pub struct Framer {
     head_end: Option<usize>,
 }
 
+impl Drop for Framer {
+    fn drop(&mut self) {
+        self.buf.zeroize();
+    }
+}
+
 impl Framer {
     pub fn new(max_message_bytes: usize) -> Self {
         Framer {
-            buf: BytesMut::new(),
+            buf: Vec::new(),
+            filled: 0,
             max: max_message_bytes,
             scanned: 0,
             head_end: None,
@@ -65,32 +82,56 @@ impl Framer {
 
     /// Appends bytes read from the stream.
     pub fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+        let need = self.filled.saturating_add(data.len());
+        if need > self.buf.len() {
+            // Grow into a new zeroed buffer and wipe the old one (a Vec reallocation would free
+            // it with its contents).
+            let mut grown = vec![0u8; need.max(self.buf.len().saturating_mul(2)).max(1024)];
+            grown[..self.filled].copy_from_slice(&self.buf[..self.filled]);
+            self.buf.zeroize();
+            self.buf = grown;
+        }
+        self.buf[self.filled..need].copy_from_slice(data);
+        self.filled = need;
     }
 
     /// Bytes held and not yet framed.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.filled
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.buf[..self.filled]
+    }
+
+    /// Drops the first `n` buffered bytes, moving the rest to the front and zeroizing what the
+    /// move leaves behind.
+    fn consume(&mut self, n: usize) {
+        let n = n.min(self.filled);
+        self.buf.copy_within(n..self.filled, 0);
+        let rest = self.filled - n;
+        self.buf[rest..self.filled].zeroize();
+        self.filled = rest;
     }
 
     /// The next complete frame, `Ok(None)` when more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        if self.buf.starts_with(b"\r\n") {
-            if self.buf.starts_with(b"\r\n\r\n") {
-                self.buf.advance(4);
+        if self.data().starts_with(b"\r\n") {
+            if self.data().starts_with(b"\r\n\r\n") {
+                self.consume(4);
                 return Ok(Some(Frame::Ping));
             }
-            match self.buf.get(2) {
+            match self.data().get(2) {
                 // Maybe the start of a ping, or of CRLF CRLF split across reads.
                 None => return Ok(None),
-                Some(b'\r') if self.buf.len() == 3 => return Ok(None),
+                Some(b'\r') if self.filled == 3 => return Ok(None),
                 Some(_) => {
-                    self.buf.advance(2);
+                    self.consume(2);
                     return Ok(Some(Frame::Pong));
                 }
             }
         }
-        if self.buf.is_empty() {
+        if self.filled == 0 {
             return Ok(None);
         }
         // Search for the blank line; rescan the last 3 bytes in case it straddles two reads.
@@ -99,10 +140,10 @@ impl Framer {
             Some(h) => h,
             None => {
                 let from = self.scanned.saturating_sub(3);
-                let window = self.buf.len().min(self.max.saturating_add(3));
+                let window = self.filled.min(self.max.saturating_add(3));
                 let Some(h) = find_head_end(&self.buf[..window], from) else {
                     self.scanned = window;
-                    if self.buf.len() > self.max {
+                    if self.filled > self.max {
                         return Err(FrameError::TooLarge {
                             limit: self.max,
                             head: None,
@@ -129,12 +170,14 @@ impl Framer {
                 })
             }
         };
-        if self.buf.len() < total {
+        if self.filled < total {
             return Ok(None);
         }
         self.scanned = 0;
         self.head_end = None;
-        Ok(Some(Frame::Message(self.buf.split_to(total).freeze())))
+        let message = Body::from(self.buf[..total].to_vec());
+        self.consume(total);
+        Ok(Some(Frame::Message(message)))
     }
 }
 
@@ -190,8 +233,8 @@ mod tests {
         all.extend_from_slice(M2);
         let want = vec![
             Frame::Ping,
-            Frame::Message(Bytes::from_static(M1)),
-            Frame::Message(Bytes::from_static(M2)),
+            Frame::Message(Body::from_static(M1)),
+            Frame::Message(Body::from_static(M2)),
         ];
         for cut in 0..=all.len() {
             let mut f = Framer::new(4096);
@@ -210,6 +253,33 @@ mod tests {
             got.extend(drain(&mut f));
         }
         assert_eq!(got, want);
+    }
+
+    /// The buffer never keeps a copy of a message it handed out: after a message is cut, and
+    /// after the buffer grows, everything past the unframed bytes is zero, and the message
+    /// does not share the buffer's memory.
+    #[test]
+    fn buffer_is_wiped_behind_each_message() {
+        let mut f = Framer::new(1 << 16);
+        let mut all = M1.to_vec();
+        all.extend_from_slice(b"BYE sip:a SIP/2.0\r\n");
+        f.push(&all);
+        let Ok(Some(Frame::Message(m))) = f.next_frame() else {
+            panic!("message expected")
+        };
+        assert_eq!(&m[..], M1);
+        assert!(
+            f.buf[f.filled..].iter().all(|&b| b == 0),
+            "stale bytes left"
+        );
+        let range = f.buf.as_ptr_range();
+        assert!(!range.contains(&m.as_ptr()), "message shares the buffer");
+        // Growing: the new buffer holds only the unframed bytes, then zeros.
+        let before = f.buf.len();
+        f.push(&vec![b'x'; before * 2]);
+        assert!(f.buf.len() > before);
+        assert!(f.buf[f.filled..].iter().all(|&b| b == 0));
+        assert_eq!(&f.buf[..19], b"BYE sip:a SIP/2.0\r\n");
     }
 
     #[test]
@@ -231,7 +301,7 @@ mod tests {
         f.push(b"BYE sip:a SIP/2.0\nContent-Length : 2\n\nokNEXT");
         assert_eq!(
             f.next_frame(),
-            Ok(Some(Frame::Message(Bytes::from_static(
+            Ok(Some(Frame::Message(Body::from_static(
                 b"BYE sip:a SIP/2.0\nContent-Length : 2\n\nok"
             ))))
         );

@@ -171,21 +171,105 @@ impl Headers {
     }
 }
 
+/// A message body. It may hold SDP, whose `a=crypto` lines carry SRTP master keys, so:
+/// - `Debug` prints only its length (`<N bytes redacted>`);
+/// - its buffer is zeroized when the last clone is dropped. Clones share one buffer (cheap, like
+///   `Bytes`); a clone still alive elsewhere keeps the bytes until it goes too. A body built
+///   from a `&'static` slice is not zeroized (it is not on the heap), nor is one built from a
+///   `Bytes` that something outside any `Body` still shares (it is wiped only if this body
+///   ends up its last holder). Build bodies from an owned `Vec<u8>` or `String` to be sure.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Body(Bytes);
+
+impl Body {
+    /// A body from a static slice (tests, fixed bodies): never holds keys, never zeroized.
+    pub const fn from_static(b: &'static [u8]) -> Body {
+        Body(Bytes::from_static(b))
+    }
+
+    /// Zeroizes the buffer in place when this is its only holder, and leaves the body empty.
+    /// Returns the wiped buffer (for tests), `None` when the bytes are shared or static.
+    fn wipe(&mut self) -> Option<bytes::BytesMut> {
+        let bytes = std::mem::take(&mut self.0);
+        let mut unique = bytes.try_into_mut().ok()?;
+        zeroize::Zeroize::zeroize(&mut unique[..]);
+        Some(unique)
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
+impl std::ops::Deref for Body {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Body {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes redacted>", self.0.len())
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(v: Vec<u8>) -> Body {
+        Body(Bytes::from(v))
+    }
+}
+
+impl From<String> for Body {
+    fn from(s: String) -> Body {
+        Body(Bytes::from(s))
+    }
+}
+
+/// Takes over the `Bytes` without copying: zeroized on drop if this body is its last holder.
+impl From<Bytes> for Body {
+    fn from(b: Bytes) -> Body {
+        Body(b)
+    }
+}
+
+impl From<&'static [u8]> for Body {
+    fn from(b: &'static [u8]) -> Body {
+        Body::from_static(b)
+    }
+}
+
+impl PartialEq<[u8]> for Body {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.0[..] == *other
+    }
+}
+
+/// A SIP request. `Debug` redacts the body (see [`Body`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     pub method: Method,
     /// Request-URI as written.
     pub uri: String,
     pub headers: Headers,
-    pub body: Bytes,
+    pub body: Body,
 }
 
+/// A SIP response. `Debug` redacts the body (see [`Body`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
     pub reason: String,
     pub headers: Headers,
-    pub body: Bytes,
+    pub body: Body,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -407,7 +491,7 @@ impl SipMessage {
             }
             None => body,
         };
-        let body = Bytes::copy_from_slice(body);
+        let body = Body::from(body.to_vec());
 
         Ok(match start_line {
             StartLine::Request { method, uri } => SipMessage::Request(Request {
@@ -589,29 +673,30 @@ impl Request {
     pub fn response(&self, status: u16, reason: &str, to_tag: Option<&str>) -> Response {
         let mut headers = Headers::default();
         for value in self.headers.get_all("Via") {
-            headers.push("Via", value);
+            headers.push("Via", echo(value));
         }
         if let Some(from) = self.headers.get("From") {
-            headers.push("From", from);
+            headers.push("From", echo(from));
         }
         if let Some(to) = self.headers.get("To") {
+            let to = echo(to);
             match to_tag {
-                Some(t) if tag_of(to).is_none() => headers.push("To", format!("{to};tag={t}")),
+                Some(t) if tag_of(&to).is_none() => headers.push("To", format!("{to};tag={t}")),
                 _ => headers.push("To", to),
             }
         }
         if let Some(v) = self.headers.get("Call-ID") {
-            headers.push("Call-ID", v);
+            headers.push("Call-ID", echo(v));
         }
         if let Some(v) = self.headers.get("CSeq") {
-            headers.push("CSeq", v);
+            headers.push("CSeq", echo(v));
         }
         headers.push("Content-Length", "0");
         Response {
             status,
             reason: reason.to_string(),
             headers,
-            body: Bytes::new(),
+            body: Body::default(),
         }
     }
 }
@@ -704,7 +789,8 @@ pub(crate) fn tag_of(value: &str) -> Option<&str> {
 }
 
 /// Percent-decoding of a URI user part (RFC 3986 §2.1); a broken escape is kept as written.
-fn unescape(s: &str) -> String {
+/// `Err` when the decoded bytes are not UTF-8 or hold a control character (`%0D%0A`, `%00`...).
+fn decode_user(s: &str) -> Result<String, ()> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -722,32 +808,69 @@ fn unescape(s: &str) -> String {
         out.push(b[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    let text = String::from_utf8(out).map_err(|_| ())?;
+    if text.chars().any(char::is_control) {
+        return Err(());
+    }
+    Ok(text)
 }
 
-/// The user part of a `sip:`/`sips:` URI (parsed by rsip, with our own fallback) or the number
-/// of a `tel:` URI (RFC 3966 §3: `telephone-subscriber` up to the first `;`).
-pub(crate) fn uri_user(uri: &str) -> Option<String> {
+/// The decoded user part, or, when decoding would produce a control character or invalid
+/// UTF-8, the user part as written with any control character replaced by `?`: what this
+/// returns can go into a log line or an audit record. Such a request is refused anyway
+/// ([`super::strict::header_problem`], 400).
+fn unescape(s: &str) -> String {
+    decode_user(s).unwrap_or_else(|()| {
+        s.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
+    })
+}
+
+/// The user part of a `sip:`/`sips:` URI as written (escapes kept), parsed by rsip with our
+/// own fallback, or the number of a `tel:` URI (RFC 3966 §3: `telephone-subscriber` up to the
+/// first `;`).
+fn uri_user_escaped(uri: &str) -> Option<String> {
     let uri = uri.trim();
     let (scheme, rest) = uri.split_once(':')?;
     if scheme.eq_ignore_ascii_case("tel") {
         let number = rest.split(';').next()?.trim();
-        return (!number.is_empty()).then(|| unescape(number));
+        return (!number.is_empty()).then(|| number.to_string());
     }
     if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
         return None;
     }
-    // rsip parses sip URIs well; it keeps escapes, so we unescape its user part.
+    // rsip parses sip URIs well; it keeps escapes.
     if let Ok(parsed) = rsip::Uri::try_from(uri) {
         if let Some(user) = parsed.user() {
-            return (!user.is_empty()).then(|| unescape(user));
+            return (!user.is_empty()).then(|| user.to_string());
         }
         return None;
     }
     // RFC 3261 §19.1.1: `userinfo = ( user / telephone-subscriber ) [ ":" password ] "@"`.
     let (userinfo, _) = rest.split_once('@')?;
     let user = userinfo.split(':').next()?;
-    (!user.is_empty()).then(|| unescape(user))
+    (!user.is_empty()).then(|| user.to_string())
+}
+
+/// The user part of a `sip:`/`sips:`/`tel:` URI, percent-decoded; never holds a control
+/// character (see [`unescape`]).
+pub(crate) fn uri_user(uri: &str) -> Option<String> {
+    uri_user_escaped(uri).map(|u| unescape(&u))
+}
+
+/// False when the URI's user part percent-decodes to a control character or invalid UTF-8.
+pub(crate) fn uri_user_decodes_cleanly(uri: &str) -> bool {
+    uri_user_escaped(uri).is_none_or(|u| decode_user(&u).is_ok())
+}
+
+/// A header value copied into a response with any control character (other than HTAB)
+/// replaced by `?`: a request that carried one is refused, and its 400 must not echo it.
+fn echo(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+        .collect()
 }
 
 #[cfg(test)]
@@ -1033,13 +1156,34 @@ v=0\n";
     #[test]
     fn to_bytes_replaces_content_length() {
         let mut r = req(&base("INFO", "", ""));
-        r.body = Bytes::from_static(b"Signal=5\r\nDuration=160\r\n");
+        r.body = Body::from_static(b"Signal=5\r\nDuration=160\r\n");
         let out = String::from_utf8(r.to_bytes()).unwrap();
         assert_eq!(out.matches("Content-Length").count(), 1);
         assert!(out.contains("Content-Length: 24\r\n"));
         r.headers.remove("Content-Length");
         let out = String::from_utf8(r.to_bytes()).unwrap();
         assert!(out.contains("Content-Length: 24\r\n\r\nSignal"));
+    }
+
+    /// The last holder of a body zeroizes its buffer in place; a shared or static one is left
+    /// to its other holders.
+    #[test]
+    fn body_is_zeroized_in_place_by_its_last_holder() {
+        let mut body = Body::from(b"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:KEY".to_vec());
+        let at = body.as_ptr();
+        let other = body.clone();
+        assert!(body.wipe().is_none(), "shared: not wiped");
+        assert_eq!(&other[..4], b"a=cr");
+        let mut last = other;
+        let wiped = last.wipe().expect("last holder wipes");
+        assert_eq!(wiped.as_ptr(), at, "in place, not a copy");
+        assert!(wiped.iter().all(|&b| b == 0));
+        assert!(last.is_empty());
+        assert!(Body::from_static(b"v=0").wipe().is_none());
+        assert_eq!(
+            format!("{:?}", Body::from(b"secret".to_vec())),
+            "<6 bytes redacted>"
+        );
     }
 
     #[test]
@@ -1144,7 +1288,7 @@ v=0\n";
                     h.push(n, v.clone());
                 }
             }
-            let r = Request { method: Method::from_token(&method), uri, headers: h, body: Bytes::from(body) };
+            let r = Request { method: Method::from_token(&method), uri, headers: h, body: Body::from(body) };
             let parsed = SipMessage::parse(&r.to_bytes()).unwrap();
             let mut want = r.clone();
             want.headers.push("Content-Length", r.body.len().to_string());

@@ -34,8 +34,6 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use bytes::Bytes;
-
 mod call;
 pub mod framing;
 pub mod message;
@@ -44,7 +42,7 @@ pub mod strict;
 pub use call::{Refresher, RequestMatch, SessionTimer, UasCall};
 pub use framing::{Frame, FrameError, Framer};
 pub use message::{
-    Headers, Method, ParseError, Rejection, Request, Response, SipMessage, ALLOW, SUPPORTED,
+    Body, Headers, Method, ParseError, Rejection, Request, Response, SipMessage, ALLOW, SUPPORTED,
 };
 
 /// Static settings of the UAS core, from `[sip]`.
@@ -84,7 +82,7 @@ pub enum CallEvent {
     /// The carrier sent BYE (200 already queued).
     RemoteBye,
     /// A re-INVITE or UPDATE carrying an SDP offer: answer with `answer_reoffer`.
-    ReOffer { sdp: Bytes },
+    ReOffer { sdp: Body },
     /// INFO with application/dtmf-relay (or application/dtmf).
     Dtmf { digit: char, duration: Duration },
     /// No ACK within 64*T1 (Timer H): a BYE has been queued.
@@ -111,7 +109,7 @@ pub enum CallState {
 }
 
 /// A response to a request handled outside any call, by the shell: OPTIONS out of dialog
-/// (200 with Allow, Accept, Supported), a [`Rejection`] from [`Request::validate`] (405 and 501
+/// (200 with Allow, Accept, Supported), 415 (with Accept and Accept-Encoding), a [`Rejection`] from [`Request::validate`] (405 and 501
 /// carry `Allow: ALLOW`, RFC 3261 §8.2.1; 420 carries `Unsupported`, §8.2.2.3), 481 for an unknown dialog, 403/404/503 (with
 /// `Retry-After` when given) for a new INVITE refused before a call task exists. Final responses
 /// get a random To tag when To has none (RFC 3261 §8.2.6.2); `Server` comes from config.
@@ -136,6 +134,12 @@ pub fn stateless_response(
     if status == 200 && req.method == Method::Options {
         resp.headers.push("Accept", "application/sdp");
         resp.headers.push("Supported", "timer");
+    }
+    // RFC 3261 §21.4.13: a 415 lists what is acceptable (see `strict::header_problem`).
+    if status == 415 {
+        let accept = strict::accepted_media_types(&req.method).unwrap_or(&["application/sdp"]);
+        resp.headers.push("Accept", accept.join(", "));
+        resp.headers.push("Accept-Encoding", "identity");
     }
     if status == 420 {
         resp.headers
@@ -199,6 +203,51 @@ mod tests {
             ] {
                 assert!(!code.contains(banned), "{name} uses {banned}");
             }
+        }
+    }
+
+    /// A 415 lists what sbc accepts (RFC 3261 §21.4.13): the media type and the encoding.
+    #[test]
+    fn unsupported_media_type_says_what_is_accepted() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let r = stateless_response(
+            &options(),
+            415,
+            "Unsupported Media Type",
+            &config(),
+            None,
+            &mut rng,
+        );
+        assert_eq!(r.headers.get("Accept"), Some("application/sdp"));
+        assert_eq!(r.headers.get("Accept-Encoding"), Some("identity"));
+    }
+
+    /// Nothing that can hold an SDP body (and so SRTP keys) prints it in Debug.
+    #[test]
+    fn debug_never_shows_a_body() {
+        let key = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
+        let text = format!("INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 {key}\r\n", key.len() + 37);
+        let msg = SipMessage::parse(text.as_bytes()).unwrap();
+        let SipMessage::Request(req) = msg.clone() else {
+            panic!("request expected")
+        };
+        let mut resp = req.response(200, "OK", Some("t"));
+        resp.body = req.body.clone();
+        let event = CallEvent::ReOffer {
+            sdp: req.body.clone(),
+        };
+        let mut framer = Framer::new(4096);
+        framer.push(text.as_bytes());
+        let frame = framer.next_frame().unwrap().unwrap();
+        for debug in [
+            format!("{msg:?}"),
+            format!("{req:#?}"),
+            format!("{resp:?}"),
+            format!("{event:?}"),
+            format!("{frame:?}"),
+        ] {
+            assert!(!debug.contains("WVNf"), "{debug}");
+            assert!(debug.contains("redacted"), "{debug}");
         }
     }
 

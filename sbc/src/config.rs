@@ -155,6 +155,9 @@ pub struct AgentConfig {
     pub ca_bundle: Option<PathBuf>,
     /// Client certificate chain and key for mTLS.
     pub client_certificate: Option<(PathBuf, PathBuf)>,
+    /// SHA-256 digests of SubjectPublicKeyInfo DER the agent server's certificate must match
+    /// (one of them), on top of CA verification. Empty: no pinning.
+    pub pinned_spki_sha256: Vec<[u8; 32]>,
     pub connect_timeout: Duration,
     /// A frame queued for the agent must be written within this, else the agent is stuck and
     /// the call is hung up (`agent_stuck`).
@@ -677,6 +680,47 @@ path = "-"
             let err = parse(&text).unwrap_err();
             assert!(err.contains(why), "{to:?}: {err}");
             assert!(err.starts_with("/etc/sbc/t.toml:"), "{err}");
+        }
+    }
+
+    /// `agent.pinned_spki_sha256`: base64 or hex of 32 bytes; anything else is an error that
+    /// points at the pin.
+    #[test]
+    fn agent_spki_pins() {
+        assert!(parse(MINIMAL).unwrap().agent.pinned_spki_sha256.is_empty());
+        let with = |pins: &str| {
+            parse(&MINIMAL.replace(
+                "[agent]\n",
+                &format!("[agent]\npinned_spki_sha256 = {pins}\n"),
+            ))
+        };
+        let want: Vec<u8> = (0u8..32).collect();
+        let b64 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let hex: String = want.iter().map(|b| format!("{b:02x}")).collect();
+        let colons = want
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        for ok in [b64, b64.trim_end_matches('='), &hex, &colons] {
+            let c = with(&format!("[\"{ok}\"]")).unwrap();
+            assert_eq!(
+                c.agent.pinned_spki_sha256,
+                vec![<[u8; 32]>::try_from(&want[..]).unwrap()],
+                "{ok}"
+            );
+        }
+        for bad in [
+            "[]",
+            "[\"abc\"]",
+            "[\"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHg==\"]",
+            &format!("[\"{hex}00\"]"),
+        ] {
+            let e = with(bad).unwrap_err();
+            assert!(
+                e.contains("agent.pinned_spki_sha256") && e.contains("t.toml:"),
+                "{bad}: {e}"
+            );
         }
     }
 

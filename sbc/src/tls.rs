@@ -130,7 +130,9 @@ fn server_config(
 }
 
 /// The agent leg's client config: TLS 1.3 only, server verified against `ca_bundle` (or the
-/// webpki roots), optional client certificate (mTLS).
+/// webpki roots), optionally also pinned (`pinned_spki_sha256`: the certificate's key must hash
+/// to one of the pins, else the handshake fails with "SPKI pin mismatch" and the call gets
+/// 503), optional client certificate (mTLS).
 pub fn agent_client_config(agent: &AgentConfig) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
     let provider = provider(TlsVersion::Tls13, &[]);
     let roots = match &agent.ca_bundle {
@@ -139,8 +141,25 @@ pub fn agent_client_config(agent: &AgentConfig) -> Result<Arc<rustls::ClientConf
     };
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| ConfigError(format!("TLS policy: {e}")))?
-        .with_root_certificates(roots);
+        .map_err(|e| ConfigError(format!("TLS policy: {e}")))?;
+    let builder = if agent.pinned_spki_sha256.is_empty() {
+        builder.with_root_certificates(roots)
+    } else {
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| ConfigError(format!("agent CA bundle: {e}")))?;
+        // `dangerous()` is rustls's name for any custom verifier; this one runs the full WebPKI
+        // verification first and only adds a check, so it is not a `danger_*` in our sense.
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedSpkiVerifier {
+                webpki,
+                pins: agent.pinned_spki_sha256.clone(),
+            }))
+    };
     let mut config = match &agent.client_certificate {
         None => builder.with_no_client_auth(),
         Some((cert, key_path)) => {
@@ -156,6 +175,90 @@ pub fn agent_client_config(agent: &AgentConfig) -> Result<Arc<rustls::ClientConf
     // No ALPN: the WebSocket upgrade is HTTP/1.1, and the agents in the field do not all offer it.
     config.alpn_protocols.clear();
     Ok(Arc::new(config))
+}
+
+/// SHA-256 over a certificate's SubjectPublicKeyInfo DER (RFC 7469 §2.4: the SPKI, not the
+/// whole certificate, so that a pin survives renewal with the same key).
+pub fn spki_sha256(cert: &CertificateDer<'_>) -> Result<[u8; 32], rustls::Error> {
+    use sha2::Digest;
+    let ee = webpki::EndEntityCert::try_from(cert)
+        .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+    Ok(sha2::Sha256::digest(ee.subject_public_key_info().as_ref()).into())
+}
+
+/// The agent certificate's key is not one of `agent.pinned_spki_sha256`.
+struct PinMismatch;
+
+impl std::fmt::Display for PinMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("agent certificate SPKI pin mismatch (agent.pinned_spki_sha256)")
+    }
+}
+
+// rustls prints a custom certificate error with Debug: say the same thing.
+impl std::fmt::Debug for PinMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for PinMismatch {}
+
+/// Verifies the agent's certificate as usual (chain to `ca_bundle`, name, validity), then
+/// requires its end-entity SubjectPublicKeyInfo to hash to one of the pins.
+#[derive(Debug)]
+struct PinnedSpkiVerifier {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pins: Vec<[u8; 32]>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedSpkiVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verified = self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let spki = spki_sha256(end_entity)?;
+        if self.pins.contains(&spki) {
+            Ok(verified)
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch))),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
 }
 
 /// Client config for requests sbc originates towards a carrier on a new connection (a BYE after
@@ -569,6 +672,29 @@ mod tests {
         )
         .unwrap();
         assert!(handshake(Arc::new(only12), agent).is_err());
+    }
+
+    /// `agent.pinned_spki_sha256`: the agent's certificate must carry a pinned key, on top of
+    /// CA verification; a mismatch fails the handshake with an error that says so.
+    #[test]
+    fn agent_spki_pinning() {
+        use sha2::Digest;
+        let pki = Pki::new();
+        let mut c = pki.config("");
+        let key = std::fs::read_to_string(pki.path("server-key.pem")).unwrap();
+        let spki = rcgen::KeyPair::from_pem(&key).unwrap().public_key_der();
+        let pin: [u8; 32] = sha2::Sha256::digest(&spki).into();
+        c.agent.pinned_spki_sha256 = vec![[7; 32], pin];
+        let agent = agent_client_config(&c.agent).unwrap();
+        assert!(handshake(server(&c), agent).is_ok());
+        c.agent.pinned_spki_sha256 = vec![[7; 32]];
+        let agent = agent_client_config(&c.agent).unwrap();
+        let e = handshake(server(&c), agent).unwrap_err();
+        assert!(e.to_string().contains("pin mismatch"), "{e}");
+        // The pin adds to CA verification: a pinned key under the wrong name still fails.
+        c.agent.pinned_spki_sha256 = vec![pin];
+        let agent = agent_client_config(&c.agent).unwrap();
+        assert!(handshake_to(server(&c), agent, "other.test").is_err());
     }
 
     #[test]

@@ -687,6 +687,31 @@ fn agent(ctx: &Ctx, r: raw::RawAgent) -> Result<AgentConfig, ConfigError> {
             ))
         }
     };
+    let pinned_spki_sha256 = match &r.pinned_spki_sha256 {
+        None => Vec::new(),
+        Some(l) => {
+            if l.get_ref().is_empty() {
+                return Err(ctx.at(
+                    l.span(),
+                    "agent.pinned_spki_sha256 is empty: leave the key out to disable pinning",
+                ));
+            }
+            l.get_ref()
+                .iter()
+                .map(|p| {
+                    spki_pin(p.get_ref()).ok_or_else(|| {
+                        ctx.at(
+                            p.span(),
+                            "agent.pinned_spki_sha256: each pin is the SHA-256 of the certificate's \
+                             SubjectPublicKeyInfo DER, in base64 (44 characters, as in \
+                             `openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64`) \
+                             or hex (64 digits, colons allowed)",
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
     let connect_timeout = ms(ctx, &r.connect_timeout_ms, 3000, "agent.connect_timeout_ms")?;
     let send_timeout = ms(ctx, &r.send_timeout_ms, 2000, "agent.send_timeout_ms")?;
     let send_queue_bytes = usize_of(ctx, &r.send_queue_bytes, 65536, "agent.send_queue_bytes")?;
@@ -770,6 +795,7 @@ fn agent(ctx: &Ctx, r: raw::RawAgent) -> Result<AgentConfig, ConfigError> {
         routes,
         ca_bundle,
         client_certificate,
+        pinned_spki_sha256,
         connect_timeout,
         send_timeout,
         send_queue_bytes,
@@ -777,6 +803,26 @@ fn agent(ctx: &Ctx, r: raw::RawAgent) -> Result<AgentConfig, ConfigError> {
         passthrough_headers,
         default_account_sid,
     })
+}
+
+/// A SHA-256 SPKI pin: 64 hex digits (colons allowed, any case) or standard base64 of the 32
+/// bytes (with or without padding).
+fn spki_pin(s: &str) -> Option<[u8; 32]> {
+    use base64::Engine;
+    let s = s.trim();
+    let hex: String = s.chars().filter(|&c| c != ':').collect();
+    if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+        }
+        return Some(out);
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(s))
+        .ok()?;
+    bytes.try_into().ok()
 }
 
 fn check_match_value(ctx: &Ctx, v: &S<String>, key: &str) -> Result<(), ConfigError> {

@@ -86,6 +86,7 @@ pub(crate) struct RawAgent {
     pub ca_bundle: Option<S<String>>,
     pub client_certificate: Option<S<String>>,
     pub client_private_key: Option<S<String>>,
+    pub pinned_spki_sha256: Option<S<Vec<S<String>>>>,
     pub connect_timeout_ms: Option<S<u64>>,
     pub send_timeout_ms: Option<S<u64>>,
     pub send_queue_bytes: Option<S<u64>>,

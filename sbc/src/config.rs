@@ -200,6 +200,11 @@ pub struct AuditConfig {
     /// fsync after each record.
     pub fsync: bool,
     pub number_privacy: NumberPrivacy,
+    /// Refusals made before a call exists (admission: rate, capacity, identity) written as full
+    /// `call.refused` records per second; beyond it they are counted in a summary record.
+    pub refusal_records_per_second: u32,
+    /// How often the summary of suppressed refusals is written (when there is one).
+    pub refusal_summary_interval: std::time::Duration,
 }
 
 #[derive(Clone, Debug)]

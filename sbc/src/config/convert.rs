@@ -966,10 +966,19 @@ fn audit(ctx: &Ctx, r: raw::RawAudit) -> Result<AuditConfig, ConfigError> {
             ))
         }
     };
+    let (refusal_records_per_second, _) = val(&r.refusal_records_per_second, 10);
+    let refusal_summary_interval = secs(
+        ctx,
+        &r.refusal_summary_interval_secs,
+        60,
+        "audit.refusal_summary_interval_secs",
+    )?;
     Ok(AuditConfig {
         sink,
         fsync,
         number_privacy,
+        refusal_records_per_second,
+        refusal_summary_interval,
     })
 }
 

@@ -112,6 +112,8 @@ pub(crate) struct RawAudit {
     pub fsync: Option<S<bool>>,
     pub number_privacy: Option<S<String>>,
     pub hash_salt_file: Option<S<String>>,
+    pub refusal_records_per_second: Option<S<u32>>,
+    pub refusal_summary_interval_secs: Option<S<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,5 +1,6 @@
 //! Strict grammar and the agent leg's SPKI pin against the real binary (issue 13):
-//! - `agent.pinned_spki_sha256`: with the test agent's key pinned the call is answered; with
+//! - `agent.pinned_spki_sha256`: with the test agent's key pinned the call is answered (and its
+//!   audit records name the agent leg's key-exchange group and leave out the URL's query); with
 //!   any other pin the agent's TLS handshake fails, the carrier gets 503 and the `call.refused`
 //!   record says "pin mismatch". The pin is computed here from the test PKI, and checked against
 //!   the `openssl` pipeline docs/configuration.md gives (when openssl is installed).
@@ -88,13 +89,32 @@ fn agent_spki_pin_mismatch_is_503_with_the_reason() {
         );
     }
 
-    // The right pin: answered.
-    let sbc = start(&env, agent.url(), &pin);
+    // The right pin: answered. The URL's query (here a token) stays out of the audit and the
+    // log; the record names the agent leg's key-exchange group.
+    let sbc = start(&env, format!("{}?token=s3cr3t-t0ken", agent.url()), &pin);
     let (mut conn, status, dialog) = invite(&sbc, &env, "pinok");
     assert_eq!(status, 200, "{}", interop_tests::tail(&sbc.log(), 20));
+    let rec = sbc.wait_event("call.start", &dialog.call_id, SECS10);
+    assert_eq!(rec["agent"]["target"], agent.url(), "{rec}");
+    // Which group is negotiated depends on both ends' preferences (the test agent and sbc use
+    // rustls's defaults); sbc/tests/audit_evidence.rs shows X25519MLKEM768 with a peer that
+    // offers only that group.
+    let kx = rec["agent"]["kx_group"].as_str().unwrap_or_default();
+    assert!(
+        ["X25519MLKEM768", "X25519", "secp256r1", "secp384r1"].contains(&kx),
+        "{rec}"
+    );
+    assert!(rec["sip_tls"]["kx_group"].is_string(), "{rec}");
     let via_port = conn.local_addr().port();
     conn.send(&dialog.bye(via_port, 2));
     conn.expect_response(200, "2 BYE", SECS10);
+    sbc.wait_event("call.end", &dialog.call_id, SECS10);
+    for (what, text) in [("audit", sbc.audit_text()), ("log", sbc.log())] {
+        assert!(
+            !text.contains("s3cr3t"),
+            "the agent URL's query reached the {what}"
+        );
+    }
     drop(sbc);
 
     // Any other pin: the handshake fails, 503, and the record says why.

@@ -31,6 +31,8 @@ pub struct AgentConn {
     pub host: String,
     pub tls_version: String,
     pub cipher: String,
+    /// Key-exchange group of the TLS connection (audit).
+    pub kx_group: Option<String>,
     pub mtls: bool,
 }
 
@@ -110,6 +112,7 @@ pub async fn connect(
             .await
             .map_err(AgentError::Tls)?;
         let (tls_version, cipher) = crate::tls::negotiated(tls.get_ref().1);
+        let kx_group = crate::tls::kx_group(tls.get_ref().1);
         // An agent message is at most a few seconds of base64 audio; cap what one frame may
         // allocate (tungstenite's default is 64 MiB). The read buffer starts at 4 KiB, not
         // tungstenite's 128 KiB: it is zero-filled to its capacity before every read, which cost
@@ -127,6 +130,7 @@ pub async fn connect(
             host: host.clone(),
             tls_version,
             cipher,
+            kx_group,
             mtls,
         })
     };

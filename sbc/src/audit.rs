@@ -535,11 +535,29 @@ pub fn protect_number(privacy: &NumberPrivacy, number: &str) -> String {
     }
 }
 
+/// An agent URL as records and logs may show it: without its query string and fragment (they
+/// often carry tokens) and without user info (`user:password@`).
+pub fn url_without_secrets(url: &str) -> String {
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    let url = &url[..end];
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
 /// The SIP leg's TLS parameters.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SipTls {
     pub version: String,
     pub cipher: String,
+    /// Key-exchange group (`X25519MLKEM768` when the hybrid post-quantum group was used).
+    pub kx_group: Option<String>,
     pub sni: Option<String>,
     pub client_cert_subject: Option<String>,
     /// The carrier's certificate, kept so that admission can check it against the live
@@ -570,10 +588,14 @@ pub struct SrtpAudit {
 /// The agent leg.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct AgentAudit {
+    /// The route's target without query string, fragment or user info (see
+    /// [`url_without_secrets`]).
     pub target: String,
     pub url_host: Option<String>,
     pub tls_version: Option<String>,
     pub cipher: Option<String>,
+    /// Key-exchange group of the agent leg.
+    pub kx_group: Option<String>,
     pub mtls: bool,
     pub connect_ms: Option<u64>,
 }
@@ -629,6 +651,27 @@ pub struct CallRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tokens in an agent URL's query, fragment or user info never reach a record.
+    #[test]
+    fn agent_target_leaves_out_secrets() {
+        for (url, want) in [
+            ("wss://agent.example/ws?token=abc", "wss://agent.example/ws"),
+            (
+                "wss://agent.example:8443/a/b#frag",
+                "wss://agent.example:8443/a/b",
+            ),
+            (
+                "wss://user:pw@agent.example/ws?x=1",
+                "wss://agent.example/ws",
+            ),
+            ("wss://agent.example?token=abc", "wss://agent.example"),
+            ("wss://[2001:db8::1]:443/ws", "wss://[2001:db8::1]:443/ws"),
+            ("builtin:echo", "builtin:echo"),
+        ] {
+            assert_eq!(url_without_secrets(url), want, "{url}");
+        }
+    }
 
     #[test]
     fn masking_keeps_plus_and_last_four() {

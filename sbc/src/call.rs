@@ -416,7 +416,7 @@ impl Call {
         // Connect the agent while answering CANCEL and sending 180 if it is slow.
         self.record.agent.target = match &target {
             AgentTarget::Echo => "builtin:echo".into(),
-            AgentTarget::Url(u) => u.clone(),
+            AgentTarget::Url(u) => crate::audit::url_without_secrets(u),
         };
         let agent = match target {
             AgentTarget::Echo => AgentSide::Echo,
@@ -461,6 +461,7 @@ impl Call {
                     Ok(conn) => {
                         self.record.agent.tls_version = Some(conn.tls_version.clone());
                         self.record.agent.cipher = Some(conn.cipher.clone());
+                        self.record.agent.kx_group = conn.kx_group.clone();
                         self.record.agent.mtls = conn.mtls;
                         AgentSide::Ws(Box::new(conn))
                     }

@@ -315,6 +315,7 @@ async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr)
         SipTls {
             version,
             cipher,
+            kx_group: crate::tls::kx_group(conn),
             sni: conn.server_name().map(str::to_string),
             client_cert_subject: conn
                 .peer_certificates()
@@ -405,6 +406,7 @@ pub async fn connect_outbound(
         SipTls {
             version,
             cipher,
+            kx_group: crate::tls::kx_group(conn),
             sni: Some(host.clone()),
             client_cert_subject: None,
             client_cert: None,

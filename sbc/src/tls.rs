@@ -36,6 +36,14 @@ pub fn negotiated(state: &rustls::CommonState) -> (String, String) {
     )
 }
 
+/// The negotiated key-exchange group of an established connection, as the audit record names
+/// it (`X25519MLKEM768` for the hybrid post-quantum group, `X25519`, `secp256r1`, ...).
+pub fn kx_group(state: &rustls::CommonState) -> Option<String> {
+    state
+        .negotiated_key_exchange_group()
+        .map(|g| format!("{:?}", g.name()))
+}
+
 /// The three rustls configurations sbc uses, built once per load (start, reload, check-config).
 pub struct TlsConfigs {
     /// SIP over TLS towards carriers (server side).

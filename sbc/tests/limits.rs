@@ -124,6 +124,10 @@ fn options(port: u16, tag: &str, extra: usize, body: &str) -> String {
     for i in 0..extra {
         m.push_str(&format!("X-Extra-{i}: {i}\r\n"));
     }
+    if !body.is_empty() {
+        // A body needs a type sbc reads (else 415, issue 13); OPTIONS bodies are not parsed.
+        m.push_str("Content-Type: application/sdp\r\n");
+    }
     m.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     m
 }

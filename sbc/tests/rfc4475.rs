@@ -118,6 +118,9 @@ fn torture_messages_over_tls() {
             outcome != Outcome::Response(0) && !matches!(outcome, Outcome::Response(_))
         } else if section.starts_with("3.1.1") {
             matches!(outcome, Outcome::Response(100..=699))
+                // §3.1.1.1: escaped quotes in a display name are valid, not an unterminated
+                // quoted string (a 400 here was the quote-counting bug).
+                && !(name == "wsinv" && outcome == Outcome::Response(400))
         } else if section.starts_with("3.1.2") {
             matches!(outcome, Outcome::Response(400..=499) | Outcome::Closed)
                 // §3.1.2.16: an unknown SIP version is answered 505 (RFC 3261 §21.5.6).

@@ -125,6 +125,24 @@ fn body_problem(req: &Request) -> Option<Problem> {
     None
 }
 
+/// True when a quoted-string in `v` is left open. Inside a quoted-string a backslash escapes the
+/// next character (quoted-pair, RFC 3261 §25.1), so `"J Rosenberg \\\""` is one closed string
+/// (RFC 4475 §3.1.1.1 `wsinv`); outside one, a backslash is an ordinary character.
+fn quoted_string_unterminated(v: &str) -> bool {
+    let mut inside = false;
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => inside = !inside,
+            '\\' if inside => {
+                chars.next();
+            }
+            _ => {}
+        }
+    }
+    inside
+}
+
 /// Header-level checks on a parsed request: the grammar details RFC 4475 tests, numbers that
 /// percent-decode to control characters (400), and bodies sbc does not read (415).
 pub fn header_problem(req: &Request) -> Option<Problem> {
@@ -141,7 +159,7 @@ pub fn header_problem(req: &Request) -> Option<Problem> {
     }
     for name in ["From", "To", "Contact"] {
         for v in req.headers.get_all(name) {
-            if v.matches('"').count() % 2 == 1 {
+            if quoted_string_unterminated(v) {
                 return Some((400, "Unterminated Quoted String"));
             }
             // name-addr = [ display-name ] LAQUOT addr-spec RAQUOT (no LWS inside the brackets).
@@ -520,5 +538,19 @@ mod tests {
         assert!(
             bad_request_for_unparsable(b"OPTIONS sip:a SIP/2.0\r\nVia: x\r\n\r\n", "x").is_none()
         );
+    }
+
+    #[test]
+    fn escaped_quotes_inside_a_quoted_string_do_not_open_another() {
+        // RFC 4475 §3.1.1.1 (wsinv): valid; §3.1.2.17 (quotbal): unterminated.
+        assert!(!quoted_string_unterminated(
+            r#""J Rosenberg \\\"" <sip:jdrosen@example.com>"#
+        ));
+        assert!(!quoted_string_unterminated(r#""a \\" <sip:a@b>"#));
+        assert!(quoted_string_unterminated(
+            r#""Mr. J. User <sip:j.user@example.com>"#
+        ));
+        assert!(quoted_string_unterminated(r#""open \" <sip:a@b>"#));
+        assert!(!quoted_string_unterminated(r"sip:a\b@example.com"));
     }
 }

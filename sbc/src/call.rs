@@ -36,6 +36,9 @@ pub enum CallInput {
     Hangup(HangupCause),
     /// A new connection to the carrier that sbc opened for this call: use it from now on.
     Adopt(ConnHandle),
+    /// Blind transfer (RFC 3515) to `tel:+E164` or a SIP URI, already checked against the
+    /// route's `transfer_allow` (API `<Dial>`).
+    Transfer(String),
 }
 
 /// Everything a new call task starts with.
@@ -115,6 +118,10 @@ struct Call {
     rng: rand::rngs::StdRng,
     end_reason: Option<&'static str>,
     end_detail: Option<String>,
+    /// The route the call took (owning account, transfer allow-list).
+    route: Option<crate::config::Route>,
+    /// The CallSid the agent and the API know the call by, once answered.
+    call_sid: Option<String>,
 }
 
 impl Call {
@@ -151,6 +158,8 @@ impl Call {
             rng,
             end_reason: None,
             end_detail: None,
+            route: None,
+            call_sid: None,
         }
     }
 
@@ -316,8 +325,28 @@ impl Call {
                 self.uas.hangup(now, cause);
             }
             CallInput::Adopt(conn) => self.conn = conn,
+            CallInput::Transfer(to) => self.start_transfer(now, to),
         }
         self.flush_sip();
+    }
+
+    /// Sends a REFER (API `<Dial>` or the agent's `transfer` message).
+    fn start_transfer(&mut self, now: Instant, to: String) {
+        let _ = now;
+        info!(%to, "transfer requested: not available yet");
+        self.transfer_outcome(&to, "failed", Some(501));
+    }
+
+    /// Records where a transfer stands for the API.
+    fn transfer_outcome(&mut self, to: &str, outcome: &str, sip_status: Option<u16>) {
+        if let Some(sid) = &self.call_sid {
+            let info = crate::api::registry::TransferInfo {
+                to: to.to_string(),
+                outcome: outcome.to_string(),
+                sip_status,
+            };
+            self.shared.calls.update(sid, |e| e.transfer = Some(info));
+        }
     }
 
     fn set_end(&mut self, reason: &'static str, detail: Option<String>) {
@@ -382,7 +411,8 @@ impl Call {
             return Err(refuse_488(format!("too many media lines ({media_lines})")));
         }
         let called = self.invite.called_number().unwrap_or_default();
-        let Some(target) = route(&cfg.agent.routes, &called) else {
+        let chosen = route_entry(&cfg.agent.routes, &called).cloned();
+        let Some(target) = chosen.as_ref().map(|r| r.target.clone()) else {
             return Err(Refuse {
                 status: 404,
                 reason: "Not Found",
@@ -394,6 +424,7 @@ impl Call {
                 ),
             });
         };
+        self.route = chosen;
         let Some(media) = self.shared.ports.allocate() else {
             return Err(Refuse {
                 status: 503,
@@ -551,6 +582,7 @@ impl Call {
         let mut version = 1u64;
         let mut local_key = negotiated.local_key.clone();
         let stream = self.stream_info();
+        self.register_call(&stream);
         let mut bridge = Bridge::new(
             now,
             media_params(&negotiated),
@@ -861,10 +893,41 @@ impl Call {
             "call ended"
         );
         self.shared.audit.write("call.end", &self.record);
+        if let Some(sid) = &self.call_sid {
+            self.shared
+                .calls
+                .end(sid, self.end_reason.unwrap_or("error"));
+        }
         if let Some(rx) = closing_rx {
             // In its own task, so that the call's admission slots and Call-ID are released now.
             tokio::spawn(drain_agent(rx).in_current_span());
         }
+    }
+
+    /// Makes the call visible to the API under the sid the agent saw (and the carrier's
+    /// `X-Twilio-CallSid`, which `stream_info` already used when trusted).
+    fn register_call(&mut self, stream: &StreamInfo) {
+        let route = self.route.as_ref();
+        let mailbox = self
+            .shared
+            .dialogs
+            .lookup(&self.carrier.config.name, &self.record.sip_call_id);
+        self.call_sid = Some(stream.call_sid.clone());
+        self.shared.calls.register(crate::api::registry::CallEntry {
+            sid: stream.call_sid.clone(),
+            account_sid: route.and_then(|r| r.account_sid.clone()),
+            alias: None,
+            from: stream.from.clone(),
+            to: stream.to.clone(),
+            start: time::OffsetDateTime::now_utc(),
+            end: None,
+            status: crate::api::registry::CallStatus::InProgress,
+            end_reason: None,
+            transfer_allow: route.map(|r| r.transfer_allow.clone()).unwrap_or_default(),
+            transfer: None,
+            mailbox,
+            seq: 0,
+        });
     }
 
     /// Pushes counter deltas to Prometheus.
@@ -890,6 +953,7 @@ impl Call {
             .unwrap_or_else(|| format!("CA{}", hex32(&mut self.rng)));
         let account_sid = twilio_header("X-Twilio-AccountSid")
             .map(str::to_string)
+            .or_else(|| self.route.as_ref().and_then(|r| r.account_sid.clone()))
             .unwrap_or_else(|| cfg.agent.default_account_sid.clone());
         let custom = cfg
             .agent
@@ -1000,6 +1064,7 @@ fn end_reason_for(cause: HangupCause) -> &'static str {
         HangupCause::Ops => "ops",
         HangupCause::Error => "error",
         HangupCause::AgentStuck => "agent_stuck",
+        HangupCause::Api => "api_hangup",
     }
 }
 
@@ -1031,11 +1096,19 @@ fn sanitize_warning(s: &str) -> String {
 /// Picks the agent for a called number: exact matches first, then the longest prefix, then the
 /// default route.
 pub fn route(routes: &[crate::config::Route], called: &str) -> Option<AgentTarget> {
+    route_entry(routes, called).map(|r| r.target.clone())
+}
+
+/// [`route`], giving the whole route.
+pub fn route_entry<'a>(
+    routes: &'a [crate::config::Route],
+    called: &str,
+) -> Option<&'a crate::config::Route> {
     if let Some(r) = routes
         .iter()
         .find(|r| matches!(&r.matcher, RouteMatch::Exact(n) if n == called))
     {
-        return Some(r.target.clone());
+        return Some(r);
     }
     let best_prefix = routes
         .iter()
@@ -1045,12 +1118,9 @@ pub fn route(routes: &[crate::config::Route], called: &str) -> Option<AgentTarge
         })
         .max_by_key(|(len, _)| *len);
     if let Some((_, r)) = best_prefix {
-        return Some(r.target.clone());
+        return Some(r);
     }
-    routes
-        .iter()
-        .find(|r| r.matcher == RouteMatch::Default)
-        .map(|r| r.target.clone())
+    routes.iter().find(|r| r.matcher == RouteMatch::Default)
 }
 
 /// Suite names of every `a=crypto` line in an SDP body, for the audit record of a refusal (names
@@ -1131,6 +1201,8 @@ mod tests {
         Route {
             matcher: m,
             target: AgentTarget::Url(url.into()),
+            account_sid: None,
+            transfer_allow: vec![],
         }
     }
 

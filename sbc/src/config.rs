@@ -33,6 +33,50 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    /// The call-control API (`[api]`); off when absent.
+    pub api: Option<ApiConfig>,
+}
+
+/// `[api]`: the Twilio-compatible call-control API over HTTPS (see `docs/api.md`).
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// Its certificate: files, or a development certificate (loopback only).
+    pub identity: TlsIdentity,
+    /// TLS 1.3, or 1.2 with `[tls] tls12_cipher_suites` (the SIP listener's rules).
+    pub min_version: TlsVersion,
+    /// Requests per second per account (token bucket, burst of twice this).
+    pub requests_per_second: u32,
+    /// Ended calls the API still answers for (oldest forgotten first).
+    pub recent_calls: usize,
+    pub accounts: Vec<ApiAccount>,
+}
+
+/// An API account: its SID and the auth token read from a file only sbc can read.
+#[derive(Clone, Debug)]
+pub struct ApiAccount {
+    pub sid: String,
+    pub auth_token: AuthToken,
+}
+
+/// An auth token: never printed, zeroed on drop.
+#[derive(Clone, zeroize::ZeroizeOnDrop)]
+pub struct AuthToken(String);
+
+impl AuthToken {
+    pub fn new(token: String) -> AuthToken {
+        AuthToken(token)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AuthToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -174,6 +218,11 @@ pub struct AgentConfig {
 pub struct Route {
     pub matcher: RouteMatch,
     pub target: AgentTarget,
+    /// The API account that owns this route's calls (sees and controls them).
+    pub account_sid: Option<String>,
+    /// Transfer destinations allowed for this route's calls: a `tel:`/number prefix
+    /// (`+1555`) or an exact SIP URI. Empty: no transfer.
+    pub transfer_allow: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -716,6 +765,8 @@ path = "-"
             keys::<raw::RawMetrics>("metrics"),
             keys::<raw::RawLimits>("limits"),
             keys::<raw::RawLog>("log"),
+            keys::<raw::RawApi>("api"),
+            keys::<raw::RawApiAccount>("api.accounts"),
         ]
     }
 

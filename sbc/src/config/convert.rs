@@ -168,6 +168,16 @@ pub(crate) fn convert(ctx: &Ctx, raw: raw::RawConfig) -> Result<Config, ConfigEr
     let metrics = raw.metrics.map(|m| metrics(ctx, m)).transpose()?;
     let limits = limits(ctx, raw.limits.unwrap_or_default())?;
     let log = log(ctx, raw.log.unwrap_or_default())?;
+    let api = raw.api.map(|a| api(ctx, a, &tls)).transpose()?;
+    for r in &agent.routes {
+        if let (Some(sid), Some(api)) = (&r.account_sid, &api) {
+            if !api.accounts.iter().any(|a| &a.sid == sid) {
+                return Err(ctx.file(format!(
+                    "agent.routes.account_sid {sid:?} is not one of [[api.accounts]]"
+                )));
+            }
+        }
+    }
     Ok(Config {
         path: ctx.path.to_path_buf(),
         sip,
@@ -180,6 +190,7 @@ pub(crate) fn convert(ctx: &Ctx, raw: raw::RawConfig) -> Result<Config, ConfigEr
         metrics,
         limits,
         log,
+        api,
     })
 }
 
@@ -764,7 +775,41 @@ fn agent(ctx: &Ctx, r: raw::RawAgent) -> Result<AgentConfig, ConfigError> {
             return Err(ctx.at(route_span, format!("agent.routes: {what}")));
         }
         let target = agent_target(ctx, &route.url)?;
-        routes.push(Route { matcher, target });
+        let account_sid = match &route.account_sid {
+            None => None,
+            Some(s) if is_account_sid(s.get_ref()) => Some(s.get_ref().clone()),
+            Some(s) => {
+                return Err(ctx.at(
+                    s.span(),
+                    "agent.routes.account_sid must be \"AC\" followed by 32 hex digits",
+                ))
+            }
+        };
+        let mut transfer_allow = Vec::new();
+        for t in route.transfer_allow.iter().flat_map(|l| l.get_ref()) {
+            let v = t.get_ref();
+            let number = v.strip_prefix("tel:").unwrap_or(v);
+            let ok = if v.starts_with("sip:") || v.starts_with("sips:") {
+                crate::call::uri_target(v).is_some() && !v.contains(['<', '>', ' ', '"'])
+            } else {
+                !number.is_empty()
+                    && number.starts_with('+')
+                    && number[1..].chars().all(|c| c.is_ascii_digit())
+            };
+            if !ok {
+                return Err(ctx.at(
+                    t.span(),
+                    format!("agent.routes.transfer_allow: {v:?} is neither a +E.164 prefix (\"+1555\", \"tel:+1555\") nor a sip: URI"),
+                ));
+            }
+            transfer_allow.push(number.to_string());
+        }
+        routes.push(Route {
+            matcher,
+            target,
+            account_sid,
+            transfer_allow,
+        });
     }
     Ok(AgentConfig {
         routes,
@@ -925,6 +970,115 @@ fn audit(ctx: &Ctx, r: raw::RawAudit) -> Result<AuditConfig, ConfigError> {
         fsync,
         number_privacy,
     })
+}
+
+fn api(ctx: &Ctx, r: raw::RawApi, tls: &TlsConfig) -> Result<ApiConfig, ConfigError> {
+    let listen: SocketAddr = r.listen.get_ref().parse().map_err(|_| {
+        ctx.at(
+            r.listen.span(),
+            format!(
+                "api.listen: {:?} is not an IP address and port (e.g. \"127.0.0.1:8443\")",
+                r.listen.get_ref()
+            ),
+        )
+    })?;
+    let (dev, dev_span) = val(&r.dev_self_signed, false);
+    let identity = match (dev, &r.certificate, &r.private_key) {
+        (true, None, None) => {
+            if !listen.ip().is_loopback() {
+                return Err(ctx.at_opt(
+                    dev_span,
+                    format!("api.dev_self_signed is refused: api.listen {listen} is not a loopback address"),
+                ));
+            }
+            TlsIdentity::DevSelfSigned
+        }
+        (false, Some(c), Some(k)) => TlsIdentity::Files {
+            certificate: ctx.resolve(c, "api.certificate")?,
+            private_key: ctx.resolve(k, "api.private_key")?,
+        },
+        _ => {
+            return Err(ctx.at(
+                r.listen.span(),
+                "[api] needs certificate and private_key, or dev_self_signed = true (not both)",
+            ))
+        }
+    };
+    let min_version = match &r.min_version {
+        None => TlsVersion::Tls12,
+        Some(v) => match v.get_ref().as_str() {
+            "1.2" => TlsVersion::Tls12,
+            "1.3" => TlsVersion::Tls13,
+            other => {
+                return Err(ctx.at(
+                    v.span(),
+                    format!("api.min_version: {other:?} is not allowed; use \"1.2\" or \"1.3\""),
+                ))
+            }
+        },
+    };
+    if min_version == TlsVersion::Tls12 && tls.tls12_suites.is_empty() {
+        return Err(ctx.file(
+            "api.min_version = \"1.2\" needs tls.tls12_cipher_suites (the API uses the SIP listener's TLS 1.2 suites)",
+        ));
+    }
+    let requests_per_second = positive(ctx, &r.requests_per_second, 10, "api.requests_per_second")?;
+    let recent_calls = usize_of(ctx, &r.recent_calls, 1000, "api.recent_calls")?;
+    let mut accounts: Vec<ApiAccount> = Vec::new();
+    for a in r.accounts.iter().flatten() {
+        let a = a.get_ref();
+        let sid = a.sid.get_ref();
+        if !is_account_sid(sid) {
+            return Err(ctx.at(
+                a.sid.span(),
+                "api.accounts.sid must be \"AC\" followed by 32 hex digits",
+            ));
+        }
+        if accounts.iter().any(|x| &x.sid == sid) {
+            return Err(ctx.at(a.sid.span(), format!("api.accounts: {sid:?} twice")));
+        }
+        let path = ctx.resolve(&a.auth_token_file, "api.accounts.auth_token_file")?;
+        let auth_token = read_token(&path).map_err(|why| {
+            ctx.at(
+                a.auth_token_file.span(),
+                format!("api.accounts.auth_token_file {}: {why}", path.display()),
+            )
+        })?;
+        accounts.push(ApiAccount {
+            sid: sid.clone(),
+            auth_token,
+        });
+    }
+    Ok(ApiConfig {
+        listen,
+        identity,
+        min_version,
+        requests_per_second,
+        recent_calls,
+        accounts,
+    })
+}
+
+/// Reads an auth token file: refused unless only its owner may read it (mode 0600 or 0400),
+/// and unless it holds at least 16 characters of printable ASCII (surrounding whitespace
+/// trimmed).
+fn read_token(path: &Path) -> Result<AuthToken, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "mode {mode:o} lets others read it; chmod 600 (only sbc may read an auth token)"
+        ));
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?,
+    );
+    let token = text.trim();
+    if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("must hold one token of at least 16 printable ASCII characters".into());
+    }
+    Ok(AuthToken::new(token.to_string()))
 }
 
 fn metrics(ctx: &Ctx, r: raw::RawMetrics) -> Result<MetricsConfig, ConfigError> {

@@ -592,7 +592,7 @@ impl UasCall {
         match self.state {
             CallState::Proceeding => {
                 let (status, reason) = match cause {
-                    HangupCause::AgentHangup | HangupCause::RtpTimeout => {
+                    HangupCause::AgentHangup | HangupCause::RtpTimeout | HangupCause::Api => {
                         (480, "Temporarily Unavailable")
                     }
                     HangupCause::Shutdown | HangupCause::Ops => (503, "Service Unavailable"),
@@ -1080,6 +1080,7 @@ fn cause_text(cause: HangupCause) -> &'static str {
         HangupCause::Ops => "ended by operator",
         HangupCause::Error => "internal error",
         HangupCause::AgentStuck => "voice agent stopped reading",
+        HangupCause::Api => "ended through the API",
     }
 }
 

@@ -71,6 +71,8 @@ pub enum HangupCause {
     Error,
     /// The agent stopped reading: frames for it waited past `[agent] send_timeout_ms`.
     AgentStuck,
+    /// The call-control API asked to end the call (`Status=completed` or `<Hangup/>`).
+    Api,
 }
 
 /// What the call task must act on.

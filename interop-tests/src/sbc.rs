@@ -44,6 +44,10 @@ pub struct SbcOptions {
     pub extra_carriers: Vec<(String, Vec<String>)>,
     /// Extra `[agent]` lines, e.g. `"send_timeout_ms = 500"`.
     pub extra_agent: Vec<String>,
+    /// Extra lines in the default `[[agent.routes]]`, e.g. `"account_sid = \"AC...\""`.
+    pub extra_default_route: Vec<String>,
+    /// Extra TOML at the end of the file (whole sections, e.g. `[api]`).
+    pub extra_toml: Vec<String>,
 }
 
 impl SbcOptions {
@@ -68,6 +72,8 @@ impl SbcOptions {
             extra_carrier: Vec::new(),
             extra_carriers: Vec::new(),
             extra_agent: Vec::new(),
+            extra_default_route: Vec::new(),
+            extra_toml: Vec::new(),
         }
     }
 
@@ -132,6 +138,7 @@ passthrough_headers = ["X-Twilio-CallSid"]
 {routes}[[agent.routes]]
 default = true
 url = {url:?}
+{extra_route}
 
 [audit]
 path = {audit}
@@ -147,6 +154,8 @@ max_connections_per_ip = {maxconn}
 [log]
 format = "json"
 level = {level:?}
+
+{extra_toml}
 "#,
         sip = p.sip,
         ringing = o.ringing_after_ms,
@@ -171,6 +180,8 @@ level = {level:?}
         extra_limits = o.extra_limits.join("\n"),
         extra_carrier = o.extra_carrier.join("\n"),
         extra_agent = o.extra_agent.join("\n"),
+        extra_route = o.extra_default_route.join("\n"),
+        extra_toml = o.extra_toml.join("\n"),
         extra_carriers = o
             .extra_carriers
             .iter()

@@ -174,7 +174,7 @@ impl CallRegistry {
             .cloned()
             .collect();
         drop(g);
-        v.sort_by(|a, b| b.seq.cmp(&a.seq));
+        v.sort_by_key(|e| std::cmp::Reverse(e.seq));
         v
     }
 }

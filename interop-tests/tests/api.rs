@@ -61,7 +61,16 @@ fn call_up(
     sbc: &SbcProcess,
     agent: &TestAgent,
 ) -> (thread::JoinHandle<SippOutcome>, String) {
-    let sipp = env.sipp("uac_wait_bye.xml").audio_tolerance(0.1);
+    call_up_with(env, sbc, agent, "uac_wait_bye.xml")
+}
+
+fn call_up_with(
+    env: &TestEnv,
+    sbc: &SbcProcess,
+    agent: &TestAgent,
+    scenario: &str,
+) -> (thread::JoinHandle<SippOutcome>, String) {
+    let sipp = env.sipp(scenario).audio_tolerance(0.1);
     let port = sbc.sip_port;
     let handle = thread::spawn(move || sipp.run(port));
     let conns = agent.wait_for("start", Duration::from_secs(15), |c| {
@@ -449,4 +458,105 @@ fn pipecat_serializer_hangs_up_through_sbc() {
     assert_eq!(end["end_reason"], "api_hangup", "{end}");
     let conns = interop_tests::wait_closed(&agent, 1);
     assert!(conns[0].first("stop").is_some(), "the agent must get stop");
+}
+
+/// Blind transfer asked for through the API (`<Dial>`): SIPp (TLS + SRTP) gets a REFER to
+/// `tel:+15550009999`, answers 202, NOTIFYs 100 then 200 (terminated), and gets sbc's BYE; the
+/// API shows the transfer completed, the call ends `transferred`, the agent gets the result
+/// and `stop`.
+#[test]
+fn transfer_by_api_refer_notify_then_bye() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let sbc = start(&env, &agent);
+    let (sipp, sid) = call_up_with(&env, &sbc, &agent, "uac_transfer.xml");
+    thread::sleep(Duration::from_millis(500));
+    let call_path = format!("/2010-04-01/Accounts/{ACCOUNT}/Calls/{sid}.json");
+    let (code, v) = curl(
+        &env,
+        ACCOUNT,
+        TOKEN,
+        &[
+            "--data-urlencode",
+            "Twiml=<Response><Dial>+15550009999</Dial></Response>",
+        ],
+        &call_path,
+    );
+    assert_eq!(code, 200, "{v}");
+    let o = wait_sipp(sipp);
+    assert_eq!(
+        o.code,
+        0,
+        "SIPp: REFER, NOTIFYs, then sbc's BYE\n{}",
+        o.describe()
+    );
+    o.rtp_check().assert_clean(&o, 0.5);
+    let end = sbc.wait_audit(Duration::from_secs(10), |v| v["event"] == "call.end");
+    assert_eq!(end["end_reason"], "transferred", "{end}");
+    assert_eq!(end["end_detail"], "tel:+15550009999", "{end}");
+    let (_, v) = curl(&env, ACCOUNT, TOKEN, &[], &call_path);
+    assert_eq!(v["status"], "completed", "{v}");
+    assert_eq!(v["transfer"]["outcome"], "completed", "{v}");
+    assert_eq!(v["transfer"]["to"], "tel:+15550009999", "{v}");
+    let conns = interop_tests::wait_closed(&agent, 1);
+    let result = conns[0]
+        .first("transfer")
+        .expect("transfer result for the agent");
+    assert_eq!(result["transfer"]["status"], "completed", "{result}");
+    assert!(conns[0].first("stop").is_some(), "the agent must get stop");
+}
+
+/// Blind transfer asked for by the agent over its WebSocket; the carrier reports it failed
+/// (sipfrag 486 Busy Here): no BYE from sbc, SIPp's echo check still passes, the agent gets
+/// the failed result, and the API shows it.
+#[test]
+fn transfer_by_agent_fails_busy_and_the_call_goes_on() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let sbc = start(&env, &agent);
+    let (sipp, sid) = call_up_with(&env, &sbc, &agent, "uac_transfer_busy.xml");
+    let stream_sid = agent.connections()[0].stream_sid().expect("streamSid");
+    thread::sleep(Duration::from_millis(500));
+    agent.send_json(
+        0,
+        serde_json::json!({
+            "event": "transfer",
+            "streamSid": stream_sid,
+            "transfer": {"to": "tel:+15550009999"},
+        }),
+    );
+    let conns = agent.wait_for("transfer result", Duration::from_secs(15), |c| {
+        c.first().is_some_and(|c| c.first("transfer").is_some())
+    });
+    let result = conns[0].first("transfer").unwrap().clone();
+    assert_eq!(result["transfer"]["status"], "failed", "{result}");
+    assert_eq!(result["transfer"]["sipStatus"], 486, "{result}");
+    let (_, v) = curl(
+        &env,
+        ACCOUNT,
+        TOKEN,
+        &[],
+        &format!("/2010-04-01/Accounts/{ACCOUNT}/Calls/{sid}.json"),
+    );
+    assert_eq!(v["status"], "in-progress", "{v}");
+    assert_eq!(
+        (
+            v["transfer"]["outcome"].as_str(),
+            v["transfer"]["sip_status"].as_u64()
+        ),
+        (Some("failed"), Some(486)),
+        "{v}"
+    );
+    let o = wait_sipp(sipp);
+    assert_eq!(
+        o.code,
+        0,
+        "SIPp: no BYE from sbc, echo check passes\n{}",
+        o.describe()
+    );
+    o.rtp_check().assert_clean(&o, 0.5);
+    let end = sbc.wait_audit(Duration::from_secs(10), |v| v["event"] == "call.end");
+    assert_eq!(end["end_reason"], "carrier_bye", "{end}");
+    // Not allowed by the route: refused before any REFER.
+    assert!(!o.messages_log().contains("tel:+4420"));
 }

@@ -122,6 +122,12 @@ struct Call {
     route: Option<crate::config::Route>,
     /// The CallSid the agent and the API know the call by, once answered.
     call_sid: Option<String>,
+    /// The agent's streamSid, once answered.
+    stream_sid: String,
+    /// The transfer in progress: its target.
+    transfer_to: Option<String>,
+    /// sbc's own messages for the agent (transfer results), sent with the bridge's.
+    agent_notes: std::collections::VecDeque<String>,
 }
 
 impl Call {
@@ -160,6 +166,9 @@ impl Call {
             end_detail: None,
             route: None,
             call_sid: None,
+            stream_sid: String::new(),
+            transfer_to: None,
+            agent_notes: Default::default(),
         }
     }
 
@@ -330,11 +339,88 @@ impl Call {
         self.flush_sip();
     }
 
-    /// Sends a REFER (API `<Dial>` or the agent's `transfer` message).
+    /// Sends a REFER (API `<Dial>`, or the agent's `transfer` message once checked against
+    /// the route's allow-list).
     fn start_transfer(&mut self, now: Instant, to: String) {
-        let _ = now;
-        info!(%to, "transfer requested: not available yet");
-        self.transfer_outcome(&to, "failed", Some(501));
+        if self.end_reason.is_some() || !self.uas.refer(now, &to) {
+            info!(%to, "transfer refused: the call is not confirmed, ending, or already transferring");
+            self.transfer_outcome(&to, "failed", None);
+            self.agent_notes
+                .push_back(srtp_bridge::agent::transfer_result(
+                    &self.stream_sid,
+                    &to,
+                    "failed",
+                    None,
+                ));
+            return;
+        }
+        info!(%to, "transfer: REFER sent");
+        self.transfer_outcome(&to, "requested", None);
+        self.transfer_to = Some(to);
+    }
+
+    /// The agent asked for a transfer over its WebSocket.
+    fn agent_transfer(&mut self, now: Instant, to: String) {
+        let allow = self
+            .route
+            .as_ref()
+            .map(|r| r.transfer_allow.as_slice())
+            .unwrap_or_default();
+        let valid = crate::api::twiml::transfer_target(&to);
+        match valid {
+            Some(target) if crate::api::transfer_allowed(allow, &target) => {
+                self.start_transfer(now, target)
+            }
+            _ => {
+                info!(to = %to.chars().take(64).collect::<String>(), "agent transfer refused: not in transfer_allow");
+                self.agent_notes
+                    .push_back(srtp_bridge::agent::transfer_result(
+                        &self.stream_sid,
+                        &to,
+                        "forbidden",
+                        None,
+                    ));
+            }
+        }
+    }
+
+    /// Acts on the REFER's progress: BYE after a successful transfer, else the call goes on.
+    fn on_transfer(&mut self, now: Instant, ev: crate::sip::TransferEvent) {
+        use crate::sip::TransferEvent as T;
+        let to = self.transfer_to.clone().unwrap_or_default();
+        match ev {
+            T::Accepted => {
+                info!(%to, "transfer accepted (202)");
+                self.transfer_outcome(&to, "accepted", Some(202));
+            }
+            T::Progress(status) => debug!(%to, status, "transfer progress"),
+            T::Succeeded(status) => {
+                info!(%to, status, "transfer completed: leaving the call");
+                self.transfer_to = None;
+                self.transfer_outcome(&to, "completed", Some(status));
+                self.agent_notes
+                    .push_back(srtp_bridge::agent::transfer_result(
+                        &self.stream_sid,
+                        &to,
+                        "completed",
+                        Some(status),
+                    ));
+                self.set_end("transferred", Some(to));
+                self.uas.hangup(now, HangupCause::Transferred);
+            }
+            T::Failed(status) => {
+                info!(%to, status, "transfer failed: the call goes on");
+                self.transfer_to = None;
+                self.transfer_outcome(&to, "failed", Some(status));
+                self.agent_notes
+                    .push_back(srtp_bridge::agent::transfer_result(
+                        &self.stream_sid,
+                        &to,
+                        "failed",
+                        Some(status),
+                    ));
+            }
+        }
     }
 
     /// Records where a transfer stands for the API.
@@ -582,6 +668,7 @@ impl Call {
         let mut version = 1u64;
         let mut local_key = negotiated.local_key.clone();
         let stream = self.stream_info();
+        self.stream_sid = stream.stream_sid.clone();
         self.register_call(&stream);
         let mut bridge = Bridge::new(
             now,
@@ -661,6 +748,7 @@ impl Call {
                         info!("session timer expired without refresh: ending the call");
                         self.set_end("session_timer", None);
                     }
+                    CallEvent::Transfer(ev) => self.on_transfer(now, ev),
                     CallEvent::Dtmf { digit, duration } => {
                         debug!(%digit, "DTMF by SIP INFO");
                         bridge.signalled_dtmf(now, digit, duration);
@@ -720,7 +808,12 @@ impl Call {
             let mut rtp_sent = send_datagrams(&mut bridge, &media);
             let mut agent_closed = false;
             let mut texts = 0usize;
-            while let Some(text) = bridge.poll_agent_text() {
+            // sbc's own notes first: a transfer result goes out before the `stop` that follows it.
+            while let Some(text) = self
+                .agent_notes
+                .pop_front()
+                .or_else(|| bridge.poll_agent_text())
+            {
                 texts += 1;
                 if echo {
                     if let Some(reply) = srtp_bridge::echo_agent_reply(&text) {
@@ -837,7 +930,13 @@ impl Call {
                     Some(Ok(Message::Text(t))) if !stopped => {
                         let now = Instant::now();
                         agent_in = Some(now);
-                        bridge.handle_agent_text(now, t.as_str());
+                        match srtp_bridge::agent::transfer_request(t.as_str()) {
+                            Some(to) => {
+                                self.agent_transfer(now, to);
+                                self.flush_sip();
+                            }
+                            None => bridge.handle_agent_text(now, t.as_str()),
+                        }
                     }
                     Some(Ok(Message::Binary(_))) => debug!("binary agent frame ignored"),
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
@@ -1065,6 +1164,7 @@ fn end_reason_for(cause: HangupCause) -> &'static str {
         HangupCause::Error => "error",
         HangupCause::AgentStuck => "agent_stuck",
         HangupCause::Api => "api_hangup",
+        HangupCause::Transferred => "transferred",
     }
 }
 

@@ -64,6 +64,17 @@ fn strip_element<'a>(s: &'a str, name: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
+/// A transfer target as the agent's `transfer` message may give it: `tel:+E164`, `+E164` or a
+/// `sip:`/`sips:` URI; normalised to `tel:+E164` or the URI.
+pub fn transfer_target(to: &str) -> Option<String> {
+    let t = to.trim();
+    if t.starts_with("sip:") || t.starts_with("sips:") {
+        sip_uri(t).ok()
+    } else {
+        number(t.strip_prefix("tel:").unwrap_or(t)).ok()
+    }
+}
+
 fn number(n: &str) -> Result<String, String> {
     let n = n.trim();
     let digits = n.strip_prefix('+').unwrap_or("");

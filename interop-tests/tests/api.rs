@@ -560,3 +560,206 @@ fn transfer_by_agent_fails_busy_and_the_call_goes_on() {
     // Not allowed by the route: refused before any REFER.
     assert!(!o.messages_log().contains("tel:+4420"));
 }
+
+/// An HTTPS webhook receiver that checks each request with the `twilio` library's
+/// `RequestValidator` (with the right token and with a wrong one) and appends what it got to a
+/// JSON Lines file.
+const RECEIVER: &str = r#"
+import http.server, json, os, ssl, urllib.parse
+from twilio.request_validator import RequestValidator
+
+port = int(os.environ["PORT"])
+good = RequestValidator(os.environ["AUTH_TOKEN"])
+bad = RequestValidator("not-the-token-0123456789")
+out = os.environ["OUT"]
+
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()
+        params = dict(urllib.parse.parse_qsl(body, keep_blank_values=True))
+        url = "https://127.0.0.1:%d%s" % (port, self.path)
+        sig = self.headers.get("X-Twilio-Signature", "")
+        rec = {"path": self.path, "params": params, "signature": sig,
+               "valid": good.validate(url, params, sig),
+               "valid_with_wrong_token": bad.validate(url, params, sig)}
+        with open(out, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(os.environ["CERT"], os.environ["KEY"])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print("ready", flush=True)
+srv.serve_forever()
+"#;
+
+/// Kills the receiver when the test ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn read_callbacks(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Status callbacks of a call (initiated, ringing, answered, completed) reach an HTTPS receiver,
+/// signed so that the `twilio` library's `RequestValidator` accepts them (and rejects them under
+/// another token); a route whose receiver is down gets its failures counted.
+#[test]
+fn status_callbacks_are_signed_for_twilio_validators() {
+    use std::io::BufRead;
+    let env = TestEnv::new();
+    let (cb_port, dead_port) = (env.ports.sipp[4], env.ports.sipp[3]);
+    let out = env.dir().join("callbacks.jsonl");
+    let script = env.dir().join("receiver.py");
+    std::fs::write(&script, RECEIVER).unwrap();
+    let mut child = Command::new(python())
+        .arg(&script)
+        .env("PORT", cb_port.to_string())
+        .env("AUTH_TOKEN", TOKEN)
+        .env("OUT", &out)
+        .env("CERT", &env.pki.sbc.cert_pem_path)
+        .env("KEY", &env.pki.sbc.key_pem_path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the webhook receiver");
+    let stdout = child.stdout.take().expect("receiver stdout");
+    let _receiver = Child(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("receiver ready");
+    assert_eq!(line.trim(), "ready");
+
+    // The agent answers its TLS handshake late, so sbc sends 180 (the ringing event).
+    let agent = env.start_agent(AgentBehaviour::DelayAccept(Duration::from_millis(1200)));
+    let t1 = write_token(env.dir(), "token-1", TOKEN);
+    let mut o = SbcOptions::agent(agent.url());
+    o.ringing_after_ms = 200;
+    o.connect_timeout_ms = 3000;
+    let events =
+        "status_callback_events = [\"initiated\", \"ringing\", \"answered\", \"completed\"]";
+    o.routes = vec![];
+    o.extra_default_route = vec![
+        format!("account_sid = {ACCOUNT:?}"),
+        format!("status_callback = \"https://127.0.0.1:{cb_port}/status?route=default\""),
+        events.into(),
+        // A second route whose receiver is down (its callbacks fail and are counted).
+        format!(
+            "\n[[agent.routes]]\nexact = \"+15550003333\"\nurl = {:?}\naccount_sid = {ACCOUNT:?}\nstatus_callback = \"https://127.0.0.1:{dead_port}/status\"",
+            agent.url()
+        ),
+    ];
+    o.extra_toml = vec![format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\ncertificate = {cert:?}\nprivate_key = {key:?}\ncallback_ca_bundle = {ca:?}\n\
+         [[api.accounts]]\nsid = {ACCOUNT:?}\nauth_token_file = {t1:?}\n",
+        port = api_port(&env),
+        cert = env.pki.sbc.cert_pem_path.display().to_string(),
+        key = env.pki.sbc.key_pem_path.display().to_string(),
+        ca = env.pki.ca_pem_path.display().to_string(),
+        t1 = t1.display().to_string(),
+    )];
+    let sbc = env.start_sbc(o);
+    let call = env
+        .sipp("uac_tls_srtp_pattern.xml")
+        .audio_tolerance(0.1)
+        .run_expect(sbc.sip_port, 0);
+    let sid = agent.connections()[0].first("start").unwrap()["start"]["callSid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let got = read_callbacks(&out);
+        if got.iter().any(|v| v["params"]["CallStatus"] == "completed") || Instant::now() > deadline
+        {
+            break got;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let statuses: Vec<&str> = got
+        .iter()
+        .map(|v| v["params"]["CallStatus"].as_str().unwrap_or("?"))
+        .collect();
+    let mut sorted = got.clone();
+    sorted.sort_by_key(|v| {
+        v["params"]["SequenceNumber"]
+            .as_str()
+            .and_then(|s| s.parse::<u32>().ok())
+    });
+    let ordered: Vec<&str> = sorted
+        .iter()
+        .map(|v| v["params"]["CallStatus"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        ordered,
+        vec!["initiated", "ringing", "in-progress", "completed"],
+        "{statuses:?}\n{got:#?}\n{}",
+        call.describe()
+    );
+    for v in &got {
+        assert_eq!(v["valid"], true, "RequestValidator must accept: {v}");
+        assert_eq!(v["valid_with_wrong_token"], false, "{v}");
+        assert_eq!(v["path"], "/status?route=default");
+        let p = &v["params"];
+        assert_eq!(p["CallSid"], sid.as_str(), "{v}");
+        assert_eq!(p["AccountSid"], ACCOUNT);
+        assert_eq!(
+            (p["From"].as_str(), p["To"].as_str()),
+            (Some("+15550001111"), Some("+15550002222"))
+        );
+        assert_eq!(p["Direction"], "inbound");
+        assert!(
+            p["Timestamp"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("+0000")),
+            "{v}"
+        );
+    }
+    let completed = sorted.last().unwrap();
+    assert!(
+        completed["params"]["CallDuration"]
+            .as_str()
+            .is_some_and(|d| d.parse::<u64>().is_ok_and(|d| (2..=5).contains(&d))),
+        "{completed}"
+    );
+
+    // The route whose receiver is down: its completed callback fails after its retries.
+    env.sipp("uac_tls_srtp_pattern.xml")
+        .service("+15550003333")
+        .audio_tolerance(0.1)
+        .run_expect(sbc.sip_port, 0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = sbc.metrics();
+        if m.lines()
+            .any(|l| l.starts_with("sbc_status_callback_failures_total{reason=\"undelivered\"}"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed callback counted:\n{m}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        read_callbacks(&out).len(),
+        got.len(),
+        "nothing more reached the live receiver"
+    );
+}

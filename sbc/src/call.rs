@@ -128,6 +128,10 @@ struct Call {
     transfer_to: Option<String>,
     /// sbc's own messages for the agent (transfer results), sent with the bridge's.
     agent_notes: std::collections::VecDeque<String>,
+    /// Status callbacks sent so far (`SequenceNumber`).
+    callback_seq: u32,
+    /// When the call was answered (for `CallDuration`).
+    answered_at: Option<Instant>,
 }
 
 impl Call {
@@ -169,6 +173,8 @@ impl Call {
             stream_sid: String::new(),
             transfer_to: None,
             agent_notes: Default::default(),
+            callback_seq: 0,
+            answered_at: None,
         }
     }
 
@@ -193,6 +199,7 @@ impl Call {
             }
             Ok(None) => {
                 // Cancelled or the carrier went away during setup.
+                self.status_callback(crate::config::CallbackEvent::Completed, "canceled");
                 self.finish_without_media().await;
             }
             Err(refuse) => {
@@ -212,6 +219,7 @@ impl Call {
                 };
                 self.shared.audit.write("call.refused", &self.record);
                 m::call_outcome("refused");
+                self.status_callback(crate::config::CallbackEvent::Completed, "failed");
                 self.finish_without_media().await;
             }
         }
@@ -511,6 +519,9 @@ impl Call {
             });
         };
         self.route = chosen;
+        let sid = self.call_sid_for_stream();
+        self.call_sid = Some(sid);
+        self.status_callback(crate::config::CallbackEvent::Initiated, "initiated");
         let Some(media) = self.shared.ports.allocate() else {
             return Err(Refuse {
                 status: 503,
@@ -561,6 +572,7 @@ impl Call {
                             rung = true;
                             self.uas.ringing(Instant::now());
                             self.flush_sip();
+                            self.status_callback(crate::config::CallbackEvent::Ringing, "ringing");
                         }
                         _ = sleep_opt(sip_deadline) => {
                             self.uas.handle_timeout(Instant::now());
@@ -701,6 +713,8 @@ impl Call {
             "call answered"
         );
         let answered = Instant::now();
+        self.answered_at = Some(answered);
+        self.status_callback(crate::config::CallbackEvent::Answered, "in-progress");
 
         // Frames for the agent go through its writer task's bounded queue; `flow` decides when
         // the agent counts as stuck (bytes waiting, or no progress within send_timeout).
@@ -997,6 +1011,7 @@ impl Call {
                 .calls
                 .end(sid, self.end_reason.unwrap_or("error"));
         }
+        self.status_callback(crate::config::CallbackEvent::Completed, "completed");
         if let Some(rx) = closing_rx {
             // In its own task, so that the call's admission slots and Call-ID are released now.
             tokio::spawn(drain_agent(rx).in_current_span());
@@ -1029,6 +1044,73 @@ impl Call {
         });
     }
 
+    /// The CallSid of this call: the carrier's `X-Twilio-CallSid` when the carrier is Twilio,
+    /// else a new one.
+    fn call_sid_for_stream(&mut self) -> String {
+        let trusted = self.carrier.config.twilio;
+        self.invite
+            .headers
+            .get("X-Twilio-CallSid")
+            .filter(|_| trusted)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("CA{}", hex32(&mut self.rng)))
+    }
+
+    /// Queues the route's status callback for `event` (if the route asks for it); never waits.
+    fn status_callback(&mut self, event: crate::config::CallbackEvent, call_status: &str) {
+        let Some(route) = self.route.as_ref() else {
+            return;
+        };
+        let (Some(cb), Some(account)) = (&route.status_callback, &route.account_sid) else {
+            return;
+        };
+        if !cb.events.contains(&event) {
+            return;
+        }
+        let Some(api) = self.live.config.api.as_ref() else {
+            return;
+        };
+        let (Some(acc), Some(tls)) = (
+            api.accounts.iter().find(|a| &a.sid == account),
+            self.live.callback_tls.clone(),
+        ) else {
+            return;
+        };
+        self.callback_seq += 1;
+        let from = self.invite.caller_number().unwrap_or_default();
+        let to = self.invite.called_number().unwrap_or_default();
+        let mut params: Vec<(String, String)> = vec![
+            ("AccountSid".into(), account.clone()),
+            ("ApiVersion".into(), "2010-04-01".into()),
+            ("CallSid".into(), self.call_sid.clone().unwrap_or_default()),
+            ("CallStatus".into(), call_status.into()),
+            ("CallbackSource".into(), "call-progress-events".into()),
+            ("Called".into(), to.clone()),
+            ("Caller".into(), from.clone()),
+            ("Direction".into(), "inbound".into()),
+            ("From".into(), from),
+            ("SequenceNumber".into(), (self.callback_seq - 1).to_string()),
+            (
+                "Timestamp".into(),
+                time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc2822)
+                    .unwrap_or_default(),
+            ),
+            ("To".into(), to),
+        ];
+        if event == crate::config::CallbackEvent::Completed {
+            let secs = self.answered_at.map_or(0, |t| t.elapsed().as_secs());
+            params.push(("CallDuration".into(), secs.to_string()));
+            params.push(("Duration".into(), secs.div_ceil(60).to_string()));
+        }
+        self.shared.callbacks.send(crate::api::callbacks::Delivery {
+            callback: cb.clone(),
+            token: acc.auth_token.clone(),
+            params,
+            tls,
+        });
+    }
+
     /// Pushes counter deltas to Prometheus.
     fn report_stats(&self, bridge: &Bridge, last: &mut srtp_bridge::BridgeStats) {
         let s = bridge.stats();
@@ -1047,9 +1129,12 @@ impl Call {
             self.carrier.config.twilio || !name.to_ascii_lowercase().starts_with("x-twilio-")
         };
         let twilio_header = |name: &str| h.get(name).filter(|_| trusted(name));
-        let call_sid = twilio_header("X-Twilio-CallSid")
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("CA{}", hex32(&mut self.rng)));
+        let call_sid = match &self.call_sid {
+            Some(sid) => sid.clone(),
+            None => twilio_header("X-Twilio-CallSid")
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("CA{}", hex32(&mut self.rng))),
+        };
         let account_sid = twilio_header("X-Twilio-AccountSid")
             .map(str::to_string)
             .or_else(|| self.route.as_ref().and_then(|r| r.account_sid.clone()))
@@ -1303,6 +1388,7 @@ mod tests {
             target: AgentTarget::Url(url.into()),
             account_sid: None,
             transfer_allow: vec![],
+            status_callback: None,
         }
     }
 

@@ -50,6 +50,29 @@ pub struct ApiConfig {
     /// Ended calls the API still answers for (oldest forgotten first).
     pub recent_calls: usize,
     pub accounts: Vec<ApiAccount>,
+    /// CA bundle that verifies status callback receivers (else the webpki roots).
+    pub callback_ca_bundle: Option<PathBuf>,
+}
+
+/// A route's status callback: where sbc POSTs Twilio's call progress events.
+#[derive(Clone, Debug)]
+pub struct StatusCallback {
+    /// `https://host[:port]/path[?query]`, exactly as signed.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// Path and query.
+    pub target: String,
+    pub events: Vec<CallbackEvent>,
+}
+
+/// Twilio's `StatusCallbackEvent` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallbackEvent {
+    Initiated,
+    Ringing,
+    Answered,
+    Completed,
 }
 
 /// An API account: its SID and the auth token read from a file only sbc can read.
@@ -223,6 +246,8 @@ pub struct Route {
     /// Transfer destinations allowed for this route's calls: a `tel:`/number prefix
     /// (`+1555`) or an exact SIP URI. Empty: no transfer.
     pub transfer_allow: Vec<String>,
+    /// Call progress webhooks, signed with the route account's auth token.
+    pub status_callback: Option<StatusCallback>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

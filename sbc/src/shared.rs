@@ -82,6 +82,8 @@ pub struct Live {
     pub carriers: Vec<Arc<CarrierState>>,
     /// The API listener's TLS (`[api]`); a reload may change its certificate, not its address.
     pub api_acceptor: Option<TlsAcceptor>,
+    /// Status callback deliveries' TLS client (`[api]`).
+    pub callback_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Live {
@@ -106,6 +108,7 @@ impl Live {
             carrier_tls: tls.carrier_client,
             carriers,
             api_acceptor: tls.api_server.map(TlsAcceptor::from),
+            callback_tls: tls.callback_client,
         }
     }
 
@@ -158,6 +161,8 @@ pub struct Shared {
     pub dialogs: Dialogs,
     /// Calls the API answers for (`api::registry`).
     pub calls: crate::api::registry::CallRegistry,
+    /// The status callback delivery queue (`api::callbacks`).
+    pub callbacks: crate::api::callbacks::Callbacks,
     pub(crate) per_ip: Mutex<HashMap<IpAddr, u32>>,
     pub counters: CounterTable,
     pub active_calls: AtomicU32,

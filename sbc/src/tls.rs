@@ -46,6 +46,8 @@ pub struct TlsConfigs {
     pub carrier_client: Arc<rustls::ClientConfig>,
     /// The call-control API listener (`[api]`), when configured.
     pub api_server: Option<Arc<rustls::ServerConfig>>,
+    /// Status callback deliveries (client side), when `[api]` is configured.
+    pub callback_client: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl TlsConfigs {
@@ -59,6 +61,11 @@ impl TlsConfigs {
                 .api
                 .as_ref()
                 .map(|api| api_server_config(api, &config.tls))
+                .transpose()?,
+            callback_client: config
+                .api
+                .as_ref()
+                .map(|api| callback_client_config(api, &config.tls))
                 .transpose()?,
         })
     }
@@ -221,6 +228,27 @@ pub fn carrier_client_config(tls: &TlsConfig) -> Result<Arc<rustls::ClientConfig
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.enable_early_data = false;
+    Ok(Arc::new(config))
+}
+
+/// Status callback deliveries: the SIP listener's version and suite rules, receivers verified
+/// against `api.callback_ca_bundle` (else the webpki roots), ALPN `http/1.1`.
+pub fn callback_client_config(
+    api: &crate::config::ApiConfig,
+    tls: &TlsConfig,
+) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+    let provider = provider(api.min_version, &tls.tls12_suites);
+    let roots = match &api.callback_ca_bundle {
+        Some(ca) => load_roots(ca)?,
+        None => webpki_roots(),
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(api.min_version))
+        .map_err(|e| ConfigError(format!("TLS policy: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.enable_early_data = false;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

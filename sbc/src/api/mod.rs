@@ -7,6 +7,7 @@
 //! requests to the call's task through its mailbox (`CallInput`), with `try_send` (a full
 //! mailbox is a 503, never a wait).
 
+pub mod callbacks;
 pub mod registry;
 pub mod twiml;
 
@@ -619,6 +620,7 @@ mod tests {
             min_version: TlsVersion::Tls13,
             requests_per_second: 1,
             recent_calls: 10,
+            callback_ca_bundle: None,
             accounts: vec![ApiAccount {
                 sid: format!("AC{}", "a".repeat(32)),
                 auth_token: AuthToken::new("0123456789abcdef".into()),

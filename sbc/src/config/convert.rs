@@ -177,6 +177,14 @@ pub(crate) fn convert(ctx: &Ctx, raw: raw::RawConfig) -> Result<Config, ConfigEr
                 )));
             }
         }
+        if let Some(cb) = &r.status_callback {
+            if r.account_sid.is_none() || api.is_none() {
+                return Err(ctx.file(format!(
+                    "agent.routes.status_callback {:?} needs the route's account_sid and [api] with that account (its auth token signs the callbacks)",
+                    cb.url
+                )));
+            }
+        }
     }
     Ok(Config {
         path: ctx.path.to_path_buf(),
@@ -804,11 +812,24 @@ fn agent(ctx: &Ctx, r: raw::RawAgent) -> Result<AgentConfig, ConfigError> {
             }
             transfer_allow.push(number.to_string());
         }
+        let status_callback = match &route.status_callback {
+            None => {
+                if let Some(e) = &route.status_callback_events {
+                    return Err(ctx.at(
+                        e.span(),
+                        "agent.routes.status_callback_events without status_callback",
+                    ));
+                }
+                None
+            }
+            Some(u) => Some(status_callback(ctx, u, &route.status_callback_events)?),
+        };
         routes.push(Route {
             matcher,
             target,
             account_sid,
             transfer_allow,
+            status_callback,
         });
     }
     Ok(AgentConfig {
@@ -972,6 +993,83 @@ fn audit(ctx: &Ctx, r: raw::RawAudit) -> Result<AuditConfig, ConfigError> {
     })
 }
 
+/// `status_callback` (an `https://` URL: the webhook leg is TLS only, like every other) and
+/// `status_callback_events` (default `["completed"]`, as Twilio's).
+fn status_callback(
+    ctx: &Ctx,
+    url: &S<String>,
+    events: &Option<S<Vec<S<String>>>>,
+) -> Result<StatusCallback, ConfigError> {
+    let u = url.get_ref();
+    let bad = |why: &str| {
+        ctx.at(
+            url.span(),
+            format!("agent.routes.status_callback: {u:?}: {why}"),
+        )
+    };
+    let rest = u
+        .strip_prefix("https://")
+        .ok_or_else(|| bad("must be an https:// URL"))?;
+    if u.chars().any(|c| c.is_whitespace() || c.is_control()) || u.contains('#') {
+        return Err(bad("no spaces, control characters or fragment"));
+    }
+    let (authority, target) = match rest.find(['/', '?']) {
+        Some(i) if rest[i..].starts_with('/') => (&rest[..i], rest[i..].to_string()),
+        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+        None => (rest, "/".to_string()),
+    };
+    if authority.contains('@') {
+        return Err(bad("credentials in the URL are refused"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or_else(|| bad("bad IPv6 address"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| bad("bad port"))?,
+            None => 443,
+        };
+        (h.to_string(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad("bad port"))?),
+            None => (authority.to_string(), 443),
+        }
+    };
+    if host.is_empty() || port == 0 {
+        return Err(bad("no host"));
+    }
+    let events = match events {
+        None => vec![CallbackEvent::Completed],
+        Some(list) => {
+            let mut out = Vec::new();
+            for e in list.get_ref() {
+                let ev = match e.get_ref().as_str() {
+                    "initiated" => CallbackEvent::Initiated,
+                    "ringing" => CallbackEvent::Ringing,
+                    "answered" => CallbackEvent::Answered,
+                    "completed" => CallbackEvent::Completed,
+                    other => {
+                        return Err(ctx.at(
+                            e.span(),
+                            format!("agent.routes.status_callback_events: {other:?} is not one of initiated, ringing, answered, completed"),
+                        ))
+                    }
+                };
+                if !out.contains(&ev) {
+                    out.push(ev);
+                }
+            }
+            out
+        }
+    };
+    Ok(StatusCallback {
+        url: u.clone(),
+        host,
+        port,
+        target,
+        events,
+    })
+}
+
 fn api(ctx: &Ctx, r: raw::RawApi, tls: &TlsConfig) -> Result<ApiConfig, ConfigError> {
     let listen: SocketAddr = r.listen.get_ref().parse().map_err(|_| {
         ctx.at(
@@ -1049,6 +1147,11 @@ fn api(ctx: &Ctx, r: raw::RawApi, tls: &TlsConfig) -> Result<ApiConfig, ConfigEr
             auth_token,
         });
     }
+    let callback_ca_bundle = r
+        .callback_ca_bundle
+        .as_ref()
+        .map(|p| ctx.resolve(p, "api.callback_ca_bundle"))
+        .transpose()?;
     Ok(ApiConfig {
         listen,
         identity,
@@ -1056,6 +1159,7 @@ fn api(ctx: &Ctx, r: raw::RawApi, tls: &TlsConfig) -> Result<ApiConfig, ConfigEr
         requests_per_second,
         recent_calls,
         accounts,
+        callback_ca_bundle,
     })
 }
 

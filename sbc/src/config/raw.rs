@@ -36,6 +36,7 @@ pub(crate) struct RawApi {
     pub requests_per_second: Option<S<u32>>,
     pub recent_calls: Option<S<u64>>,
     pub accounts: Option<Vec<S<RawApiAccount>>>,
+    pub callback_ca_bundle: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +126,8 @@ pub(crate) struct RawRoute {
     pub url: S<String>,
     pub account_sid: Option<S<String>>,
     pub transfer_allow: Option<S<Vec<S<String>>>>,
+    pub status_callback: Option<S<String>>,
+    pub status_callback_events: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

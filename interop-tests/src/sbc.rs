@@ -38,6 +38,8 @@ pub struct SbcOptions {
     pub media_ports: Option<(u16, u16)>,
     /// Extra `[limits]` lines, e.g. `"max_headers = 20"`.
     pub extra_limits: Vec<String>,
+    /// Extra `[audit]` lines, e.g. `"refusal_records_per_second = 5"`.
+    pub extra_audit: Vec<String>,
     /// Extra lines in the test carrier's `[[carriers]]` table, e.g. `"twilio = true"`.
     pub extra_carrier: Vec<String>,
     /// More carriers after `test`: (name, source CIDRs), e.g. `("other", vec!["127.0.0.2/32"])`.
@@ -70,6 +72,7 @@ impl SbcOptions {
             media_ports: None,
             extra_limits: Vec::new(),
             extra_carrier: Vec::new(),
+            extra_audit: Vec::new(),
             extra_carriers: Vec::new(),
             extra_agent: Vec::new(),
             extra_default_route: Vec::new(),
@@ -142,6 +145,7 @@ url = {url:?}
 
 [audit]
 path = {audit}
+{extra_audit}
 
 [metrics]
 listen = "127.0.0.1:{metrics}"
@@ -179,6 +183,7 @@ level = {level:?}
         },
         extra_limits = o.extra_limits.join("\n"),
         extra_carrier = o.extra_carrier.join("\n"),
+        extra_audit = o.extra_audit.join("\n"),
         extra_agent = o.extra_agent.join("\n"),
         extra_route = o.extra_default_route.join("\n"),
         extra_toml = o.extra_toml.join("\n"),

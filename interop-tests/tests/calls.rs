@@ -230,34 +230,40 @@ fn no_srtp_keys_in_logs_or_audit() {
     );
 }
 
+/// Offers without an AES-CM SRTP suite get 488 with a Warning, a `call.refused` record naming
+/// what was offered, and the refused-call metric: plain RTP/AVP (no crypto at all) and an
+/// AEAD-only SAVP offer.
 #[test]
-fn plain_rtp_avp_refused_with_488() {
-    let env = TestEnv::new();
-    let sbc = env.start_sbc(SbcOptions::builtin_echo());
-    let o = env
-        .sipp("uac_rtp_avp.xml")
-        .timeout("10s")
-        .run_expect(sbc.sip_port, 0);
-    let call_id = o.first_call_id();
-    assert!(
-        o.messages_log().contains("Warning:"),
-        "the 488 must carry a Warning header\n{}",
-        o.describe()
-    );
-    let r = sbc.wait_event("call.refused", &call_id, SECS10);
-    assert_eq!(r["decision"]["status"], 488, "call.refused: {r}");
-    check_488_warning(&o);
-    assert_eq!(
-        r["srtp"]["offered"],
-        serde_json::json!([]),
-        "call.refused: {r}"
-    );
-    let m = sbc.metrics();
-    assert!(
-        m.lines()
-            .any(|l| l.trim() == "sbc_calls_total{outcome=\"refused\"} 1"),
-        "metrics lack sbc_calls_total{{outcome=\"refused\"}} 1:\n{m}"
-    );
+fn offers_without_aes_cm_srtp_refused_with_488() {
+    let cases: [(&str, serde_json::Value); 2] = [
+        ("uac_rtp_avp.xml", serde_json::json!([])),
+        ("uac_aead_only.xml", serde_json::json!(["AEAD_AES_256_GCM"])),
+    ];
+    for (scenario, offered) in cases {
+        let env = TestEnv::new();
+        let sbc = env.start_sbc(SbcOptions::builtin_echo());
+        let o = env
+            .sipp(scenario)
+            .timeout("10s")
+            .run_expect(sbc.sip_port, 0);
+        let call_id = o.first_call_id();
+        let r = sbc.wait_event("call.refused", &call_id, SECS10);
+        assert_eq!(
+            r["decision"]["status"], 488,
+            "{scenario}: call.refused: {r}"
+        );
+        check_488_warning(&o);
+        assert_eq!(
+            r["srtp"]["offered"], offered,
+            "{scenario}: call.refused: {r}"
+        );
+        let m = sbc.metrics();
+        assert!(
+            m.lines()
+                .any(|l| l.trim() == "sbc_calls_total{outcome=\"refused\"} 1"),
+            "{scenario}: metrics lack sbc_calls_total{{outcome=\"refused\"}} 1:\n{m}"
+        );
+    }
 }
 
 /// The 488 carries `Warning: 399 <host> "<text>"` (RFC 3261 §20.43).
@@ -273,30 +279,6 @@ fn check_488_warning(o: &SippOutcome) {
     assert!(
         v.starts_with("399 ") && v.ends_with('"') && v.matches('"').count() == 2,
         "Warning must be 399 <host> \"text\": {w}"
-    );
-}
-
-#[test]
-fn aead_only_offer_refused_with_488() {
-    let env = TestEnv::new();
-    let sbc = env.start_sbc(SbcOptions::builtin_echo());
-    let o = env
-        .sipp("uac_aead_only.xml")
-        .timeout("10s")
-        .run_expect(sbc.sip_port, 0);
-    let call_id = o.first_call_id();
-    assert!(
-        o.messages_log().contains("Warning:"),
-        "the 488 must carry a Warning header\n{}",
-        o.describe()
-    );
-    let r = sbc.wait_event("call.refused", &call_id, SECS10);
-    assert_eq!(r["decision"]["status"], 488, "call.refused: {r}");
-    check_488_warning(&o);
-    assert_eq!(
-        r["srtp"]["offered"],
-        serde_json::json!(["AEAD_AES_256_GCM"]),
-        "call.refused: {r}"
     );
 }
 
@@ -427,44 +409,41 @@ fn mark_is_echoed() {
     });
 }
 
+/// An agent sbc cannot reach securely gets the call refused with 503 and no WebSocket: one that
+/// speaks only TLS 1.2 (the agent leg is TLS 1.3 only), one whose certificate sbc does not trust,
+/// and one that requires a client certificate sbc does not have.
 #[test]
-fn agent_tls12_only_gets_503() {
-    let env = TestEnv::new();
-    let agent = env.start_agent(AgentBehaviour::Tls12Only);
-    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
-    let o = env
-        .sipp("uac_expect_503.xml")
-        .timeout("15s")
-        .run_expect(sbc.sip_port, 0);
-    let call_id = o.first_call_id();
-    let r = sbc.wait_event("call.refused", &call_id, SECS10);
-    assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
-    assert!(agent.connections().is_empty(), "no WebSocket may be opened");
-    assert!(
-        !agent.handshake_errors().is_empty(),
-        "sbc must have tried (and failed) a TLS handshake with the agent; tcp accepts: {}",
-        agent.tcp_accepts()
-    );
-}
-
-#[test]
-fn agent_untrusted_cert_gets_503() {
-    let env = TestEnv::new();
-    let agent = env.start_agent(AgentBehaviour::UntrustedCert);
-    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
-    let o = env
-        .sipp("uac_expect_503.xml")
-        .timeout("15s")
-        .run_expect(sbc.sip_port, 0);
-    let call_id = o.first_call_id();
-    let r = sbc.wait_event("call.refused", &call_id, SECS10);
-    assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
-    assert!(agent.connections().is_empty(), "no WebSocket may be opened");
-    assert!(
-        !agent.handshake_errors().is_empty(),
-        "sbc must have tried (and failed) a TLS handshake with the agent; tcp accepts: {}",
-        agent.tcp_accepts()
-    );
+fn agent_tls_failures_get_503() {
+    for behaviour in [
+        AgentBehaviour::Tls12Only,
+        AgentBehaviour::UntrustedCert,
+        AgentBehaviour::RequireClientCert,
+    ] {
+        let env = TestEnv::new();
+        let agent = env.start_agent(behaviour);
+        let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
+        let o = env
+            .sipp("uac_expect_503.xml")
+            .timeout("15s")
+            .run_expect(sbc.sip_port, 0);
+        let call_id = o.first_call_id();
+        let r = sbc.wait_event("call.refused", &call_id, SECS10);
+        assert_eq!(
+            r["decision"]["status"], 503,
+            "{behaviour:?}: call.refused: {r}"
+        );
+        assert!(
+            agent.connections().is_empty(),
+            "{behaviour:?}: no WebSocket may be opened"
+        );
+        if !matches!(behaviour, AgentBehaviour::RequireClientCert) {
+            assert!(
+                !agent.handshake_errors().is_empty(),
+                "{behaviour:?}: sbc must have tried (and failed) a TLS handshake with the agent; tcp accepts: {}",
+                agent.tcp_accepts()
+            );
+        }
+    }
 }
 
 /// An offer with only AES_CM_128_HMAC_SHA1_32: sbc answers with that suite and the echo check
@@ -530,21 +509,6 @@ fn agent_mtls_with_client_cert() {
     let call_id = o.first_call_id();
     let end = sbc.wait_event("call.end", &call_id, SECS10);
     assert_eq!(end["agent"]["mtls"], true, "call.end: {end}");
-}
-
-/// An agent that requires a client certificate refuses sbc without one: 503.
-#[test]
-fn agent_mtls_without_client_cert_gets_503() {
-    let env = TestEnv::new();
-    let agent = env.start_agent(AgentBehaviour::RequireClientCert);
-    let sbc = env.start_sbc(SbcOptions::agent(agent.url()));
-    let o = env
-        .sipp("uac_expect_503.xml")
-        .timeout("15s")
-        .run_expect(sbc.sip_port, 0);
-    let call_id = o.first_call_id();
-    let r = sbc.wait_event("call.refused", &call_id, SECS10);
-    assert_eq!(r["decision"]["status"], 503, "call.refused: {r}");
 }
 
 /// Runs SIPp's basic call in the background and, once sbc answered it, a second INVITE that the

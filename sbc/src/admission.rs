@@ -130,6 +130,11 @@ pub fn admit(
     if shared.draining.load(Ordering::SeqCst) {
         return Err(Refusal::busy("shutting down", 30));
     }
+    if shared.audit.backlogged() {
+        // No call runs unaudited: while the audit writer is behind (a stalled disk), new calls
+        // wait. Records of calls in progress are never dropped (`audit` module doc).
+        return Err(Refusal::busy("audit log backlogged (writes stalled)", 5));
+    }
     // Reserve global and carrier capacity; `Admitted` gives them back unless a call takes them.
     let global = shared.active_calls.fetch_add(1, Ordering::SeqCst);
     let c = carrier.active().fetch_add(1, Ordering::SeqCst);

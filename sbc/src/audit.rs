@@ -1,15 +1,33 @@
 //! One audit record per call event, as JSON Lines: `call.refused` for every refused INVITE,
-//! `call.start` when a call is answered, `call.end` when it ends. Each record is written and
-//! flushed as it happens (optionally fsynced), so a crash loses at most the end record of calls in
-//! progress. A record is built in memory and written with one `write_all`, so a crash cannot leave
-//! a partial line from a record that was complete.
+//! `call.start` when a call is answered, `call.end` when it ends, and `call.refused.summary` for
+//! refusals folded together under a flood. Each record is written and flushed as it happens
+//! (optionally fsynced), so a crash loses at most the end record of calls in progress. A record is
+//! built in memory and written with one `write_all`, so a crash cannot leave a partial line from a
+//! record that was complete.
+//!
+//! Writes (and fsync) run on the audit's own thread, never on a tokio worker: callers serialise
+//! the record and hand the line over a channel. Two kinds of record, two rules:
+//! - Records of calls (`call.start`, `call.end`, and the refusal of a call that exists, after
+//!   SDP/route checks) are never dropped. Their number in flight is bounded by admission, not by
+//!   the channel: while more than `backlog_limit` lines wait for the writer (a stalled disk),
+//!   [`Audit::backlogged`] is true and admission refuses new calls with 503, so no call runs
+//!   unaudited and the backlog cannot grow past `backlog_limit` plus two records per live call.
+//! - Refusals made before a call exists (admission: rate, capacity, identity) are written in full
+//!   up to `refusal_records_per_second` ([`RefusalGate`]); beyond it, or while the writer is
+//!   backlogged, they are counted by reason and carrier and written as one summary record per
+//!   `refusal_summary_interval`. A flood of refused INVITEs therefore costs at most that rate of
+//!   lines plus one summary line per interval.
 //!
 //! No field ever holds key material: the record types have no field that could take a key, and
 //! `interop-tests` greps a real call's records for the keys.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use serde::Serialize;
@@ -17,12 +35,21 @@ use sha2::Sha256;
 
 use crate::config::{AuditConfig, AuditSink, NumberPrivacy};
 
-/// The audit sink.
+/// The audit sink: a handle to the writer thread.
 pub struct Audit {
-    out: Mutex<Box<dyn Write + Send>>,
-    file: Option<File>,
-    fsync: bool,
+    tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Lines handed to the writer and not yet written.
+    backlog: Arc<AtomicUsize>,
+    backlog_limit: usize,
+    gate: Arc<Mutex<RefusalGate>>,
     privacy: NumberPrivacy,
+}
+
+enum Msg {
+    Line(Vec<u8>),
+    /// Write the pending summary (if any), fsync, then answer.
+    Flush(mpsc::Sender<()>),
 }
 
 /// Errors opening the audit file.
@@ -33,8 +60,14 @@ pub struct AuditError {
     pub source: std::io::Error,
 }
 
+/// Lines waiting for the writer beyond which new calls are refused, when the caller has no
+/// better figure (see [`Audit::open`]).
+pub const DEFAULT_BACKLOG_LIMIT: usize = 4096;
+
 impl Audit {
-    pub fn open(config: &AuditConfig) -> Result<Audit, AuditError> {
+    /// Opens the sink and starts the writer thread. `backlog_limit`: lines waiting for the writer
+    /// beyond which [`Audit::backlogged`] says so (admission then refuses new calls).
+    pub fn open(config: &AuditConfig, backlog_limit: usize) -> Result<Audit, AuditError> {
         let (out, file): (Box<dyn Write + Send>, Option<File>) = match &config.sink {
             AuditSink::Stdout => (Box::new(std::io::stdout()), None),
             AuditSink::File(path) => {
@@ -55,12 +88,46 @@ impl Audit {
                 (Box::new(f), Some(clone))
             }
         };
-        Ok(Audit {
-            out: Mutex::new(out),
+        let sink = Sink {
+            out,
             file,
             fsync: config.fsync,
+        };
+        Ok(Audit::start(sink, config, backlog_limit))
+    }
+
+    fn start(sink: Sink, config: &AuditConfig, backlog_limit: usize) -> Audit {
+        let (tx, rx) = mpsc::channel();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(Mutex::new(RefusalGate::new(
+            config.refusal_records_per_second,
+            config.refusal_summary_interval,
+        )));
+        let writer = Writer {
+            sink,
+            rx,
+            backlog: Arc::clone(&backlog),
+            gate: Arc::clone(&gate),
+            tick: config
+                .refusal_summary_interval
+                .min(Duration::from_secs(1))
+                .max(Duration::from_millis(10)),
+        };
+        let thread = std::thread::Builder::new()
+            .name("sbc-audit".into())
+            .spawn(move || writer.run())
+            .ok();
+        if thread.is_none() {
+            tracing::error!("cannot start the audit writer thread: audit records are lost");
+        }
+        Audit {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(thread),
+            backlog,
+            backlog_limit,
+            gate,
             privacy: config.number_privacy.clone(),
-        })
+        }
     }
 
     /// Applies the configured privacy rule to a phone number or SIP user.
@@ -68,23 +135,111 @@ impl Audit {
         protect_number(&self.privacy, number)
     }
 
-    /// Writes one record as a single line.
+    /// True while more lines wait for the writer than the limit: admission refuses new calls.
+    pub fn backlogged(&self) -> bool {
+        self.backlog.load(Ordering::Relaxed) >= self.backlog_limit
+    }
+
+    /// Writes one record of a call as a single line. Never dropped, never blocks (see the module
+    /// doc for why its memory stays bounded).
     pub fn write(&self, event: &'static str, record: &CallRecord) {
-        let line = Line {
-            ts: now_rfc3339(),
-            event,
-            record,
-        };
-        let mut text = match serde_json::to_vec(&line) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "audit record could not be serialised");
-                return;
+        if let Some(line) = serialise(event, record) {
+            self.send(line);
+        }
+    }
+
+    /// A refusal made before a call exists (admission): written in full within
+    /// `refusal_records_per_second` and while the writer keeps up, else counted in the next
+    /// `call.refused.summary`.
+    pub fn write_admission_refusal(&self, record: &CallRecord) {
+        let now = Instant::now();
+        let full = {
+            let mut gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+            let reason = record.decision.reason.as_str();
+            if self.backlogged() {
+                gate.count(now, reason, &record.carrier);
+                false
+            } else {
+                gate.admit(now, reason, &record.carrier)
             }
         };
-        text.push(b'\n');
-        // The lock is only poisoned if a writer panicked mid-write; keep writing regardless.
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        if full {
+            self.write("call.refused", record);
+        }
+    }
+
+    fn send(&self, line: Vec<u8>) {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        match tx.as_ref() {
+            Some(tx) => {
+                self.backlog.fetch_add(1, Ordering::Relaxed);
+                if tx.send(Msg::Line(line)).is_err() {
+                    self.backlog.fetch_sub(1, Ordering::Relaxed);
+                    tracing::error!("audit writer gone: record lost");
+                }
+            }
+            None => tracing::error!("audit closed: record lost"),
+        }
+    }
+
+    /// Waits until every record handed over so far is written (and fsynced when configured),
+    /// and the pending refusal summary with them. Blocking: call it off the runtime
+    /// (`spawn_blocking`) or from a plain thread.
+    pub fn flush(&self) {
+        let (ack_tx, ack_rx) = mpsc::channel();
+        let sent = {
+            let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+            tx.as_ref()
+                .is_some_and(|t| t.send(Msg::Flush(ack_tx)).is_ok())
+        };
+        if sent && ack_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            tracing::error!("audit flush did not finish within 30 s");
+        }
+    }
+
+    /// Flushes, then stops the writer thread. Blocking, like [`Audit::flush`].
+    pub fn close(&self) {
+        self.flush();
+        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn serialise(event: &'static str, record: &CallRecord) -> Option<Vec<u8>> {
+    let line = Line {
+        ts: now_rfc3339(),
+        event,
+        record,
+    };
+    match serde_json::to_vec(&line) {
+        Ok(mut t) => {
+            t.push(b'\n');
+            Some(t)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "audit record could not be serialised");
+            None
+        }
+    }
+}
+
+/// Where lines go; owned by the writer thread.
+struct Sink {
+    out: Box<dyn Write + Send>,
+    file: Option<File>,
+    fsync: bool,
+}
+
+impl Sink {
+    fn write_line(&mut self, text: &[u8]) {
         // sbc is the only writer (append mode), so the length before the write is where this
         // record starts: a write that fails half-way (disk full) is cut back to it, so that the
         // next record does not continue a partial line.
@@ -93,7 +248,7 @@ impl Audit {
             .as_ref()
             .and_then(|f| f.metadata().ok())
             .map(|m| m.len());
-        let result = out.write_all(&text).and_then(|()| out.flush());
+        let result = self.out.write_all(text).and_then(|()| self.out.flush());
         if let Err(e) = result {
             tracing::error!(error = %e, "audit record could not be written");
             if let (Some(f), Some(start)) = (&self.file, start) {
@@ -104,12 +259,176 @@ impl Audit {
             return;
         }
         if self.fsync {
-            if let Some(f) = &self.file {
-                if let Err(e) = f.sync_data() {
-                    tracing::error!(error = %e, "audit fsync failed");
+            self.sync();
+        }
+    }
+
+    fn sync(&mut self) {
+        if let Some(f) = &self.file {
+            if let Err(e) = f.sync_data() {
+                tracing::error!(error = %e, "audit fsync failed");
+            }
+        }
+    }
+}
+
+/// The writer thread: lines in order, and the refusal summary when it is due.
+struct Writer {
+    sink: Sink,
+    rx: mpsc::Receiver<Msg>,
+    backlog: Arc<AtomicUsize>,
+    gate: Arc<Mutex<RefusalGate>>,
+    tick: Duration,
+}
+
+impl Writer {
+    fn run(mut self) {
+        loop {
+            match self.rx.recv_timeout(self.tick) {
+                Ok(Msg::Line(line)) => {
+                    self.sink.write_line(&line);
+                    self.backlog.fetch_sub(1, Ordering::Relaxed);
+                    self.summary(false);
+                }
+                Ok(Msg::Flush(ack)) => {
+                    self.summary(true);
+                    self.sink.sync();
+                    let _ = ack.send(());
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => self.summary(false),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.summary(true);
+                    self.sink.sync();
+                    return;
                 }
             }
         }
+    }
+
+    fn summary(&mut self, force: bool) {
+        let due = self
+            .gate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_summary(Instant::now(), force);
+        if let Some(summary) = due {
+            match serde_json::to_vec(&summary) {
+                Ok(mut text) => {
+                    text.push(b'\n');
+                    self.sink.write_line(&text);
+                }
+                Err(e) => tracing::error!(error = %e, "audit summary could not be serialised"),
+            }
+        }
+    }
+}
+
+/// Decides which admission refusals are written in full (a token bucket of
+/// `refusal_records_per_second`, burst of one second's worth) and counts the others by reason
+/// and carrier until the summary is due. Pure: the clock comes in as `now`.
+#[derive(Debug)]
+pub struct RefusalGate {
+    rate: u32,
+    interval: Duration,
+    tokens: f64,
+    last: Option<Instant>,
+    /// When the current summary period started (first suppressed refusal), wall and monotonic.
+    period: Option<(Instant, String)>,
+    counts: BTreeMap<(String, String), u64>,
+}
+
+/// One `call.refused.summary` record.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct RefusalSummary {
+    pub ts: String,
+    pub event: &'static str,
+    /// First suppressed refusal of the period (RFC 3339).
+    pub period_start: String,
+    /// Refusals counted instead of written.
+    pub suppressed: u64,
+    /// Counts by reason and carrier, sorted.
+    pub counts: Vec<RefusalCount>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct RefusalCount {
+    pub reason: String,
+    pub carrier: String,
+    pub count: u64,
+}
+
+/// Reason/carrier pairs kept per period; beyond it, counted under `"other"` (reasons and
+/// carriers come from sbc's own fixed texts and configuration, so this is a backstop).
+const MAX_SUMMARY_KEYS: usize = 256;
+
+impl RefusalGate {
+    pub fn new(rate: u32, interval: Duration) -> RefusalGate {
+        RefusalGate {
+            rate,
+            interval,
+            tokens: f64::from(rate),
+            last: None,
+            period: None,
+            counts: BTreeMap::new(),
+        }
+    }
+
+    /// True when this refusal is written in full; else it is counted for the summary.
+    pub fn admit(&mut self, now: Instant, reason: &str, carrier: &str) -> bool {
+        let rate = f64::from(self.rate);
+        let elapsed = self
+            .last
+            .map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.count(now, reason, carrier);
+            false
+        }
+    }
+
+    /// Counts a refusal for the summary without writing it.
+    pub fn count(&mut self, now: Instant, reason: &str, carrier: &str) {
+        self.period.get_or_insert_with(|| (now, now_rfc3339()));
+        let key = if self.counts.len() < MAX_SUMMARY_KEYS
+            || self
+                .counts
+                .contains_key(&(reason.to_string(), carrier.to_string()))
+        {
+            (reason.to_string(), carrier.to_string())
+        } else {
+            ("other".to_string(), "other".to_string())
+        };
+        *self.counts.entry(key).or_insert(0) += 1;
+    }
+
+    /// The summary when one is due (`interval` after the period's first suppressed refusal, or
+    /// at once with `force`), and a new period.
+    pub fn take_summary(&mut self, now: Instant, force: bool) -> Option<RefusalSummary> {
+        let (start, wall) = self.period.as_ref()?;
+        if !force && now.saturating_duration_since(*start) < self.interval {
+            return None;
+        }
+        let period_start = wall.clone();
+        self.period = None;
+        let counts: Vec<RefusalCount> = std::mem::take(&mut self.counts)
+            .into_iter()
+            .map(|((reason, carrier), count)| RefusalCount {
+                reason,
+                carrier,
+                count,
+            })
+            .collect();
+        Some(RefusalSummary {
+            ts: now_rfc3339(),
+            event: "call.refused.summary",
+            period_start,
+            suppressed: counts.iter().map(|c| c.count).sum(),
+            counts,
+        })
     }
 }
 
@@ -348,12 +667,15 @@ mod tests {
             sink: AuditSink::File(path.clone()),
             fsync: false,
             number_privacy: NumberPrivacy::AsIs,
+            refusal_records_per_second: 10,
+            refusal_summary_interval: Duration::from_secs(60),
         };
         // A fragment longer than one scan chunk, after one complete record.
         let long = format!("{{\"event\":\"call.end\",\"x\":\"{}", "y".repeat(70_000));
         std::fs::write(&path, format!("{{\"event\":\"call.start\"}}\n{long}")).unwrap();
-        let audit = Audit::open(&config).unwrap();
+        let audit = Audit::open(&config, DEFAULT_BACKLOG_LIMIT).unwrap();
         audit.write("call.refused", &CallRecord::default());
+        audit.flush();
         let text = std::fs::read_to_string(&path).unwrap();
         let events: Vec<String> = text
             .lines()
@@ -365,10 +687,10 @@ mod tests {
 
         // A file that is only a fragment, and a clean file: nothing else changes.
         std::fs::write(&path, "{\"ev").unwrap();
-        drop(Audit::open(&config).unwrap());
+        drop(Audit::open(&config, DEFAULT_BACKLOG_LIMIT).unwrap());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
         std::fs::write(&path, "{}\n").unwrap();
-        drop(Audit::open(&config).unwrap());
+        drop(Audit::open(&config, DEFAULT_BACKLOG_LIMIT).unwrap());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
         let aside = std::fs::read_to_string(dir.path().join("audit.jsonl.partial")).unwrap();
         assert!(aside.ends_with("{\"ev\n"), "{aside:?}");
@@ -378,11 +700,16 @@ mod tests {
     fn records_are_single_lines_with_event_and_timestamp() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/audit.jsonl");
-        let audit = Audit::open(&AuditConfig {
-            sink: AuditSink::File(path.clone()),
-            fsync: true,
-            number_privacy: NumberPrivacy::AsIs,
-        })
+        let audit = Audit::open(
+            &AuditConfig {
+                sink: AuditSink::File(path.clone()),
+                fsync: true,
+                number_privacy: NumberPrivacy::AsIs,
+                refusal_records_per_second: 10,
+                refusal_summary_interval: Duration::from_secs(60),
+            },
+            DEFAULT_BACKLOG_LIMIT,
+        )
         .unwrap();
         let rec = CallRecord {
             sip_call_id: "abc\ndef".into(),
@@ -390,6 +717,7 @@ mod tests {
         };
         audit.write("call.refused", &rec);
         audit.write("call.start", &rec);
+        audit.flush();
         let text = std::fs::read_to_string(path).unwrap();
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines.len(), 2);
@@ -397,5 +725,143 @@ mod tests {
         assert_eq!(v["event"], "call.refused");
         assert_eq!(v["sip_call_id"], "abc\ndef");
         assert!(v["ts"].as_str().unwrap().ends_with('Z'));
+    }
+
+    fn refusal(reason: &str, carrier: &str) -> CallRecord {
+        CallRecord {
+            carrier: carrier.into(),
+            decision: Decision {
+                outcome: "refused",
+                status: 503,
+                reason: reason.into(),
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn refusal_gate_writes_the_rate_and_summarises_the_rest_on_a_virtual_clock() {
+        let t0 = Instant::now();
+        let mut gate = RefusalGate::new(5, Duration::from_secs(10));
+        // A burst of 100 in the same instant: the bucket's 5, then counted.
+        let written = (0..100)
+            .filter(|i| gate.admit(t0, if i % 2 == 0 { "rate" } else { "capacity" }, "twilio"))
+            .count();
+        assert_eq!(written, 5);
+        assert_eq!(gate.take_summary(t0 + Duration::from_secs(9), false), None);
+        // One second later the bucket has 5 again.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(
+            (0..10).filter(|_| gate.admit(t1, "rate", "other")).count(),
+            5
+        );
+        let s = gate
+            .take_summary(t0 + Duration::from_secs(10), false)
+            .expect("summary due after the interval");
+        assert_eq!(s.event, "call.refused.summary");
+        assert_eq!(s.suppressed, 95 + 5);
+        let by: Vec<(&str, &str, u64)> = s
+            .counts
+            .iter()
+            .map(|c| (c.reason.as_str(), c.carrier.as_str(), c.count))
+            .collect();
+        // The first five written were reasons rate, capacity, rate, capacity, rate.
+        assert_eq!(
+            by,
+            [
+                ("capacity", "twilio", 48),
+                ("rate", "other", 5),
+                ("rate", "twilio", 47)
+            ]
+        );
+        // Nothing suppressed since: no summary, even forced.
+        assert_eq!(gate.take_summary(t0 + Duration::from_secs(30), true), None);
+    }
+
+    /// A writer that blocks until released, to stand for a stalled disk.
+    struct Stalled {
+        gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        out: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (m, c) = &*self.gate;
+            let mut open = m.lock().unwrap();
+            while !*open {
+                open = c.wait(open).unwrap();
+            }
+            self.out.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn call_records_are_never_dropped_while_refusals_are_folded_and_a_stall_backlogs() {
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = Sink {
+            out: Box::new(Stalled {
+                gate: Arc::clone(&gate),
+                out: Arc::clone(&out),
+            }),
+            file: None,
+            fsync: false,
+        };
+        let config = AuditConfig {
+            sink: AuditSink::Stdout,
+            fsync: false,
+            number_privacy: NumberPrivacy::AsIs,
+            refusal_records_per_second: 3,
+            refusal_summary_interval: Duration::from_secs(3600),
+        };
+        let audit = Audit::start(sink, &config, 8);
+        // The writer is stalled: 3 refusals are handed over in full, then the gate folds.
+        for _ in 0..1000 {
+            audit.write_admission_refusal(&refusal("carrier call rate limit", "twilio"));
+        }
+        assert!(!audit.backlogged());
+        // Records of calls are all kept, past the backlog limit; admission sees the backlog.
+        for i in 0..20 {
+            let rec = CallRecord {
+                sip_call_id: format!("call-{i}"),
+                ..Default::default()
+            };
+            audit.write("call.start", &rec);
+        }
+        assert!(
+            audit.backlogged(),
+            "a stalled writer must be visible to admission"
+        );
+        // While backlogged, admission refusals are only counted, even within the rate.
+        audit.write_admission_refusal(&refusal("audit backlog", "twilio"));
+        {
+            let (m, c) = &*gate;
+            *m.lock().unwrap() = true;
+            c.notify_all();
+        }
+        audit.flush();
+        assert!(!audit.backlogged());
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let starts = lines.iter().filter(|v| v["event"] == "call.start").count();
+        let refused = lines
+            .iter()
+            .filter(|v| v["event"] == "call.refused")
+            .count();
+        let summaries: Vec<_> = lines
+            .iter()
+            .filter(|v| v["event"] == "call.refused.summary")
+            .collect();
+        assert_eq!(starts, 20, "every call record is written");
+        assert_eq!(refused, 3);
+        assert_eq!(summaries.len(), 1);
+        assert_eq!(summaries[0]["suppressed"], 997 + 1);
     }
 }

@@ -271,6 +271,11 @@ pub struct AuditConfig {
     /// fsync after each record.
     pub fsync: bool,
     pub number_privacy: NumberPrivacy,
+    /// Refusals made before a call exists (admission: rate, capacity, identity) written as full
+    /// `call.refused` records per second; beyond it they are counted in a summary record.
+    pub refusal_records_per_second: u32,
+    /// How often the summary of suppressed refusals is written (when there is one).
+    pub refusal_summary_interval: std::time::Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -317,6 +322,13 @@ pub struct LimitsConfig {
     pub max_concurrent_calls: u32,
     /// SIGTERM: how long active calls may continue before sbc hangs them up.
     pub drain_timeout: Duration,
+    /// Bytes a connection's writer may hold queued (not yet handed to the kernel). The reader
+    /// stops reading while half of it is used; a message that would overflow it is refused and
+    /// the connection closed. At least 4 × `max_message_bytes`.
+    pub write_queue_bytes: usize,
+    /// Deadline for each write to a carrier connection (and for its close): a peer that does not
+    /// read for this long loses its connection.
+    pub write_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]

@@ -3,13 +3,15 @@
 //! to a carrier itself.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::audit::SipTls;
@@ -19,19 +21,35 @@ use crate::shared::{canonical_ip, CarrierState, Shared};
 use crate::sip::framing::{Frame, FrameError, Framer};
 use crate::sip::{Method, SipMessage};
 
+/// TCP keepalive on every carrier socket: first probe after this much silence...
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// ...then one probe this often...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// ...and the connection is dead after this many unanswered probes.
+const KEEPALIVE_PROBES: u32 = 3;
+/// `TCP_USER_TIMEOUT`: data the peer's kernel has not acknowledged for this long (a vanished
+/// peer, not a slow reader: that is `limits.write_timeout`) makes the kernel drop the connection.
+/// It also bounds the keepalive probing above to about the same minute.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
+/// The reader's read size: its buffer never grows beyond it (the framer holds at most
+/// `max_message_bytes` plus one read).
+const READ_CHUNK: usize = 8192;
+
 /// The sending half of a carrier connection. Responses go back on the connection the request came
 /// on (RFC 3261 §18.2.2); the call task keeps the latest one for its in-dialog requests.
 #[derive(Clone)]
 pub struct ConnHandle {
     pub id: u64,
     pub peer: SocketAddr,
-    pub(crate) tx: mpsc::Sender<Bytes>,
-    /// sbc opened this connection (to send a BYE): it carries in-dialog requests only.
+    /// True for a connection sbc opened itself (`connect_outbound`): it carries in-dialog
+    /// requests of that carrier's calls, never a new INVITE.
     pub outbound: bool,
+    pub(crate) tx: WriteTx,
 }
 
 impl ConnHandle {
-    /// Queues a message; false when the connection is gone or hopelessly backed up.
+    /// Queues a message; false when the connection is gone or its peer is not reading (the
+    /// message would overflow `limits.write_queue_bytes`: the connection is then closed).
     pub fn send(&self, msg: &SipMessage) -> bool {
         if let SipMessage::Response(r) = msg {
             m::sip_response(r.status);
@@ -42,6 +60,164 @@ impl ConnHandle {
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
+}
+
+/// Why sbc gave up on a connection (`WriteQueue::closed`); 0 while it is open.
+const OPEN: u8 = 0;
+/// A write (or the closing `close_notify`) passed `limits.write_timeout`.
+const WRITE_STUCK: u8 = 1;
+/// A message would have overflowed `limits.write_queue_bytes`.
+const WRITE_QUEUE_FULL: u8 = 2;
+/// A write failed (the peer reset the connection): nothing to report beyond debug.
+const WRITE_FAILED: u8 = 3;
+
+/// The state one connection's senders, writer and reader share: the bytes queued for the
+/// writer, bounded by `limit`, and whether the connection was given up.
+struct WriteQueue {
+    queued: AtomicUsize,
+    limit: usize,
+    closed: AtomicU8,
+    /// Woken when `closed` is set and when the writer handed bytes to the kernel.
+    changed: Notify,
+}
+
+impl WriteQueue {
+    fn new(limit: usize) -> WriteQueue {
+        WriteQueue {
+            queued: AtomicUsize::new(0),
+            limit,
+            closed: AtomicU8::new(OPEN),
+            changed: Notify::new(),
+        }
+    }
+
+    /// Takes `len` bytes of the budget; false (nothing taken) when they do not fit.
+    fn reserve(&self, len: usize) -> bool {
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                q.checked_add(len).filter(|&n| n <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, len: usize) {
+        self.queued.fetch_sub(len, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
+    fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// The reader reads more only while at most half the budget is used: the other half holds
+    /// the responses to what one read completed.
+    fn has_room(&self) -> bool {
+        self.queued() <= self.limit / 2
+    }
+
+    /// Gives the connection up; the first reason sticks.
+    fn close(&self, reason: u8) {
+        let _ = self
+            .closed
+            .compare_exchange(OPEN, reason, Ordering::AcqRel, Ordering::Acquire);
+        self.changed.notify_waiters();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire) != OPEN
+    }
+
+    /// The metric label of a reason worth a warning, `None` for the others.
+    fn warn_reason(&self) -> Option<&'static str> {
+        match self.closed.load(Ordering::Acquire) {
+            WRITE_STUCK => Some("write_stuck"),
+            WRITE_QUEUE_FULL => Some("write_queue_full"),
+            _ => None,
+        }
+    }
+
+    /// Returns once `pred` holds (checked after each change).
+    async fn wait_until(&self, pred: impl Fn(&WriteQueue) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a change between the check and the await is seen.
+            changed.as_mut().enable();
+            if pred(self) {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// The writer's queue as the senders see it: a channel bounded in bytes (not in messages, whose
+/// sizes vary from a 2-byte keep-alive pong to a 16 KB response).
+#[derive(Clone)]
+pub(crate) struct WriteTx {
+    tx: mpsc::UnboundedSender<Bytes>,
+    queue: Arc<WriteQueue>,
+}
+
+impl WriteTx {
+    /// Queues `b` for the writer. A message that would overflow the byte budget is refused and
+    /// the connection given up (its peer is not reading); `Err` also when it is closed.
+    pub(crate) fn try_send(&self, b: Bytes) -> Result<(), Bytes> {
+        if self.queue.is_closed() {
+            return Err(b);
+        }
+        let len = b.len();
+        if !self.queue.reserve(len) {
+            self.queue.close(WRITE_QUEUE_FULL);
+            return Err(b);
+        }
+        self.tx.send(b).map_err(|e| {
+            self.queue.release(len);
+            e.0
+        })
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed() || self.queue.is_closed()
+    }
+
+    /// Handles to this connection alive (the reader's own included).
+    pub(crate) fn strong_count(&self) -> usize {
+        self.tx.strong_count()
+    }
+}
+
+/// Keepalive and `TCP_USER_TIMEOUT` (see the constants), and no Nagle delay. Failures are
+/// logged, not fatal: the write deadline still bounds a stuck peer.
+fn tune_socket(tcp: &TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let sock = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
+        debug!(error = %e, "cannot set TCP keepalive");
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = sock.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT)) {
+        debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
+    }
+}
+
+/// The addresses of `resolved` that lie inside one of the carrier's `sources` (IPv4-mapped IPv6
+/// compared, and connected to, as IPv4). Nothing a peer sends decides where sbc connects beyond
+/// what configuration allows.
+fn allowed_targets(resolved: &[SocketAddr], sources: &[IpNet]) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for a in resolved {
+        let ip = canonical_ip(a.ip());
+        let a = SocketAddr::new(ip, a.port());
+        if sources.iter().any(|net| net.contains(&ip)) && !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
 }
 
 pub(crate) fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -98,7 +274,7 @@ async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr)
         m::connection_refused("source_not_allowed");
         return;
     };
-    let _slot = {
+    let slot = {
         let mut map = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(ip).or_insert(0);
         if *n >= live.config.limits.max_connections_per_ip {
@@ -113,7 +289,7 @@ async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr)
             ip,
         }
     };
-    let _ = tcp.set_nodelay(true);
+    tune_socket(&tcp);
     let handshake = tokio::time::timeout(
         live.config.limits.tls_handshake_timeout,
         live.acceptor.accept(tcp),
@@ -159,12 +335,15 @@ async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr)
             return;
         }
     }
-    run_connection(shared, carrier, sip_tls, tls, peer, None).await;
+    run_connection(shared, carrier, sip_tls, tls, peer, None, Some(slot)).await;
 }
 
 /// Opens a TLS connection to a carrier for a request sbc originates when the dialog's connection
-/// is gone (RFC 3261 §18.1.1: a new connection to the target). The carrier's certificate is
-/// verified (`tls::carrier_client_config`). Responses on it are routed like any other.
+/// is gone (RFC 3261 §18.1.1: a new connection to the target). `host` comes from what the carrier
+/// sent (Contact, Record-Route), so it is resolved and only addresses inside the carrier's
+/// `source_cidrs` are tried: otherwise the error says the target is outside them. The carrier's
+/// certificate is verified (`tls::carrier_client_config`). Responses on it are routed like any
+/// other; the handle is marked `outbound`.
 pub async fn connect_outbound(
     shared: Arc<Shared>,
     carrier: Arc<CarrierState>,
@@ -177,9 +356,41 @@ pub async fn connect_outbound(
     let live = shared.live();
     let timeout = live.config.limits.tls_handshake_timeout;
     let connect = async {
-        let tcp = TcpStream::connect((host.as_str(), port)).await?;
+        let resolved: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::net::lookup_host((host.as_str(), port))
+                .await?
+                .collect(),
+        };
+        let targets = allowed_targets(&resolved, &carrier.config.sources);
+        if targets.is_empty() {
+            let resolved: Vec<String> = resolved.iter().map(|a| a.ip().to_string()).collect();
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "target {host}:{port} (resolved to [{}]) is outside the carrier's source_cidrs: not connecting",
+                    resolved.join(", ")
+                ),
+            ));
+        }
+        let mut last_err = None;
+        let mut tcp = None;
+        for addr in targets {
+            match TcpStream::connect(addr).await {
+                Ok(t) => {
+                    tcp = Some(t);
+                    break;
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        let tcp = match (tcp, last_err) {
+            (Some(t), _) => t,
+            (None, Some(e)) => return Err(e),
+            (None, None) => return Err(Error::new(ErrorKind::NotConnected, "no address")),
+        };
         let peer = tcp.peer_addr()?;
-        let _ = tcp.set_nodelay(true);
+        tune_socket(&tcp);
         let tls = tokio_rustls::TlsConnector::from(Arc::clone(&live.carrier_tls))
             .connect(server_name, tcp)
             .await?;
@@ -207,6 +418,7 @@ pub async fn connect_outbound(
         tls,
         peer,
         Some(ready_tx),
+        None,
     ));
     ready_rx
         .await
@@ -214,6 +426,14 @@ pub async fn connect_outbound(
 }
 
 /// Reads, frames and routes SIP on an established TLS stream (either direction) until it closes.
+/// `ready` is given the handle of a connection sbc opened (`connect_outbound`); `slot` is the
+/// per-IP slot of an accepted one, released only once the socket is closed.
+///
+/// Memory per connection is bounded: the writer's queue by `limits.write_queue_bytes` (the reader
+/// stops reading while half of it is used, so a pipelining peer that does not read is pushed
+/// back by TCP), the read buffer by `READ_CHUNK`, the framer by `max_message_bytes` plus one read.
+/// Every write has the deadline `limits.write_timeout`: past it (or when the queue overflows)
+/// the connection is given up, the writer and the reader stop, and the socket is closed.
 async fn run_connection<S>(
     shared: Arc<Shared>,
     carrier: Arc<CarrierState>,
@@ -221,6 +441,7 @@ async fn run_connection<S>(
     tls: S,
     peer: SocketAddr,
     ready: Option<tokio::sync::oneshot::Sender<ConnHandle>>,
+    slot: Option<IpSlot>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
@@ -228,52 +449,93 @@ async fn run_connection<S>(
     let span = info_span!("conn", id = conn_id, %peer, carrier = %carrier.config.name);
     async move {
         debug!(version = %sip_tls.version, cipher = %sip_tls.cipher, "TLS established");
+        let live = shared.live();
+        let limits = &live.config.limits;
+        let write_timeout = limits.write_timeout;
         let (mut rd, mut wr) = tokio::io::split(tls);
-        let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+        let queue = Arc::new(WriteQueue::new(limits.write_queue_bytes));
         // Dropped when the reader stops: the connection is gone (or we gave up on it).
         let (reader_done, mut reader_gone) = tokio::sync::oneshot::channel::<()>();
-        let writer = tokio::spawn(async move {
-            let mut closed = false;
-            loop {
-                tokio::select! {
-                    biased;
-                    b = rx.recv() => match b {
-                        Some(b) => {
-                            if wr.write_all(&b).await.is_err() {
-                                break;
-                            }
+        let mut writer = {
+            let queue = Arc::clone(&queue);
+            tokio::spawn(async move {
+                let mut reader_stopped = false;
+                loop {
+                    let next = tokio::select! {
+                        biased;
+                        _ = queue.wait_until(WriteQueue::is_closed) => break,
+                        b = rx.recv() => b,
+                        _ = &mut reader_gone, if !reader_stopped => {
+                            // Refuse new messages from now on, so that a call still holding
+                            // this handle sees `send` fail and opens a new connection for its
+                            // BYE instead of writing it into a socket the peer already closed.
+                            // What was queued before still goes out (a response to the last
+                            // request): `recv` yields it, then `None`.
+                            rx.close();
+                            reader_stopped = true;
+                            continue;
                         }
-                        None => break,
-                    },
-                    _ = &mut reader_gone, if !closed => {
-                        // Refuse new messages from now on, so that a call still holding this
-                        // handle sees `send` fail and opens a new connection for its BYE
-                        // instead of writing it into a socket the peer already closed. What
-                        // was queued before still goes out (a response to the last request):
-                        // `recv` yields it, then `None`.
-                        rx.close();
-                        closed = true;
+                    };
+                    let Some(b) = next else { break };
+                    let written = tokio::select! {
+                        biased;
+                        _ = queue.wait_until(WriteQueue::is_closed) => break,
+                        r = tokio::time::timeout(write_timeout, async {
+                            wr.write_all(&b).await?;
+                            // Out of rustls's buffer too, not only into it.
+                            wr.flush().await
+                        }) => r,
+                    };
+                    queue.release(b.len());
+                    match written {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            debug!(error = %e, "write error: closing");
+                            queue.close(WRITE_FAILED);
+                            break;
+                        }
+                        Err(_) => {
+                            queue.close(WRITE_STUCK);
+                            break;
+                        }
                     }
                 }
-            }
-            let _ = wr.shutdown().await;
-        });
+                if !queue.is_closed()
+                    && tokio::time::timeout(write_timeout, wr.shutdown())
+                        .await
+                        .is_err()
+                {
+                    queue.close(WRITE_STUCK);
+                }
+            })
+        };
         let handle = ConnHandle {
             id: conn_id,
             peer,
-            tx,
             outbound: ready.is_some(),
+            tx: WriteTx {
+                tx,
+                queue: Arc::clone(&queue),
+            },
         };
         if let Some(ready) = ready {
             let _ = ready.send(handle.clone());
         }
         let ctx = ConnCtx::new(Arc::clone(&shared), carrier, sip_tls, handle);
-        let live = shared.live();
-        let mut framer = Framer::new(live.config.limits.max_message_bytes);
-        let mut buf = BytesMut::with_capacity(8192);
-        let idle = live.config.limits.idle_timeout;
+        let mut framer = Framer::new(limits.max_message_bytes);
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let idle = limits.idle_timeout;
         let mut linger = false;
         'read: loop {
+            // Backpressure: nothing more is read (so nothing more answered) while the peer
+            // leaves half the write queue unread. The writer's deadline bounds this wait.
+            queue
+                .wait_until(|q| q.is_closed() || q.has_room())
+                .await;
+            if queue.is_closed() {
+                break;
+            }
             buf.clear();
             // A revoked connection is checked every second, so that it closes soon after its
             // last call ended even when the carrier sends nothing more.
@@ -282,7 +544,12 @@ async fn run_connection<S>(
             } else {
                 idle
             };
-            let n = match tokio::time::timeout(wait, rd.read_buf(&mut buf)).await {
+            let read = tokio::select! {
+                biased;
+                _ = queue.wait_until(WriteQueue::is_closed) => break 'read,
+                r = tokio::time::timeout(wait, rd.read_buf(&mut buf)) => r,
+            };
+            let n = match read {
                 Err(_) => {
                     // A call whose dialog uses this connection holds a handle to it: the
                     // connection is not idle while such a call lasts, however quiet the
@@ -347,23 +614,41 @@ async fn run_connection<S>(
         }
         drop(ctx);
         drop(reader_done);
-        if linger {
+        if linger && !queue.is_closed() {
             // Lingering close: the peer may still be sending the rest of the refused message.
             // Closing with unread data makes the kernel send a RST, which can destroy the 413
             // before the peer reads it; read and discard for a moment while the writer sends
             // the response and close_notify.
             let mut sink = [0u8; 4096];
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                while let Ok(n) = rd.read(&mut sink).await {
-                    if n == 0 {
-                        break;
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = queue.wait_until(WriteQueue::is_closed) => break,
+                        r = rd.read(&mut sink) => match r {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        },
                     }
                 }
             })
             .await;
         }
-        // The writer sends what is queued and ends; give it a moment, then stop waiting.
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        // The writer sends what is queued and ends. It gets one write deadline for all of it;
+        // past that the peer is not reading and the writer is stopped.
+        if tokio::time::timeout(write_timeout, &mut writer).await.is_err() {
+            queue.close(WRITE_STUCK);
+            writer.abort();
+            // Awaited after the abort: the task (and its half of the socket) is gone after this.
+            let _ = writer.await;
+        }
+        if let Some(reason) = queue.warn_reason() {
+            warn!(%peer, reason, queued = queue.queued(), "peer is not reading what sbc sends: connection closed");
+            m::connection_closed(reason);
+        }
+        // Both halves dropped: the socket is closed; only then is the per-IP slot released.
+        drop(rd);
+        drop(slot);
     }
     .instrument(span)
     .await;
@@ -397,6 +682,185 @@ impl std::fmt::Debug for ConnHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn outbound_targets_are_kept_only_inside_the_carrier_sources() {
+        let sources: Vec<IpNet> = vec![
+            "192.0.2.0/30".parse().unwrap(),
+            "2001:db8::/64".parse().unwrap(),
+        ];
+        assert_eq!(
+            allowed_targets(&[addr("192.0.2.1:5061")], &sources),
+            [addr("192.0.2.1:5061")]
+        );
+        // Outside: the next /30, another network, loopback, a metadata address.
+        for outside in [
+            "192.0.2.4:5061",
+            "198.51.100.1:5061",
+            "127.0.0.1:5061",
+            "169.254.169.254:80",
+            "[2001:db8:0:1::1]:5061",
+            "[::1]:5061",
+        ] {
+            assert!(
+                allowed_targets(&[addr(outside)], &sources).is_empty(),
+                "{outside}"
+            );
+        }
+        // An IPv4-mapped IPv6 address is compared, and connected to, as IPv4.
+        assert_eq!(
+            allowed_targets(&[addr("[::ffff:192.0.2.2]:5061")], &sources),
+            [addr("192.0.2.2:5061")]
+        );
+        assert!(allowed_targets(&[addr("[::ffff:198.51.100.1]:5061")], &sources).is_empty());
+        // A name resolving to several addresses: only those inside, in order, without repeats.
+        assert_eq!(
+            allowed_targets(
+                &[
+                    addr("198.51.100.1:5061"),
+                    addr("[2001:db8::5]:5061"),
+                    addr("192.0.2.3:5061"),
+                    addr("[::ffff:192.0.2.3]:5061"),
+                ],
+                &sources
+            ),
+            [addr("[2001:db8::5]:5061"), addr("192.0.2.3:5061")]
+        );
+        assert!(allowed_targets(&[addr("192.0.2.1:5061")], &[]).is_empty());
+    }
+
+    fn write_tx(limit: usize) -> (WriteTx, mpsc::UnboundedReceiver<Bytes>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(WriteQueue::new(limit));
+        (WriteTx { tx, queue }, rx)
+    }
+
+    #[test]
+    fn the_write_queue_is_bounded_in_bytes_and_overflow_gives_the_connection_up() {
+        let (tx, mut rx) = write_tx(1000);
+        assert!(tx.try_send(Bytes::from(vec![0u8; 400])).is_ok());
+        assert!(
+            tx.queue.has_room(),
+            "400 of 1000 bytes: the reader may read"
+        );
+        assert!(tx.try_send(Bytes::from(vec![0u8; 400])).is_ok());
+        assert!(!tx.queue.has_room(), "800 of 1000: the reader waits");
+        assert_eq!(tx.queue.queued(), 800);
+        // The writer hands one message to the kernel: its bytes are free again.
+        let b = rx.try_recv().unwrap();
+        tx.queue.release(b.len());
+        assert_eq!(tx.queue.queued(), 400);
+        assert!(!tx.is_closed());
+        // A message that would overflow is refused, and the connection is given up.
+        assert!(tx.try_send(Bytes::from(vec![0u8; 601])).is_err());
+        assert_eq!(tx.queue.queued(), 400, "a refused message takes nothing");
+        assert!(tx.is_closed());
+        assert_eq!(tx.queue.warn_reason(), Some("write_queue_full"));
+        // Nothing more is accepted, however small.
+        assert!(tx.try_send(Bytes::from_static(b"\r\n")).is_err());
+        // The first reason sticks.
+        tx.queue.close(WRITE_STUCK);
+        assert_eq!(tx.queue.warn_reason(), Some("write_queue_full"));
+    }
+
+    #[test]
+    fn a_write_queue_whose_reader_is_gone_refuses_messages() {
+        let (tx, rx) = write_tx(1000);
+        drop(rx);
+        assert!(tx.try_send(Bytes::from_static(b"x")).is_err());
+        assert_eq!(tx.queue.queued(), 0);
+        assert!(tx.is_closed());
+        assert_eq!(tx.queue.warn_reason(), None, "not the peer's fault");
+    }
+
+    #[tokio::test]
+    async fn waiting_for_room_ends_when_bytes_are_released_or_the_connection_closes() {
+        let (tx, _rx) = write_tx(1000);
+        assert!(tx.try_send(Bytes::from(vec![0u8; 900])).is_ok());
+        let q = Arc::clone(&tx.queue);
+        let waiter = tokio::spawn(async move {
+            q.wait_until(|q| q.is_closed() || q.has_room()).await;
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        tx.queue.release(900);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the release")
+            .unwrap();
+
+        let q = Arc::clone(&tx.queue);
+        let waiter = tokio::spawn(async move { q.wait_until(WriteQueue::is_closed).await });
+        tokio::task::yield_now().await;
+        tx.queue.close(WRITE_STUCK);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the close")
+            .unwrap();
+        assert_eq!(tx.queue.warn_reason(), Some("write_stuck"));
+    }
+
+    const MINIMAL: &str = r#"
+[tls]
+dev_self_signed = true
+[sip]
+listen = ["127.0.0.1:5061"]
+[[carriers]]
+name = "lo"
+source_cidrs = ["127.0.0.0/8"]
+[media]
+advertise_address = "127.0.0.1"
+[agent]
+[[agent.routes]]
+default = true
+url = "builtin:echo"
+[audit]
+path = "-"
+"#;
+
+    fn parse(text: &str) -> Result<crate::config::Config, String> {
+        crate::config::Config::parse_str(text, std::path::Path::new("/etc/sbc/t.toml"))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn write_limits_have_documented_defaults_and_are_checked() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.limits.write_queue_bytes, 256 * 1024);
+        assert_eq!(c.limits.write_timeout, Duration::from_secs(10));
+        let c = parse(&format!(
+            "{MINIMAL}[limits]\nwrite_queue_bytes = 65536\nwrite_timeout_secs = 3\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.write_queue_bytes, 65536);
+        assert_eq!(c.limits.write_timeout, Duration::from_secs(3));
+        for (limits, expected) in [
+            (
+                "write_timeout_secs = 0",
+                "limits.write_timeout_secs must be greater than 0",
+            ),
+            (
+                "write_queue_bytes = 0",
+                "limits.write_queue_bytes must be greater than 0",
+            ),
+            (
+                "write_queue_bytes = 65535",
+                "must be at least 4 × limits.max_message_bytes",
+            ),
+            (
+                "max_message_bytes = 65537\nmax_sdp_bytes = 8192",
+                "must be at least 4 × limits.max_message_bytes (65537)",
+            ),
+            ("write_queue = 1", "unknown field"),
+        ] {
+            let err = parse(&format!("{MINIMAL}[limits]\n{limits}\n")).unwrap_err();
+            assert!(err.contains(expected), "{limits}: {err}");
+        }
+    }
 
     #[test]
     fn client_certificate_names_are_checked() {

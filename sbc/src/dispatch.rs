@@ -269,7 +269,7 @@ impl ConnCtx {
                     received_at: crate::audit::now_rfc3339(),
                     ..Default::default()
                 };
-                shared.audit.write("call.refused", &rec);
+                shared.audit.write_admission_refusal(&rec);
                 m::call_outcome("refused");
                 return;
             }

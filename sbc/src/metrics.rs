@@ -19,6 +19,7 @@ pub const RTP_PACKETS_TOTAL: &str = "sbc_rtp_packets_total";
 pub const AGENT_CONNECT_SECONDS: &str = "sbc_agent_connect_seconds";
 pub const MEDIA_PACKET_LATENCY_SECONDS: &str = "sbc_media_packet_latency_seconds";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "sbc_connections_refused_total";
+pub const CONNECTIONS_CLOSED_TOTAL: &str = "sbc_connections_closed_total";
 
 /// Starts the HTTP scrape endpoint. Must run inside the tokio runtime.
 pub fn install(listen: SocketAddr) -> Result<(), String> {
@@ -104,4 +105,10 @@ pub fn api_request(route: &'static str, status: u16) {
 /// the delivery queue was full.
 pub fn status_callback_failed(why: &'static str) {
     metrics::counter!("sbc_status_callback_failures_total", "reason" => why).increment(1);
+}
+
+/// A connection sbc closed because its peer stopped reading. `reason`: `write_stuck` (a write
+/// passed `limits.write_timeout_secs`), `write_queue_full` (`limits.write_queue_bytes` overflowed).
+pub fn connection_closed(reason: &'static str) {
+    counter!(CONNECTIONS_CLOSED_TOTAL, "reason" => reason).increment(1);
 }

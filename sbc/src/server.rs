@@ -43,7 +43,12 @@ pub async fn run(loaded: Loaded) -> Result<(), ServerError> {
     let counters = CounterTable::default();
     let live = Live::build(loaded, &counters);
     let config = Arc::clone(&live.config);
-    let audit = Audit::open(&config.audit)?;
+    // Lines waiting for the audit writer beyond which new calls are refused: two records per
+    // call that can be up, and room for the refusals the gate lets through.
+    let backlog_limit = (config.limits.max_concurrent_calls as usize)
+        .saturating_mul(2)
+        .max(crate::audit::DEFAULT_BACKLOG_LIMIT);
+    let audit = Audit::open(&config.audit, backlog_limit)?;
     if let Some(mc) = &config.metrics {
         m::install(mc.listen).map_err(ServerError::Metrics)?;
     }
@@ -124,6 +129,9 @@ pub async fn run(loaded: Loaded) -> Result<(), ServerError> {
     for l in listeners {
         l.abort();
     }
+    // Every record of the drained calls reaches the file before the process exits.
+    let audit_owner = Arc::clone(&shared);
+    let _ = tokio::task::spawn_blocking(move || audit_owner.audit.flush()).await;
     info!("sbc stopped");
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! `sbc check-config` on good and bad input: the real binary, temporary files, certificates made
-//! with rcgen here. Every bad input must give exit code 1 and one message that names the file
+//! by the workspace test PKI (`interop_tests::pki`). Every bad input must give exit code 1 and one message that names the file
 //! and, for config values, the line and column of the value.
 
 use std::path::{Path, PathBuf};
@@ -53,28 +53,10 @@ struct Pki {
 impl Pki {
     fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
-        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "sbc test CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        let ca = interop_tests::pki::TestCa::root("sbc test CA");
+        ca.write_pem(&dir.path().join("ca.pem"));
         for name in ["server", "other"] {
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-            let params = rcgen::CertificateParams::new(vec!["sbc.test".to_string()]).unwrap();
-            let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-            std::fs::write(
-                dir.path().join(format!("{name}.pem")),
-                cert.pem() + &ca.pem(),
-            )
-            .unwrap();
-            std::fs::write(
-                dir.path().join(format!("{name}-key.pem")),
-                key.serialize_pem(),
-            )
-            .unwrap();
+            ca.issue(dir.path(), name, &["sbc.test"], true);
         }
         Pki { dir }
     }

@@ -29,25 +29,10 @@ fn s_client(port: u16, args: &[&str]) -> (bool, String) {
 fn listener_posture() {
     let pki = Pki::new();
     // Serve a chain: leaf signed by an intermediate signed by the root.
-    let int_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut int_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    int_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    int_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "sbc test intermediate");
-    let root_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut root_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    root_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let root = root_params.self_signed(&root_key).unwrap();
-    let int = int_params.signed_by(&int_key, &root, &root_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &int, &int_key)
-        .unwrap();
-    std::fs::write(pki.path("sbc.pem"), format!("{}{}", leaf.pem(), int.pem())).unwrap();
-    std::fs::write(pki.path("sbc-key.pem"), leaf_key.serialize_pem()).unwrap();
-    std::fs::write(pki.path("root.pem"), root.pem()).unwrap();
+    let root = interop_tests::pki::TestCa::root("sbc test root");
+    let int = root.intermediate("sbc test intermediate");
+    int.issue(pki.dir.path(), "sbc", &["127.0.0.1"], true);
+    root.write_pem(&pki.path("root.pem"));
 
     let port = free_port();
     let cfg = pki.path("sbc.toml");

@@ -986,10 +986,19 @@ fn audit(ctx: &Ctx, r: raw::RawAudit) -> Result<AuditConfig, ConfigError> {
             ))
         }
     };
+    let (refusal_records_per_second, _) = val(&r.refusal_records_per_second, 10);
+    let refusal_summary_interval = secs(
+        ctx,
+        &r.refusal_summary_interval_secs,
+        60,
+        "audit.refusal_summary_interval_secs",
+    )?;
     Ok(AuditConfig {
         sink,
         fsync,
         number_privacy,
+        refusal_records_per_second,
+        refusal_summary_interval,
     })
 }
 
@@ -1227,7 +1236,28 @@ fn limits(ctx: &Ctx, r: raw::RawLimits) -> Result<LimitsConfig, ConfigError> {
             "limits.max_concurrent_calls",
         )?,
         drain_timeout: secs(ctx, &r.drain_timeout_secs, 30, "limits.drain_timeout_secs")?,
+        write_queue_bytes: usize_of(
+            ctx,
+            &r.write_queue_bytes,
+            256 * 1024,
+            "limits.write_queue_bytes",
+        )?,
+        write_timeout: secs(ctx, &r.write_timeout_secs, 10, "limits.write_timeout_secs")?,
     };
+    // The reader pauses at half the queue; the other half holds the responses to what one read
+    // completed (at most a whole message, echoed headers included).
+    if l.write_queue_bytes / 4 < l.max_message_bytes {
+        return Err(ctx.at_opt(
+            r.write_queue_bytes
+                .as_ref()
+                .or(r.max_message_bytes.as_ref())
+                .map(|s| s.span()),
+            format!(
+                "limits.write_queue_bytes ({}) must be at least 4 × limits.max_message_bytes ({})",
+                l.write_queue_bytes, l.max_message_bytes
+            ),
+        ));
+    }
     if l.max_sdp_bytes > l.max_message_bytes {
         return Err(ctx.at_opt(
             r.max_sdp_bytes

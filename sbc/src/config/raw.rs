@@ -137,6 +137,8 @@ pub(crate) struct RawAudit {
     pub fsync: Option<S<bool>>,
     pub number_privacy: Option<S<String>>,
     pub hash_salt_file: Option<S<String>>,
+    pub refusal_records_per_second: Option<S<u32>>,
+    pub refusal_summary_interval_secs: Option<S<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +159,8 @@ pub(crate) struct RawLimits {
     pub idle_timeout_secs: Option<S<u64>>,
     pub max_concurrent_calls: Option<S<u32>>,
     pub drain_timeout_secs: Option<S<u64>>,
+    pub write_queue_bytes: Option<S<u64>>,
+    pub write_timeout_secs: Option<S<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

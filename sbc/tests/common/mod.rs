@@ -12,22 +12,20 @@ use std::time::{Duration, Instant};
 pub struct Pki {
     pub dir: tempfile::TempDir,
     pub ca_der: rustls_pki_types::CertificateDer<'static>,
+    pub ca: interop_tests::pki::TestCa,
 }
 
 impl Pki {
+    /// A test CA (`ca.pem`) and sbc's server certificate for 127.0.0.1 (`sbc.pem`,
+    /// `sbc-key.pem`), from the workspace's one test PKI builder (`interop_tests::pki`).
     pub fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
-        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-        let leaf = params.signed_by(&key, &ca, &ca_key).unwrap();
-        std::fs::write(dir.path().join("sbc.pem"), leaf.pem()).unwrap();
-        std::fs::write(dir.path().join("sbc-key.pem"), key.serialize_pem()).unwrap();
+        let ca = interop_tests::pki::TestCa::root("sbc test CA");
+        ca.write_pem(&dir.path().join("ca.pem"));
+        ca.issue(dir.path(), "sbc", &["127.0.0.1"], true);
         Pki {
-            ca_der: ca.der().clone(),
+            ca_der: ca.der(),
+            ca,
             dir,
         }
     }

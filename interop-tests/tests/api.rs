@@ -494,6 +494,8 @@ fn transfer_by_api_refer_notify_then_bye() {
     let end = sbc.wait_audit(Duration::from_secs(10), |v| v["event"] == "call.end");
     assert_eq!(end["end_reason"], "transferred", "{end}");
     assert_eq!(end["end_detail"], "tel:+15550009999", "{end}");
+    assert_eq!(end["transfer"]["outcome"], "completed", "{end}");
+    assert_eq!(end["transfer"]["sip_status"], 200, "{end}");
     let (_, v) = curl(&env, ACCOUNT, TOKEN, &[], &call_path);
     assert_eq!(v["status"], "completed", "{v}");
     assert_eq!(v["transfer"]["outcome"], "completed", "{v}");
@@ -557,6 +559,14 @@ fn transfer_by_agent_fails_busy_and_the_call_goes_on() {
     o.rtp_check().assert_clean(&o, 0.5);
     let end = sbc.wait_audit(Duration::from_secs(10), |v| v["event"] == "call.end");
     assert_eq!(end["end_reason"], "carrier_bye", "{end}");
+    assert_eq!(
+        (
+            end["transfer"]["outcome"].as_str(),
+            end["transfer"]["sip_status"].as_u64()
+        ),
+        (Some("failed"), Some(486)),
+        "{end}"
+    );
     // Not allowed by the route: refused before any REFER.
     assert!(!o.messages_log().contains("tel:+4420"));
 }

@@ -431,8 +431,13 @@ impl Call {
         }
     }
 
-    /// Records where a transfer stands for the API.
+    /// Records where a transfer stands, for the API and the audit record.
     fn transfer_outcome(&mut self, to: &str, outcome: &str, sip_status: Option<u16>) {
+        self.record.transfer = Some(crate::audit::TransferAudit {
+            to: to.to_string(),
+            outcome: outcome.to_string(),
+            sip_status,
+        });
         if let Some(sid) = &self.call_sid {
             let info = crate::api::registry::TransferInfo {
                 to: to.to_string(),

@@ -46,6 +46,10 @@ pub struct SbcOptions {
     pub extra_carriers: Vec<(String, Vec<String>)>,
     /// Extra `[agent]` lines, e.g. `"send_timeout_ms = 500"`.
     pub extra_agent: Vec<String>,
+    /// Extra lines in the default `[[agent.routes]]`, e.g. `"account_sid = \"AC...\""`.
+    pub extra_default_route: Vec<String>,
+    /// Extra TOML at the end of the file (whole sections, e.g. `[api]`).
+    pub extra_toml: Vec<String>,
 }
 
 impl SbcOptions {
@@ -71,6 +75,8 @@ impl SbcOptions {
             extra_audit: Vec::new(),
             extra_carriers: Vec::new(),
             extra_agent: Vec::new(),
+            extra_default_route: Vec::new(),
+            extra_toml: Vec::new(),
         }
     }
 
@@ -135,6 +141,7 @@ passthrough_headers = ["X-Twilio-CallSid"]
 {routes}[[agent.routes]]
 default = true
 url = {url:?}
+{extra_route}
 
 [audit]
 path = {audit}
@@ -151,6 +158,8 @@ max_connections_per_ip = {maxconn}
 [log]
 format = "json"
 level = {level:?}
+
+{extra_toml}
 "#,
         sip = p.sip,
         ringing = o.ringing_after_ms,
@@ -176,6 +185,8 @@ level = {level:?}
         extra_carrier = o.extra_carrier.join("\n"),
         extra_audit = o.extra_audit.join("\n"),
         extra_agent = o.extra_agent.join("\n"),
+        extra_route = o.extra_default_route.join("\n"),
+        extra_toml = o.extra_toml.join("\n"),
         extra_carriers = o
             .extra_carriers
             .iter()

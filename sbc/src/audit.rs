@@ -646,6 +646,19 @@ pub struct CallRecord {
     pub end_reason: Option<String>,
     pub end_detail: Option<String>,
     pub media: MediaAudit,
+    /// The last transfer asked for (API `<Dial>` or the agent's `transfer` message), if any.
+    pub transfer: Option<TransferAudit>,
+}
+
+/// A blind transfer (REFER) and how it ended.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TransferAudit {
+    /// The `Refer-To` target (`tel:+E164` or a SIP URI).
+    pub to: String,
+    /// `requested`, `accepted`, `completed` or `failed`.
+    pub outcome: String,
+    /// The REFER's or the sipfrag's SIP status (408: no final NOTIFY in time).
+    pub sip_status: Option<u16>,
 }
 
 #[cfg(test)]

@@ -36,6 +36,9 @@ pub enum CallInput {
     Hangup(HangupCause),
     /// A new connection to the carrier that sbc opened for this call: use it from now on.
     Adopt(ConnHandle),
+    /// Blind transfer (RFC 3515) to `tel:+E164` or a SIP URI, already checked against the
+    /// route's `transfer_allow` (API `<Dial>`).
+    Transfer(String),
 }
 
 /// Everything a new call task starts with.
@@ -115,6 +118,20 @@ struct Call {
     rng: rand::rngs::StdRng,
     end_reason: Option<&'static str>,
     end_detail: Option<String>,
+    /// The route the call took (owning account, transfer allow-list).
+    route: Option<crate::config::Route>,
+    /// The CallSid the agent and the API know the call by, once answered.
+    call_sid: Option<String>,
+    /// The agent's streamSid, once answered.
+    stream_sid: String,
+    /// The transfer in progress: its target.
+    transfer_to: Option<String>,
+    /// sbc's own messages for the agent (transfer results), sent with the bridge's.
+    agent_notes: std::collections::VecDeque<String>,
+    /// Status callbacks sent so far (`SequenceNumber`).
+    callback_seq: u32,
+    /// When the call was answered (for `CallDuration`).
+    answered_at: Option<Instant>,
 }
 
 impl Call {
@@ -151,6 +168,13 @@ impl Call {
             rng,
             end_reason: None,
             end_detail: None,
+            route: None,
+            call_sid: None,
+            stream_sid: String::new(),
+            transfer_to: None,
+            agent_notes: Default::default(),
+            callback_seq: 0,
+            answered_at: None,
         }
     }
 
@@ -175,6 +199,7 @@ impl Call {
             }
             Ok(None) => {
                 // Cancelled or the carrier went away during setup.
+                self.status_callback(crate::config::CallbackEvent::Completed, "canceled");
                 self.finish_without_media().await;
             }
             Err(refuse) => {
@@ -194,6 +219,7 @@ impl Call {
                 };
                 self.shared.audit.write("call.refused", &self.record);
                 m::call_outcome("refused");
+                self.status_callback(crate::config::CallbackEvent::Completed, "failed");
                 self.finish_without_media().await;
             }
         }
@@ -316,8 +342,110 @@ impl Call {
                 self.uas.hangup(now, cause);
             }
             CallInput::Adopt(conn) => self.conn = conn,
+            CallInput::Transfer(to) => self.start_transfer(now, to),
         }
         self.flush_sip();
+    }
+
+    /// Sends a REFER (API `<Dial>`, or the agent's `transfer` message once checked against
+    /// the route's allow-list).
+    fn start_transfer(&mut self, now: Instant, to: String) {
+        if self.end_reason.is_some() || !self.uas.refer(now, &to) {
+            info!(%to, "transfer refused: the call is not confirmed, ending, or already transferring");
+            self.transfer_outcome(&to, "failed", None);
+            self.agent_notes
+                .push_back(srtp_bridge::agent::transfer_result(
+                    &self.stream_sid,
+                    &to,
+                    "failed",
+                    None,
+                ));
+            return;
+        }
+        info!(%to, "transfer: REFER sent");
+        self.transfer_outcome(&to, "requested", None);
+        self.transfer_to = Some(to);
+    }
+
+    /// The agent asked for a transfer over its WebSocket.
+    fn agent_transfer(&mut self, now: Instant, to: String) {
+        let allow = self
+            .route
+            .as_ref()
+            .map(|r| r.transfer_allow.as_slice())
+            .unwrap_or_default();
+        let valid = crate::api::twiml::transfer_target(&to);
+        match valid {
+            Some(target) if crate::api::transfer_allowed(allow, &target) => {
+                self.start_transfer(now, target)
+            }
+            _ => {
+                info!(to = %to.chars().take(64).collect::<String>(), "agent transfer refused: not in transfer_allow");
+                self.agent_notes
+                    .push_back(srtp_bridge::agent::transfer_result(
+                        &self.stream_sid,
+                        &to,
+                        "forbidden",
+                        None,
+                    ));
+            }
+        }
+    }
+
+    /// Acts on the REFER's progress: BYE after a successful transfer, else the call goes on.
+    fn on_transfer(&mut self, now: Instant, ev: crate::sip::TransferEvent) {
+        use crate::sip::TransferEvent as T;
+        let to = self.transfer_to.clone().unwrap_or_default();
+        match ev {
+            T::Accepted => {
+                info!(%to, "transfer accepted (202)");
+                self.transfer_outcome(&to, "accepted", Some(202));
+            }
+            T::Progress(status) => debug!(%to, status, "transfer progress"),
+            T::Succeeded(status) => {
+                info!(%to, status, "transfer completed: leaving the call");
+                self.transfer_to = None;
+                self.transfer_outcome(&to, "completed", Some(status));
+                self.agent_notes
+                    .push_back(srtp_bridge::agent::transfer_result(
+                        &self.stream_sid,
+                        &to,
+                        "completed",
+                        Some(status),
+                    ));
+                self.set_end("transferred", Some(to));
+                self.uas.hangup(now, HangupCause::Transferred);
+            }
+            T::Failed(status) => {
+                info!(%to, status, "transfer failed: the call goes on");
+                self.transfer_to = None;
+                self.transfer_outcome(&to, "failed", Some(status));
+                self.agent_notes
+                    .push_back(srtp_bridge::agent::transfer_result(
+                        &self.stream_sid,
+                        &to,
+                        "failed",
+                        Some(status),
+                    ));
+            }
+        }
+    }
+
+    /// Records where a transfer stands, for the API and the audit record.
+    fn transfer_outcome(&mut self, to: &str, outcome: &str, sip_status: Option<u16>) {
+        self.record.transfer = Some(crate::audit::TransferAudit {
+            to: to.to_string(),
+            outcome: outcome.to_string(),
+            sip_status,
+        });
+        if let Some(sid) = &self.call_sid {
+            let info = crate::api::registry::TransferInfo {
+                to: to.to_string(),
+                outcome: outcome.to_string(),
+                sip_status,
+            };
+            self.shared.calls.update(sid, |e| e.transfer = Some(info));
+        }
     }
 
     fn set_end(&mut self, reason: &'static str, detail: Option<String>) {
@@ -382,7 +510,8 @@ impl Call {
             return Err(refuse_488(format!("too many media lines ({media_lines})")));
         }
         let called = self.invite.called_number().unwrap_or_default();
-        let Some(target) = route(&cfg.agent.routes, &called) else {
+        let chosen = route_entry(&cfg.agent.routes, &called).cloned();
+        let Some(target) = chosen.as_ref().map(|r| r.target.clone()) else {
             return Err(Refuse {
                 status: 404,
                 reason: "Not Found",
@@ -394,6 +523,10 @@ impl Call {
                 ),
             });
         };
+        self.route = chosen;
+        let sid = self.call_sid_for_stream();
+        self.call_sid = Some(sid);
+        self.status_callback(crate::config::CallbackEvent::Initiated, "initiated");
         let Some(media) = self.shared.ports.allocate() else {
             return Err(Refuse {
                 status: 503,
@@ -444,6 +577,7 @@ impl Call {
                             rung = true;
                             self.uas.ringing(Instant::now());
                             self.flush_sip();
+                            self.status_callback(crate::config::CallbackEvent::Ringing, "ringing");
                         }
                         _ = sleep_opt(sip_deadline) => {
                             self.uas.handle_timeout(Instant::now());
@@ -552,6 +686,8 @@ impl Call {
         let mut version = 1u64;
         let mut local_key = negotiated.local_key.clone();
         let stream = self.stream_info();
+        self.stream_sid = stream.stream_sid.clone();
+        self.register_call(&stream);
         let mut bridge = Bridge::new(
             now,
             media_params(&negotiated),
@@ -583,6 +719,8 @@ impl Call {
             "call answered"
         );
         let answered = Instant::now();
+        self.answered_at = Some(answered);
+        self.status_callback(crate::config::CallbackEvent::Answered, "in-progress");
 
         // Frames for the agent go through its writer task's bounded queue; `flow` decides when
         // the agent counts as stuck (bytes waiting, or no progress within send_timeout).
@@ -630,6 +768,7 @@ impl Call {
                         info!("session timer expired without refresh: ending the call");
                         self.set_end("session_timer", None);
                     }
+                    CallEvent::Transfer(ev) => self.on_transfer(now, ev),
                     CallEvent::Dtmf { digit, duration } => {
                         debug!(%digit, "DTMF by SIP INFO");
                         bridge.signalled_dtmf(now, digit, duration);
@@ -689,7 +828,12 @@ impl Call {
             let mut rtp_sent = send_datagrams(&mut bridge, &media);
             let mut agent_closed = false;
             let mut texts = 0usize;
-            while let Some(text) = bridge.poll_agent_text() {
+            // sbc's own notes first: a transfer result goes out before the `stop` that follows it.
+            while let Some(text) = self
+                .agent_notes
+                .pop_front()
+                .or_else(|| bridge.poll_agent_text())
+            {
                 texts += 1;
                 if echo {
                     if let Some(reply) = srtp_bridge::echo_agent_reply(&text) {
@@ -806,7 +950,13 @@ impl Call {
                     Some(Ok(Message::Text(t))) if !stopped => {
                         let now = Instant::now();
                         agent_in = Some(now);
-                        bridge.handle_agent_text(now, t.as_str());
+                        match srtp_bridge::agent::transfer_request(t.as_str()) {
+                            Some(to) => {
+                                self.agent_transfer(now, to);
+                                self.flush_sip();
+                            }
+                            None => bridge.handle_agent_text(now, t.as_str()),
+                        }
                     }
                     Some(Ok(Message::Binary(_))) => debug!("binary agent frame ignored"),
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
@@ -862,10 +1012,109 @@ impl Call {
             "call ended"
         );
         self.shared.audit.write("call.end", &self.record);
+        if let Some(sid) = &self.call_sid {
+            self.shared
+                .calls
+                .end(sid, self.end_reason.unwrap_or("error"));
+        }
+        self.status_callback(crate::config::CallbackEvent::Completed, "completed");
         if let Some(rx) = closing_rx {
             // In its own task, so that the call's admission slots and Call-ID are released now.
             tokio::spawn(drain_agent(rx).in_current_span());
         }
+    }
+
+    /// Makes the call visible to the API under the sid the agent saw (and the carrier's
+    /// `X-Twilio-CallSid`, which `stream_info` already used when trusted).
+    fn register_call(&mut self, stream: &StreamInfo) {
+        let route = self.route.as_ref();
+        let mailbox = self
+            .shared
+            .dialogs
+            .lookup(&self.carrier.config.name, &self.record.sip_call_id);
+        self.call_sid = Some(stream.call_sid.clone());
+        self.shared.calls.register(crate::api::registry::CallEntry {
+            sid: stream.call_sid.clone(),
+            account_sid: route.and_then(|r| r.account_sid.clone()),
+            alias: None,
+            from: stream.from.clone(),
+            to: stream.to.clone(),
+            start: time::OffsetDateTime::now_utc(),
+            end: None,
+            status: crate::api::registry::CallStatus::InProgress,
+            end_reason: None,
+            transfer_allow: route.map(|r| r.transfer_allow.clone()).unwrap_or_default(),
+            transfer: None,
+            mailbox,
+            seq: 0,
+        });
+    }
+
+    /// The CallSid of this call: the carrier's `X-Twilio-CallSid` when the carrier is Twilio,
+    /// else a new one.
+    fn call_sid_for_stream(&mut self) -> String {
+        let trusted = self.carrier.config.twilio;
+        self.invite
+            .headers
+            .get("X-Twilio-CallSid")
+            .filter(|_| trusted)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("CA{}", hex32(&mut self.rng)))
+    }
+
+    /// Queues the route's status callback for `event` (if the route asks for it); never waits.
+    fn status_callback(&mut self, event: crate::config::CallbackEvent, call_status: &str) {
+        let Some(route) = self.route.as_ref() else {
+            return;
+        };
+        let (Some(cb), Some(account)) = (&route.status_callback, &route.account_sid) else {
+            return;
+        };
+        if !cb.events.contains(&event) {
+            return;
+        }
+        let Some(api) = self.live.config.api.as_ref() else {
+            return;
+        };
+        let (Some(acc), Some(tls)) = (
+            api.accounts.iter().find(|a| &a.sid == account),
+            self.live.callback_tls.clone(),
+        ) else {
+            return;
+        };
+        self.callback_seq += 1;
+        let from = self.invite.caller_number().unwrap_or_default();
+        let to = self.invite.called_number().unwrap_or_default();
+        let mut params: Vec<(String, String)> = vec![
+            ("AccountSid".into(), account.clone()),
+            ("ApiVersion".into(), "2010-04-01".into()),
+            ("CallSid".into(), self.call_sid.clone().unwrap_or_default()),
+            ("CallStatus".into(), call_status.into()),
+            ("CallbackSource".into(), "call-progress-events".into()),
+            ("Called".into(), to.clone()),
+            ("Caller".into(), from.clone()),
+            ("Direction".into(), "inbound".into()),
+            ("From".into(), from),
+            ("SequenceNumber".into(), (self.callback_seq - 1).to_string()),
+            (
+                "Timestamp".into(),
+                time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc2822)
+                    .unwrap_or_default(),
+            ),
+            ("To".into(), to),
+        ];
+        if event == crate::config::CallbackEvent::Completed {
+            let secs = self.answered_at.map_or(0, |t| t.elapsed().as_secs());
+            params.push(("CallDuration".into(), secs.to_string()));
+            params.push(("Duration".into(), secs.div_ceil(60).to_string()));
+        }
+        self.shared.callbacks.send(crate::api::callbacks::Delivery {
+            callback: cb.clone(),
+            token: acc.auth_token.clone(),
+            params,
+            tls,
+        });
     }
 
     /// Pushes counter deltas to Prometheus.
@@ -886,11 +1135,15 @@ impl Call {
             self.carrier.config.twilio || !name.to_ascii_lowercase().starts_with("x-twilio-")
         };
         let twilio_header = |name: &str| h.get(name).filter(|_| trusted(name));
-        let call_sid = twilio_header("X-Twilio-CallSid")
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("CA{}", hex32(&mut self.rng)));
+        let call_sid = match &self.call_sid {
+            Some(sid) => sid.clone(),
+            None => twilio_header("X-Twilio-CallSid")
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("CA{}", hex32(&mut self.rng))),
+        };
         let account_sid = twilio_header("X-Twilio-AccountSid")
             .map(str::to_string)
+            .or_else(|| self.route.as_ref().and_then(|r| r.account_sid.clone()))
             .unwrap_or_else(|| cfg.agent.default_account_sid.clone());
         let custom = cfg
             .agent
@@ -1001,6 +1254,8 @@ fn end_reason_for(cause: HangupCause) -> &'static str {
         HangupCause::Ops => "ops",
         HangupCause::Error => "error",
         HangupCause::AgentStuck => "agent_stuck",
+        HangupCause::Api => "api_hangup",
+        HangupCause::Transferred => "transferred",
     }
 }
 
@@ -1032,11 +1287,19 @@ fn sanitize_warning(s: &str) -> String {
 /// Picks the agent for a called number: exact matches first, then the longest prefix, then the
 /// default route.
 pub fn route(routes: &[crate::config::Route], called: &str) -> Option<AgentTarget> {
+    route_entry(routes, called).map(|r| r.target.clone())
+}
+
+/// [`route`], giving the whole route.
+pub fn route_entry<'a>(
+    routes: &'a [crate::config::Route],
+    called: &str,
+) -> Option<&'a crate::config::Route> {
     if let Some(r) = routes
         .iter()
         .find(|r| matches!(&r.matcher, RouteMatch::Exact(n) if n == called))
     {
-        return Some(r.target.clone());
+        return Some(r);
     }
     let best_prefix = routes
         .iter()
@@ -1046,12 +1309,9 @@ pub fn route(routes: &[crate::config::Route], called: &str) -> Option<AgentTarge
         })
         .max_by_key(|(len, _)| *len);
     if let Some((_, r)) = best_prefix {
-        return Some(r.target.clone());
+        return Some(r);
     }
-    routes
-        .iter()
-        .find(|r| r.matcher == RouteMatch::Default)
-        .map(|r| r.target.clone())
+    routes.iter().find(|r| r.matcher == RouteMatch::Default)
 }
 
 /// Suite names of every `a=crypto` line in an SDP body, for the audit record of a refusal (names
@@ -1132,6 +1392,9 @@ mod tests {
         Route {
             matcher: m,
             target: AgentTarget::Url(url.into()),
+            account_sid: None,
+            transfer_allow: vec![],
+            status_callback: None,
         }
     }
 

@@ -33,6 +33,73 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    /// The call-control API (`[api]`); off when absent.
+    pub api: Option<ApiConfig>,
+}
+
+/// `[api]`: the Twilio-compatible call-control API over HTTPS (see `docs/api.md`).
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// Its certificate: files, or a development certificate (loopback only).
+    pub identity: TlsIdentity,
+    /// TLS 1.3, or 1.2 with `[tls] tls12_cipher_suites` (the SIP listener's rules).
+    pub min_version: TlsVersion,
+    /// Requests per second per account (token bucket, burst of twice this).
+    pub requests_per_second: u32,
+    /// Ended calls the API still answers for (oldest forgotten first).
+    pub recent_calls: usize,
+    pub accounts: Vec<ApiAccount>,
+    /// CA bundle that verifies status callback receivers (else the webpki roots).
+    pub callback_ca_bundle: Option<PathBuf>,
+}
+
+/// A route's status callback: where sbc POSTs Twilio's call progress events.
+#[derive(Clone, Debug)]
+pub struct StatusCallback {
+    /// `https://host[:port]/path[?query]`, exactly as signed.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// Path and query.
+    pub target: String,
+    pub events: Vec<CallbackEvent>,
+}
+
+/// Twilio's `StatusCallbackEvent` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallbackEvent {
+    Initiated,
+    Ringing,
+    Answered,
+    Completed,
+}
+
+/// An API account: its SID and the auth token read from a file only sbc can read.
+#[derive(Clone, Debug)]
+pub struct ApiAccount {
+    pub sid: String,
+    pub auth_token: AuthToken,
+}
+
+/// An auth token: never printed, zeroed on drop.
+#[derive(Clone, zeroize::ZeroizeOnDrop)]
+pub struct AuthToken(String);
+
+impl AuthToken {
+    pub fn new(token: String) -> AuthToken {
+        AuthToken(token)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AuthToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -177,6 +244,13 @@ pub struct AgentConfig {
 pub struct Route {
     pub matcher: RouteMatch,
     pub target: AgentTarget,
+    /// The API account that owns this route's calls (sees and controls them).
+    pub account_sid: Option<String>,
+    /// Transfer destinations allowed for this route's calls: a `tel:`/number prefix
+    /// (`+1555`) or an exact SIP URI. Empty: no transfer.
+    pub transfer_allow: Vec<String>,
+    /// Call progress webhooks, signed with the route account's auth token.
+    pub status_callback: Option<StatusCallback>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -772,6 +846,8 @@ path = "-"
             keys::<raw::RawMetrics>("metrics"),
             keys::<raw::RawLimits>("limits"),
             keys::<raw::RawLog>("log"),
+            keys::<raw::RawApi>("api"),
+            keys::<raw::RawApiAccount>("api.accounts"),
         ]
     }
 

@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod agent;
+pub mod api;
 pub mod audit;
 pub mod call;
 pub mod config;

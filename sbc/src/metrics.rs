@@ -95,6 +95,18 @@ pub fn connection_refused(reason: &'static str) {
     counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => reason).increment(1);
 }
 
+/// One API request, by route (`calls_list`, `call_fetch`, `call_update`, `other`) and status.
+pub fn api_request(route: &'static str, status: u16) {
+    metrics::counter!("sbc_api_requests_total", "route" => route, "status" => status.to_string())
+        .increment(1);
+}
+
+/// A status callback that could not be delivered after its retries, or was dropped because
+/// the delivery queue was full.
+pub fn status_callback_failed(why: &'static str) {
+    metrics::counter!("sbc_status_callback_failures_total", "reason" => why).increment(1);
+}
+
 /// A connection sbc closed because its peer stopped reading. `reason`: `write_stuck` (a write
 /// passed `limits.write_timeout_secs`), `write_queue_full` (`limits.write_queue_bytes` overflowed).
 pub fn connection_closed(reason: &'static str) {

@@ -72,6 +72,10 @@ pub async fn run(loaded: Loaded) -> Result<(), ServerError> {
         ),
         uas,
         dialogs: Default::default(),
+        callbacks: crate::api::callbacks::Callbacks::spawn(),
+        calls: crate::api::registry::CallRegistry::new(
+            config.api.as_ref().map_or(1000, |a| a.recent_calls),
+        ),
         per_ip: Mutex::new(HashMap::new()),
         counters,
         active_calls: AtomicU32::new(0),
@@ -87,6 +91,17 @@ pub async fn run(loaded: Loaded) -> Result<(), ServerError> {
         })?;
         info!(%addr, "SIP over TLS listening");
         listeners.push(tokio::spawn(accept_loop(l, Arc::clone(&shared))));
+    }
+
+    if let Some(api) = &config.api {
+        let l = tokio::net::TcpListener::bind(api.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: api.listen,
+                source,
+            })?;
+        info!(addr = %api.listen, "call-control API (HTTPS) listening");
+        listeners.push(tokio::spawn(crate::api::serve(l, Arc::clone(&shared))));
     }
 
     wait_for_shutdown_signal(&shared).await;

@@ -80,6 +80,10 @@ pub struct Live {
     pub agent_tls: Arc<rustls::ClientConfig>,
     pub carrier_tls: Arc<rustls::ClientConfig>,
     pub carriers: Vec<Arc<CarrierState>>,
+    /// The API listener's TLS (`[api]`); a reload may change its certificate, not its address.
+    pub api_acceptor: Option<TlsAcceptor>,
+    /// Status callback deliveries' TLS client (`[api]`).
+    pub callback_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Live {
@@ -103,6 +107,8 @@ impl Live {
             agent_tls: tls.agent_client,
             carrier_tls: tls.carrier_client,
             carriers,
+            api_acceptor: tls.api_server.map(TlsAcceptor::from),
+            callback_tls: tls.callback_client,
         }
     }
 
@@ -153,6 +159,10 @@ pub struct Shared {
     pub uas: UasConfig,
     /// Which call a SIP message belongs to (`dispatch::Dialogs`).
     pub dialogs: Dialogs,
+    /// Calls the API answers for (`api::registry`).
+    pub calls: crate::api::registry::CallRegistry,
+    /// The status callback delivery queue (`api::callbacks`).
+    pub callbacks: crate::api::callbacks::Callbacks,
     pub(crate) per_ip: Mutex<HashMap<IpAddr, u32>>,
     pub counters: CounterTable,
     pub active_calls: AtomicU32,
@@ -176,8 +186,9 @@ impl Shared {
         if config.sip.listen != old.config.sip.listen
             || config.media.port_first != old.config.media.port_first
             || config.media.port_last != old.config.media.port_last
+            || config.api.as_ref().map(|a| a.listen) != old.config.api.as_ref().map(|a| a.listen)
         {
-            warn!("reload: listen addresses and the media port range change only on restart");
+            warn!("reload: listen addresses (SIP, API) and the media port range change only on restart");
         }
         let live = Live::build(loaded, &self.counters);
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);

@@ -52,6 +52,10 @@ pub struct TlsConfigs {
     pub agent_client: Arc<rustls::ClientConfig>,
     /// Connections sbc opens to a carrier (client side).
     pub carrier_client: Arc<rustls::ClientConfig>,
+    /// The call-control API listener (`[api]`), when configured.
+    pub api_server: Option<Arc<rustls::ServerConfig>>,
+    /// Status callback deliveries (client side), when `[api]` is configured.
+    pub callback_client: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl TlsConfigs {
@@ -61,6 +65,16 @@ impl TlsConfigs {
             sip_server: sip_server_config(&config.tls, &config.sip)?,
             agent_client: agent_client_config(&config.agent)?,
             carrier_client: carrier_client_config(&config.tls)?,
+            api_server: config
+                .api
+                .as_ref()
+                .map(|api| api_server_config(api, &config.tls))
+                .transpose()?,
+            callback_client: config
+                .api
+                .as_ref()
+                .map(|api| callback_client_config(api, &config.tls))
+                .transpose()?,
         })
     }
 }
@@ -94,6 +108,47 @@ pub fn sip_server_config(
         }
     };
     server_config(tls, provider, chain, key)
+}
+
+/// The API listener's server config: the SIP listener's rules (TLS 1.3, plus TLS 1.2 with
+/// `[tls] tls12_cipher_suites` when `api.min_version` is 1.2, no 0-RTT), its own certificate,
+/// no client certificates (clients authenticate with HTTP Basic), ALPN `http/1.1`.
+pub fn api_server_config(
+    api: &crate::config::ApiConfig,
+    tls: &TlsConfig,
+) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+    let rules = TlsConfig {
+        identity: api.identity.clone(),
+        min_version: api.min_version,
+        tls12_suites: tls.tls12_suites.clone(),
+        client_ca: None,
+        require_client_certificate: false,
+    };
+    let provider = provider(rules.min_version, &rules.tls12_suites);
+    let (chain, key) = match &rules.identity {
+        TlsIdentity::Files {
+            certificate,
+            private_key,
+        } => {
+            let chain = load_chain(certificate)?;
+            let key = load_key(private_key)?;
+            check_key_matches(&provider, &chain, &key, certificate, private_key)?;
+            (chain, key)
+        }
+        TlsIdentity::DevSelfSigned => {
+            if !api.listen.ip().is_loopback() {
+                return Err(ConfigError(format!(
+                    "api.dev_self_signed is refused: api.listen {} is not a loopback address",
+                    api.listen
+                )));
+            }
+            dev_self_signed(&api.listen.ip().to_string())?
+        }
+    };
+    let config = server_config(&rules, provider, chain, key)?;
+    let mut config = Arc::unwrap_or_clone(config);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 fn server_config(
@@ -284,6 +339,27 @@ pub fn carrier_client_config(tls: &TlsConfig) -> Result<Arc<rustls::ClientConfig
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.enable_early_data = false;
+    Ok(Arc::new(config))
+}
+
+/// Status callback deliveries: the SIP listener's version and suite rules, receivers verified
+/// against `api.callback_ca_bundle` (else the webpki roots), ALPN `http/1.1`.
+pub fn callback_client_config(
+    api: &crate::config::ApiConfig,
+    tls: &TlsConfig,
+) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+    let provider = provider(api.min_version, &tls.tls12_suites);
+    let roots = match &api.callback_ca_bundle {
+        Some(ca) => load_roots(ca)?,
+        None => webpki_roots(),
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(api.min_version))
+        .map_err(|e| ConfigError(format!("TLS policy: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.enable_early_data = false;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

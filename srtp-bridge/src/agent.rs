@@ -127,6 +127,38 @@ pub fn parse_agent_message(text: &str) -> Result<AgentMessage, AgentError> {
     }
 }
 
+/// The target of an agent's transfer request, an sbc extension message
+/// `{"event":"transfer","streamSid":…,"transfer":{"to":"tel:+1…"}}` (`docs/api.md`); `None`
+/// for any other message. The call task acts on it (the bridge ignores the event).
+pub fn transfer_request(text: &str) -> Option<String> {
+    // Media frames are most of the traffic: only parse what can be a transfer.
+    if !text.contains("transfer") {
+        return None;
+    }
+    let v: Value = serde_json::from_str(text).ok()?;
+    if v.get("event")?.as_str()? != "transfer" {
+        return None;
+    }
+    let to = v.get("transfer")?.get("to")?.as_str()?;
+    (!to.is_empty() && to.len() <= 256).then(|| to.to_owned())
+}
+
+/// The answer to a transfer (sbc extension message, `docs/api.md`):
+/// `{"event":"transfer","streamSid":…,"transfer":{"to":…,"status":"completed"|"failed","sipStatus":486}}`.
+pub fn transfer_result(
+    stream_sid: &str,
+    to: &str,
+    status: &str,
+    sip_status: Option<u16>,
+) -> String {
+    serde_json::json!({
+        "event": "transfer",
+        "streamSid": stream_sid,
+        "transfer": { "to": to, "status": status, "sipStatus": sip_status },
+    })
+    .to_string()
+}
+
 /// Writes the messages sbc sends to the agent, numbering them (`sequenceNumber` from 1; the
 /// `connected` message has none, as with Twilio).
 #[derive(Debug)]
@@ -246,6 +278,29 @@ pub fn echo_agent_reply(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transfer_extension_messages() {
+        assert_eq!(
+            transfer_request(
+                r#"{"event":"transfer","streamSid":"MZ1","transfer":{"to":"tel:+15550009999"}}"#
+            ),
+            Some("tel:+15550009999".into())
+        );
+        assert_eq!(
+            transfer_request(r#"{"event":"media","media":{"payload":"transfer"}}"#),
+            None
+        );
+        assert_eq!(
+            transfer_request(r#"{"event":"transfer","transfer":{}}"#),
+            None
+        );
+        assert_eq!(transfer_request("transfer{"), None);
+        let v: Value =
+            serde_json::from_str(&transfer_result("MZ1", "tel:+1", "failed", Some(486))).unwrap();
+        assert_eq!(v["transfer"]["sipStatus"], 486);
+        assert_eq!(v["streamSid"], "MZ1");
+    }
 
     #[test]
     fn parses_agent_messages() {

@@ -168,6 +168,24 @@ pub(crate) fn convert(ctx: &Ctx, raw: raw::RawConfig) -> Result<Config, ConfigEr
     let metrics = raw.metrics.map(|m| metrics(ctx, m)).transpose()?;
     let limits = limits(ctx, raw.limits.unwrap_or_default())?;
     let log = log(ctx, raw.log.unwrap_or_default())?;
+    let api = raw.api.map(|a| api(ctx, a, &tls)).transpose()?;
+    for r in &agent.routes {
+        if let (Some(sid), Some(api)) = (&r.account_sid, &api) {
+            if !api.accounts.iter().any(|a| &a.sid == sid) {
+                return Err(ctx.file(format!(
+                    "agent.routes.account_sid {sid:?} is not one of [[api.accounts]]"
+                )));
+            }
+        }
+        if let Some(cb) = &r.status_callback {
+            if r.account_sid.is_none() || api.is_none() {
+                return Err(ctx.file(format!(
+                    "agent.routes.status_callback {:?} needs the route's account_sid and [api] with that account (its auth token signs the callbacks)",
+                    cb.url
+                )));
+            }
+        }
+    }
     Ok(Config {
         path: ctx.path.to_path_buf(),
         sip,
@@ -180,6 +198,7 @@ pub(crate) fn convert(ctx: &Ctx, raw: raw::RawConfig) -> Result<Config, ConfigEr
         metrics,
         limits,
         log,
+        api,
     })
 }
 
@@ -789,7 +808,54 @@ fn agent(ctx: &Ctx, r: raw::RawAgent) -> Result<AgentConfig, ConfigError> {
             return Err(ctx.at(route_span, format!("agent.routes: {what}")));
         }
         let target = agent_target(ctx, &route.url)?;
-        routes.push(Route { matcher, target });
+        let account_sid = match &route.account_sid {
+            None => None,
+            Some(s) if is_account_sid(s.get_ref()) => Some(s.get_ref().clone()),
+            Some(s) => {
+                return Err(ctx.at(
+                    s.span(),
+                    "agent.routes.account_sid must be \"AC\" followed by 32 hex digits",
+                ))
+            }
+        };
+        let mut transfer_allow = Vec::new();
+        for t in route.transfer_allow.iter().flat_map(|l| l.get_ref()) {
+            let v = t.get_ref();
+            let number = v.strip_prefix("tel:").unwrap_or(v);
+            let ok = if v.starts_with("sip:") || v.starts_with("sips:") {
+                crate::call::uri_target(v).is_some() && !v.contains(['<', '>', ' ', '"'])
+            } else {
+                !number.is_empty()
+                    && number.starts_with('+')
+                    && number[1..].chars().all(|c| c.is_ascii_digit())
+            };
+            if !ok {
+                return Err(ctx.at(
+                    t.span(),
+                    format!("agent.routes.transfer_allow: {v:?} is neither a +E.164 prefix (\"+1555\", \"tel:+1555\") nor a sip: URI"),
+                ));
+            }
+            transfer_allow.push(number.to_string());
+        }
+        let status_callback = match &route.status_callback {
+            None => {
+                if let Some(e) = &route.status_callback_events {
+                    return Err(ctx.at(
+                        e.span(),
+                        "agent.routes.status_callback_events without status_callback",
+                    ));
+                }
+                None
+            }
+            Some(u) => Some(status_callback(ctx, u, &route.status_callback_events)?),
+        };
+        routes.push(Route {
+            matcher,
+            target,
+            account_sid,
+            transfer_allow,
+            status_callback,
+        });
     }
     Ok(AgentConfig {
         routes,
@@ -980,6 +1046,198 @@ fn audit(ctx: &Ctx, r: raw::RawAudit) -> Result<AuditConfig, ConfigError> {
         refusal_records_per_second,
         refusal_summary_interval,
     })
+}
+
+/// `status_callback` (an `https://` URL: the webhook leg is TLS only, like every other) and
+/// `status_callback_events` (default `["completed"]`, as Twilio's).
+fn status_callback(
+    ctx: &Ctx,
+    url: &S<String>,
+    events: &Option<S<Vec<S<String>>>>,
+) -> Result<StatusCallback, ConfigError> {
+    let u = url.get_ref();
+    let bad = |why: &str| {
+        ctx.at(
+            url.span(),
+            format!("agent.routes.status_callback: {u:?}: {why}"),
+        )
+    };
+    let rest = u
+        .strip_prefix("https://")
+        .ok_or_else(|| bad("must be an https:// URL"))?;
+    if u.chars().any(|c| c.is_whitespace() || c.is_control()) || u.contains('#') {
+        return Err(bad("no spaces, control characters or fragment"));
+    }
+    let (authority, target) = match rest.find(['/', '?']) {
+        Some(i) if rest[i..].starts_with('/') => (&rest[..i], rest[i..].to_string()),
+        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+        None => (rest, "/".to_string()),
+    };
+    if authority.contains('@') {
+        return Err(bad("credentials in the URL are refused"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or_else(|| bad("bad IPv6 address"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| bad("bad port"))?,
+            None => 443,
+        };
+        (h.to_string(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad("bad port"))?),
+            None => (authority.to_string(), 443),
+        }
+    };
+    if host.is_empty() || port == 0 {
+        return Err(bad("no host"));
+    }
+    let events = match events {
+        None => vec![CallbackEvent::Completed],
+        Some(list) => {
+            let mut out = Vec::new();
+            for e in list.get_ref() {
+                let ev = match e.get_ref().as_str() {
+                    "initiated" => CallbackEvent::Initiated,
+                    "ringing" => CallbackEvent::Ringing,
+                    "answered" => CallbackEvent::Answered,
+                    "completed" => CallbackEvent::Completed,
+                    other => {
+                        return Err(ctx.at(
+                            e.span(),
+                            format!("agent.routes.status_callback_events: {other:?} is not one of initiated, ringing, answered, completed"),
+                        ))
+                    }
+                };
+                if !out.contains(&ev) {
+                    out.push(ev);
+                }
+            }
+            out
+        }
+    };
+    Ok(StatusCallback {
+        url: u.clone(),
+        host,
+        port,
+        target,
+        events,
+    })
+}
+
+fn api(ctx: &Ctx, r: raw::RawApi, tls: &TlsConfig) -> Result<ApiConfig, ConfigError> {
+    let listen: SocketAddr = r.listen.get_ref().parse().map_err(|_| {
+        ctx.at(
+            r.listen.span(),
+            format!(
+                "api.listen: {:?} is not an IP address and port (e.g. \"127.0.0.1:8443\")",
+                r.listen.get_ref()
+            ),
+        )
+    })?;
+    let (dev, dev_span) = val(&r.dev_self_signed, false);
+    let identity = match (dev, &r.certificate, &r.private_key) {
+        (true, None, None) => {
+            if !listen.ip().is_loopback() {
+                return Err(ctx.at_opt(
+                    dev_span,
+                    format!("api.dev_self_signed is refused: api.listen {listen} is not a loopback address"),
+                ));
+            }
+            TlsIdentity::DevSelfSigned
+        }
+        (false, Some(c), Some(k)) => TlsIdentity::Files {
+            certificate: ctx.resolve(c, "api.certificate")?,
+            private_key: ctx.resolve(k, "api.private_key")?,
+        },
+        _ => {
+            return Err(ctx.at(
+                r.listen.span(),
+                "[api] needs certificate and private_key, or dev_self_signed = true (not both)",
+            ))
+        }
+    };
+    let min_version = match &r.min_version {
+        None => TlsVersion::Tls12,
+        Some(v) => match v.get_ref().as_str() {
+            "1.2" => TlsVersion::Tls12,
+            "1.3" => TlsVersion::Tls13,
+            other => {
+                return Err(ctx.at(
+                    v.span(),
+                    format!("api.min_version: {other:?} is not allowed; use \"1.2\" or \"1.3\""),
+                ))
+            }
+        },
+    };
+    if min_version == TlsVersion::Tls12 && tls.tls12_suites.is_empty() {
+        return Err(ctx.file(
+            "api.min_version = \"1.2\" needs tls.tls12_cipher_suites (the API uses the SIP listener's TLS 1.2 suites)",
+        ));
+    }
+    let requests_per_second = positive(ctx, &r.requests_per_second, 10, "api.requests_per_second")?;
+    let recent_calls = usize_of(ctx, &r.recent_calls, 1000, "api.recent_calls")?;
+    let mut accounts: Vec<ApiAccount> = Vec::new();
+    for a in r.accounts.iter().flatten() {
+        let a = a.get_ref();
+        let sid = a.sid.get_ref();
+        if !is_account_sid(sid) {
+            return Err(ctx.at(
+                a.sid.span(),
+                "api.accounts.sid must be \"AC\" followed by 32 hex digits",
+            ));
+        }
+        if accounts.iter().any(|x| &x.sid == sid) {
+            return Err(ctx.at(a.sid.span(), format!("api.accounts: {sid:?} twice")));
+        }
+        let path = ctx.resolve(&a.auth_token_file, "api.accounts.auth_token_file")?;
+        let auth_token = read_token(&path).map_err(|why| {
+            ctx.at(
+                a.auth_token_file.span(),
+                format!("api.accounts.auth_token_file {}: {why}", path.display()),
+            )
+        })?;
+        accounts.push(ApiAccount {
+            sid: sid.clone(),
+            auth_token,
+        });
+    }
+    let callback_ca_bundle = r
+        .callback_ca_bundle
+        .as_ref()
+        .map(|p| ctx.resolve(p, "api.callback_ca_bundle"))
+        .transpose()?;
+    Ok(ApiConfig {
+        listen,
+        identity,
+        min_version,
+        requests_per_second,
+        recent_calls,
+        accounts,
+        callback_ca_bundle,
+    })
+}
+
+/// Reads an auth token file: refused unless only its owner may read it (mode 0600 or 0400),
+/// and unless it holds at least 16 characters of printable ASCII (surrounding whitespace
+/// trimmed).
+fn read_token(path: &Path) -> Result<AuthToken, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "mode {mode:o} lets others read it; chmod 600 (only sbc may read an auth token)"
+        ));
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?,
+    );
+    let token = text.trim();
+    if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("must hold one token of at least 16 printable ASCII characters".into());
+    }
+    Ok(AuthToken::new(token.to_string()))
 }
 
 fn metrics(ctx: &Ctx, r: raw::RawMetrics) -> Result<MetricsConfig, ConfigError> {

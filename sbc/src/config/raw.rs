@@ -22,6 +22,28 @@ pub(crate) struct RawConfig {
     pub metrics: Option<RawMetrics>,
     pub limits: Option<RawLimits>,
     pub log: Option<RawLog>,
+    pub api: Option<RawApi>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApi {
+    pub listen: S<String>,
+    pub certificate: Option<S<String>>,
+    pub private_key: Option<S<String>>,
+    pub dev_self_signed: Option<S<bool>>,
+    pub min_version: Option<S<String>>,
+    pub requests_per_second: Option<S<u32>>,
+    pub recent_calls: Option<S<u64>>,
+    pub accounts: Option<Vec<S<RawApiAccount>>>,
+    pub callback_ca_bundle: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApiAccount {
+    pub sid: S<String>,
+    pub auth_token_file: S<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,6 +125,10 @@ pub(crate) struct RawRoute {
     pub prefix: Option<S<String>>,
     pub default: Option<S<bool>>,
     pub url: S<String>,
+    pub account_sid: Option<S<String>>,
+    pub transfer_allow: Option<S<Vec<S<String>>>>,
+    pub status_callback: Option<S<String>>,
+    pub status_callback_events: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

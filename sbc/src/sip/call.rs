@@ -28,7 +28,12 @@ use bytes::Bytes;
 use rand::{rngs::StdRng, Rng, RngCore, SeedableRng};
 
 use super::message::{name_addr_uri, param, tag_of, Method, Request, Response};
-use super::{CallEvent, CallState, HangupCause, SipMessage, UasConfig, ALLOW};
+use super::{CallEvent, CallState, HangupCause, SipMessage, TransferEvent, UasConfig, ALLOW};
+
+/// How long a transfer may wait for its final NOTIFY after the REFER was sent (RFC 3515 leaves
+/// it to the implementation; Twilio itself ends a transferred call 32 s after its terminating
+/// NOTIFY). Past it the transfer counts as failed (408) and the call goes on.
+pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a deadline in the timer table is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +52,8 @@ enum TimerKind {
     SessionRefresh,
     /// Timer F of our refresh UPDATE.
     RefreshTimeout,
+    /// No final NOTIFY (or REFER response) within [`TRANSFER_TIMEOUT`].
+    TransferTimeout,
 }
 
 /// Who refreshes the session (RFC 4028 §9).
@@ -221,6 +228,11 @@ pub struct UasCall {
     bye_branch: Option<String>,
     refresh_cseq: Option<u32>,
     refresh_branch: Option<String>,
+    /// Our REFER's CSeq and branch while its response is due.
+    refer_cseq: Option<u32>,
+    refer_branch: Option<String>,
+    /// A transfer in progress (REFER sent, final NOTIFY not yet seen).
+    transferring: bool,
     /// `hangup` while the 2xx waits for its ACK: BYE when it comes.
     bye_on_ack: Option<HangupCause>,
     session: Option<SessionTimer>,
@@ -280,6 +292,9 @@ impl UasCall {
             bye_branch: None,
             refresh_cseq: None,
             refresh_branch: None,
+            refer_cseq: None,
+            refer_branch: None,
+            transferring: false,
             bye_on_ack: None,
             session: None,
             timers: Vec::new(),
@@ -380,6 +395,7 @@ impl UasCall {
         let (want_cseq, want_branch) = match method {
             Method::Bye => (self.bye_cseq, self.bye_branch.as_deref()),
             Method::Update => (self.refresh_cseq, self.refresh_branch.as_deref()),
+            Method::Refer => (self.refer_cseq, self.refer_branch.as_deref()),
             _ => return false,
         };
         want_cseq == Some(cseq) && want_branch.is_some() && branch == want_branch
@@ -447,6 +463,15 @@ impl UasCall {
                     tracing::debug!(status = response.status, "session refresh refused");
                 }
             }
+            Method::Refer if self.refer_cseq == Some(cseq) => {
+                self.refer_cseq = None;
+                if (200..300).contains(&response.status) {
+                    self.events
+                        .push_back(CallEvent::Transfer(TransferEvent::Accepted));
+                } else if self.transferring {
+                    self.end_transfer(TransferEvent::Failed(response.status));
+                }
+            }
             _ => {}
         }
     }
@@ -499,6 +524,91 @@ impl UasCall {
                 self.events.push_back(CallEvent::SessionExpired);
                 self.send_bye(now, REASON_REFRESH_FAILED);
             }
+            TimerKind::TransferTimeout => {
+                self.refer_cseq = None;
+                if self.transferring {
+                    self.end_transfer(TransferEvent::Failed(408));
+                }
+            }
+        }
+    }
+
+    /// Blind transfer (RFC 3515): a REFER in the dialog with `Refer-To: <target>` (`tel:+E164`
+    /// or a SIP URI, checked by the caller). False (nothing sent) unless the dialog is
+    /// confirmed and no other transfer is in progress.
+    pub fn refer(&mut self, now: Instant, target: &str) -> bool {
+        if self.state != CallState::Confirmed || self.transferring || self.bye_cseq.is_some() {
+            return false;
+        }
+        let mut req = self.dialog_request(Method::Refer);
+        req.headers.push("Refer-To", format!("<{target}>"));
+        req.headers.push(
+            "Referred-By",
+            format!("<{}>", name_addr_uri(&self.local_party)),
+        );
+        req.headers.push("Contact", self.contact());
+        self.refer_cseq = Some(self.local_cseq);
+        self.refer_branch = req.top_via_branch().map(str::to_string);
+        self.transferring = true;
+        self.timers
+            .push((now + TRANSFER_TIMEOUT, TimerKind::TransferTimeout));
+        self.queue(SipMessage::Request(req));
+        true
+    }
+
+    /// Whether a transfer is in progress.
+    pub fn transferring(&self) -> bool {
+        self.transferring
+    }
+
+    fn end_transfer(&mut self, ev: TransferEvent) {
+        self.transferring = false;
+        self.cancel_timers(TimerKind::TransferTimeout);
+        self.events.push_back(CallEvent::Transfer(ev));
+    }
+
+    /// NOTIFY of the REFER's implicit subscription (RFC 3515 §2.4.4-2.4.5): answered 200;
+    /// its `message/sipfrag` status line says where the transfer stands. A NOTIFY with no
+    /// transfer of ours in progress gets 481 (no such subscription, RFC 6665 §4.1.3).
+    fn on_notify(&mut self, req: &Request) {
+        let event = req.headers.get("Event").unwrap_or("");
+        let is_refer = event
+            .split(';')
+            .next()
+            .is_some_and(|e| e.trim().eq_ignore_ascii_case("refer"));
+        if !is_refer {
+            self.respond(req, 489, "Bad Event");
+            return;
+        }
+        if !self.transferring {
+            self.respond(req, 481, "Subscription Does Not Exist");
+            return;
+        }
+        self.respond(req, 200, "OK");
+        let terminated = req
+            .headers
+            .get("Subscription-State")
+            .and_then(|s| s.split(';').next())
+            .is_some_and(|s| s.trim().eq_ignore_ascii_case("terminated"));
+        // RFC 3420: the body's first line is a status line, `SIP/2.0 200 OK`.
+        let status = std::str::from_utf8(&req.body)
+            .ok()
+            .and_then(|b| b.lines().next())
+            .and_then(|l| l.strip_prefix("SIP/2.0 "))
+            .and_then(|l| l.get(..3))
+            .and_then(|c| c.parse::<u16>().ok())
+            .filter(|c| (100..700).contains(c));
+        match (status, terminated) {
+            (Some(s), _) if (200..300).contains(&s) => {
+                self.end_transfer(TransferEvent::Succeeded(s))
+            }
+            (Some(s), _) if s >= 300 => self.end_transfer(TransferEvent::Failed(s)),
+            // Terminated without a final status: the transfer did not happen.
+            (_, true) => self.end_transfer(TransferEvent::Failed(status.unwrap_or(500))),
+            (Some(s), false) => self
+                .events
+                .push_back(CallEvent::Transfer(TransferEvent::Progress(s))),
+            (None, false) => tracing::debug!("NOTIFY sipfrag not understood"),
         }
     }
 
@@ -592,9 +702,10 @@ impl UasCall {
         match self.state {
             CallState::Proceeding => {
                 let (status, reason) = match cause {
-                    HangupCause::AgentHangup | HangupCause::RtpTimeout => {
-                        (480, "Temporarily Unavailable")
-                    }
+                    HangupCause::AgentHangup
+                    | HangupCause::RtpTimeout
+                    | HangupCause::Api
+                    | HangupCause::Transferred => (480, "Temporarily Unavailable"),
                     HangupCause::Shutdown | HangupCause::Ops => (503, "Service Unavailable"),
                     HangupCause::Error | HangupCause::AgentStuck => (500, "Server Internal Error"),
                 };
@@ -653,6 +764,7 @@ impl UasCall {
                 self.queue(SipMessage::Response(resp));
             }
             Method::Info => self.on_info(&req),
+            Method::Notify => self.on_notify(&req),
             Method::Refer | Method::Other(_) => {
                 let mut resp = self.response_to(&req, 501, "Not Implemented");
                 resp.headers.push("Allow", ALLOW);
@@ -1080,6 +1192,8 @@ fn cause_text(cause: HangupCause) -> &'static str {
         HangupCause::Ops => "ended by operator",
         HangupCause::Error => "internal error",
         HangupCause::AgentStuck => "voice agent stopped reading",
+        HangupCause::Api => "ended through the API",
+        HangupCause::Transferred => "transferred",
     }
 }
 
@@ -1126,6 +1240,7 @@ fn parse_dtmf_relay(body: &str) -> Option<(char, Duration)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sip::TransferEvent;
     use rand_chacha::ChaCha8Rng;
 
     const T1: Duration = Duration::from_millis(500);
@@ -1982,6 +2097,147 @@ Call-ID: {CALL_ID}\r\nCSeq: 101 CANCEL\r\nContent-Length: 0\r\n\r\n"
         call.handle_request(t0, request(&call, "MESSAGE", 109, "", ""));
         assert_eq!(one_response(&mut call).status, 405);
         assert_eq!(call.state(), CallState::Confirmed);
+    }
+
+    /// A response from the carrier to a request we sent.
+    fn response_to_ours(req: &Request, status: u16, reason: &str) -> Response {
+        match SipMessage::parse(
+            req.response(status, reason, Some("carrier"))
+                .to_bytes()
+                .as_ref(),
+        )
+        .unwrap()
+        {
+            SipMessage::Response(r) => r,
+            SipMessage::Request(_) => unreachable!(),
+        }
+    }
+
+    fn notify(call: &UasCall, cseq: u32, state: &str, frag: &str) -> Request {
+        request(
+            call,
+            "NOTIFY",
+            cseq,
+            &format!(
+                "Event: refer\r\nSubscription-State: {state}\r\nContent-Type: message/sipfrag\r\n"
+            ),
+            frag,
+        )
+    }
+
+    #[test]
+    fn blind_transfer_refer_notify_then_bye() {
+        let (mut call, t0) = confirmed("");
+        assert!(call.refer(t0, "tel:+15550009999"));
+        let refer = one_request(&mut call);
+        assert_eq!(refer.method, Method::Refer);
+        assert_eq!(refer.headers.get("Refer-To"), Some("<tel:+15550009999>"));
+        assert!(refer.headers.get("Contact").is_some());
+        assert_eq!(refer.uri, "sip:+15550001111@192.0.2.10:5061;transport=tls");
+        // A second transfer while this one runs is refused.
+        assert!(!call.refer(t0, "tel:+15550008888"));
+        let r202 = response_to_ours(&refer, 202, "Accepted");
+        assert!(call.matches_response(&r202));
+        call.handle_response(t0, r202);
+        assert_eq!(
+            events(&mut call),
+            vec![CallEvent::Transfer(TransferEvent::Accepted)]
+        );
+        call.handle_request(
+            t0,
+            notify(&call, 102, "active;expires=60", "SIP/2.0 100 Trying\r\n"),
+        );
+        assert_eq!(one_response(&mut call).status, 200);
+        assert_eq!(
+            events(&mut call),
+            vec![CallEvent::Transfer(TransferEvent::Progress(100))]
+        );
+        call.handle_request(
+            t0,
+            notify(
+                &call,
+                103,
+                "terminated;reason=noresource",
+                "SIP/2.0 200 OK\r\n",
+            ),
+        );
+        assert_eq!(one_response(&mut call).status, 200);
+        assert_eq!(
+            events(&mut call),
+            vec![CallEvent::Transfer(TransferEvent::Succeeded(200))]
+        );
+        assert!(!call.transferring());
+        // The call task then leaves the call.
+        call.hangup(t0, HangupCause::Transferred);
+        let bye = one_request(&mut call);
+        assert_eq!(bye.method, Method::Bye);
+        assert!(bye.headers.get("Reason").unwrap().contains("transferred"));
+        // No transfer in progress: a NOTIFY gets 481, one for another package 489.
+        let (mut other, t1) = confirmed("");
+        other.handle_request(t1, notify(&other, 102, "terminated", "SIP/2.0 200 OK\r\n"));
+        assert_eq!(one_response(&mut other).status, 481);
+        other.handle_request(t1, request(&other, "NOTIFY", 103, "Event: dialog\r\n", ""));
+        assert_eq!(one_response(&mut other).status, 489);
+        assert_eq!(other.state(), CallState::Confirmed);
+    }
+
+    #[test]
+    fn failed_transfers_leave_the_call_up() {
+        // A failed sipfrag.
+        let (mut call, t0) = confirmed("");
+        assert!(call.refer(t0, "tel:+15550009999"));
+        let refer = one_request(&mut call);
+        call.handle_response(t0, response_to_ours(&refer, 202, "Accepted"));
+        call.handle_request(
+            t0,
+            notify(&call, 102, "terminated", "SIP/2.0 486 Busy Here\r\n"),
+        );
+        assert_eq!(one_response(&mut call).status, 200);
+        assert_eq!(
+            events(&mut call),
+            vec![
+                CallEvent::Transfer(TransferEvent::Accepted),
+                CallEvent::Transfer(TransferEvent::Failed(486))
+            ]
+        );
+        assert_eq!(call.state(), CallState::Confirmed);
+        assert!(drain(&mut call).is_empty());
+        // The REFER refused; then a new transfer may start.
+        assert!(call.refer(t0, "tel:+15550009999"));
+        let refer = one_request(&mut call);
+        call.handle_response(t0, response_to_ours(&refer, 403, "Forbidden"));
+        assert_eq!(
+            events(&mut call),
+            vec![CallEvent::Transfer(TransferEvent::Failed(403))]
+        );
+        // No final NOTIFY in time: 408 at TRANSFER_TIMEOUT on the virtual clock, not before.
+        assert!(call.refer(t0, "sip:desk@pbx.example.com"));
+        let refer = one_request(&mut call);
+        assert_eq!(
+            refer.headers.get("Refer-To"),
+            Some("<sip:desk@pbx.example.com>")
+        );
+        call.handle_response(t0, response_to_ours(&refer, 202, "Accepted"));
+        events(&mut call);
+        call.handle_timeout(t0 + TRANSFER_TIMEOUT - Duration::from_millis(1));
+        assert!(events(&mut call).is_empty());
+        assert_eq!(call.poll_timeout(), Some(t0 + TRANSFER_TIMEOUT));
+        call.handle_timeout(t0 + TRANSFER_TIMEOUT);
+        assert_eq!(
+            events(&mut call),
+            vec![CallEvent::Transfer(TransferEvent::Failed(408))]
+        );
+        assert_eq!(call.state(), CallState::Confirmed);
+        assert!(drain(&mut call).is_empty());
+    }
+
+    #[test]
+    fn no_refer_before_the_dialog_is_confirmed() {
+        let (mut call, t0) = start("");
+        drain(&mut call);
+        assert!(!call.refer(t0, "tel:+15550009999"));
+        call.accept(t0, Bytes::from_static(b"v=0\r\n"));
+        assert!(!call.refer(t0, "tel:+15550009999"));
     }
 
     #[test]

@@ -646,13 +646,15 @@ impl Request {
             | Method::Cancel
             | Method::Options
             | Method::Update
-            | Method::Info => Ok(()),
+            | Method::Info
+            // The NOTIFYs of our REFER's implicit subscription (RFC 3515 §2.4.4); one that
+            // belongs to no transfer of ours gets 481 from the dialog.
+            | Method::Notify => Ok(()),
             // REFER (call transfer) is not implemented yet.
             Method::Refer | Method::Other(_) => Err(Rejection::new(501, "Not Implemented")),
             Method::Prack
             | Method::Register
             | Method::Subscribe
-            | Method::Notify
             | Method::Message
             | Method::Publish => Err(Rejection::new(405, "Method Not Allowed")),
         }
@@ -1092,14 +1094,7 @@ v=0\n";
         assert_eq!(r.validate().unwrap_err().status, 400);
         let r = req(&base("INVITE", "", "").replace("INVITE sip:", "INVITE mailto:"));
         assert_eq!(r.validate().unwrap_err().status, 416);
-        for m in [
-            "REGISTER",
-            "SUBSCRIBE",
-            "PUBLISH",
-            "MESSAGE",
-            "NOTIFY",
-            "PRACK",
-        ] {
+        for m in ["REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "PRACK"] {
             assert_eq!(
                 req(&base(m, "", "")).validate().unwrap_err().status,
                 405,

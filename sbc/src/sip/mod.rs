@@ -39,7 +39,7 @@ pub mod framing;
 pub mod message;
 pub mod strict;
 
-pub use call::{Refresher, RequestMatch, SessionTimer, UasCall};
+pub use call::{Refresher, RequestMatch, SessionTimer, UasCall, TRANSFER_TIMEOUT};
 pub use framing::{Frame, FrameError, Framer};
 pub use message::{
     Body, Headers, Method, ParseError, Rejection, Request, Response, SipMessage, ALLOW, SUPPORTED,
@@ -69,6 +69,24 @@ pub enum HangupCause {
     Error,
     /// The agent stopped reading: frames for it waited past `[agent] send_timeout_ms`.
     AgentStuck,
+    /// The call-control API asked to end the call (`Status=completed` or `<Hangup/>`).
+    Api,
+    /// A blind transfer succeeded (terminating NOTIFY with a 2xx sipfrag): we leave the call.
+    Transferred,
+}
+
+/// Where our REFER (RFC 3515) stands; see [`CallEvent::Transfer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferEvent {
+    /// The REFER was accepted (202).
+    Accepted,
+    /// A NOTIFY with a provisional sipfrag (`SIP/2.0 100 Trying`).
+    Progress(u16),
+    /// A terminating NOTIFY with a 2xx sipfrag: the carrier connected the call elsewhere.
+    Succeeded(u16),
+    /// The REFER was refused (its status), the sipfrag said so (its status), or no final
+    /// NOTIFY came in time (408). The call goes on.
+    Failed(u16),
 }
 
 /// What the call task must act on.
@@ -85,6 +103,8 @@ pub enum CallEvent {
     ReOffer { sdp: Body },
     /// INFO with application/dtmf-relay (or application/dtmf).
     Dtmf { digit: char, duration: Duration },
+    /// Progress or outcome of our REFER.
+    Transfer(TransferEvent),
     /// No ACK within 64*T1 (Timer H): a BYE has been queued.
     AckTimeout,
     /// The RFC 4028 session interval expired without a refresh: a BYE has been queued.

@@ -13,75 +13,7 @@ use nom::sequence::preceded;
 use nom::IResult;
 use zeroize::Zeroize;
 
-/// SRTP crypto suites (RFC 4568 §6.2, RFC 6188 §7).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum SrtpSuite {
-    AesCm128HmacSha1_80,
-    AesCm128HmacSha1_32,
-    /// RFC 6188 `AES_256_CM_HMAC_SHA1_80` (also seen spelled `AES_CM_256_HMAC_SHA1_80`).
-    AesCm256HmacSha1_80,
-    /// RFC 6188 `AES_256_CM_HMAC_SHA1_32` (also `AES_CM_256_HMAC_SHA1_32`).
-    AesCm256HmacSha1_32,
-    /// Any other suite name, kept as written (e.g. `AEAD_AES_256_GCM`, `F8_128_HMAC_SHA1_80`).
-    Unknown(String),
-}
-
-impl SrtpSuite {
-    /// Reads a suite name; unknown names are kept.
-    pub fn from_name(name: &str) -> SrtpSuite {
-        match name {
-            "AES_CM_128_HMAC_SHA1_80" => SrtpSuite::AesCm128HmacSha1_80,
-            "AES_CM_128_HMAC_SHA1_32" => SrtpSuite::AesCm128HmacSha1_32,
-            "AES_256_CM_HMAC_SHA1_80" | "AES_CM_256_HMAC_SHA1_80" => SrtpSuite::AesCm256HmacSha1_80,
-            "AES_256_CM_HMAC_SHA1_32" | "AES_CM_256_HMAC_SHA1_32" => SrtpSuite::AesCm256HmacSha1_32,
-            other => SrtpSuite::Unknown(other.to_string()),
-        }
-    }
-
-    /// The RFC 4568 / RFC 6188 name, e.g. `AES_CM_128_HMAC_SHA1_80`.
-    pub fn name(&self) -> &str {
-        match self {
-            SrtpSuite::AesCm128HmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",
-            SrtpSuite::AesCm128HmacSha1_32 => "AES_CM_128_HMAC_SHA1_32",
-            SrtpSuite::AesCm256HmacSha1_80 => "AES_256_CM_HMAC_SHA1_80",
-            SrtpSuite::AesCm256HmacSha1_32 => "AES_256_CM_HMAC_SHA1_32",
-            SrtpSuite::Unknown(n) => n,
-        }
-    }
-
-    /// True for the AES counter-mode suites (the only ones sbc ever negotiates).
-    pub fn is_aes_cm(&self) -> bool {
-        !matches!(self, SrtpSuite::Unknown(_))
-    }
-
-    /// Master key length in bytes (0 for unknown suites).
-    pub fn key_len(&self) -> usize {
-        match self {
-            SrtpSuite::AesCm128HmacSha1_80 | SrtpSuite::AesCm128HmacSha1_32 => 16,
-            SrtpSuite::AesCm256HmacSha1_80 | SrtpSuite::AesCm256HmacSha1_32 => 32,
-            SrtpSuite::Unknown(_) => 0,
-        }
-    }
-
-    /// Master salt length in bytes (14 for every AES-CM suite, RFC 3711 §8.2).
-    pub fn salt_len(&self) -> usize {
-        if self.is_aes_cm() {
-            14
-        } else {
-            0
-        }
-    }
-
-    /// SRTP authentication tag length in bytes (10 or 4).
-    pub fn tag_len(&self) -> usize {
-        match self {
-            SrtpSuite::AesCm128HmacSha1_80 | SrtpSuite::AesCm256HmacSha1_80 => 10,
-            SrtpSuite::AesCm128HmacSha1_32 | SrtpSuite::AesCm256HmacSha1_32 => 4,
-            SrtpSuite::Unknown(_) => 0,
-        }
-    }
-}
+pub use crate::suite::SrtpSuite;
 
 /// SRTP master key followed by master salt. Debug prints `<redacted>`; zeroized on drop.
 #[derive(Clone, PartialEq, Eq)]
@@ -151,24 +83,75 @@ fn is_token(c: char) -> bool {
     !c.is_whitespace()
 }
 
-/// key-params = key-method ":" key-info; key-info for SRTP = key-salt ["|" lifetime] ["|" mki]
-/// (RFC 4568 §6.1, §9.2). Several key-params are separated by ";".
+/// `base64 = ALPHA / DIGIT / "+" / "/" / "="` (RFC 4568 §9.2).
+fn is_base64(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '='
+}
+
+/// Longest decimal string read for a lifetime or an MKI value (both fit in 64 bits).
+const MAX_DIGITS: usize = 19;
+/// Highest lifetime (RFC 3711 §9.2: at most 2^48 SRTP packets per master key).
+const MAX_LIFETIME: u64 = 1 << 48;
+
+fn digits(s: &str, max: usize) -> Option<u64> {
+    if s.is_empty() || s.len() > max || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// `lifetime = ["2^"] 1*(DIGIT)` (RFC 4568 §9.2), between 1 and 2^48 packets.
+fn valid_lifetime(s: &str) -> bool {
+    match s.strip_prefix("2^") {
+        Some(exp) => digits(exp, 2).is_some_and(|e| e <= 48),
+        None => digits(s, MAX_DIGITS).is_some_and(|n| (1..=MAX_LIFETIME).contains(&n)),
+    }
+}
+
+/// `mki = mki-value ":" mki-length`, `mki-value = 1*DIGIT`, `mki-length = 1*3DIGIT` in
+/// 1..=128 (RFC 4568 §9.2).
+fn valid_mki(s: &str) -> bool {
+    let Some((value, len)) = s.split_once(':') else {
+        return false;
+    };
+    digits(value, MAX_DIGITS).is_some() && digits(len, 3).is_some_and(|l| (1..=128).contains(&l))
+}
+
+/// key-params = key-method ":" key-info; for SRTP
+/// `key-info = key-salt ["|" lifetime] ["|" mki]` (RFC 4568 §6.1, §9.2). Several key-params are
+/// separated by ";". Strict: anything else (an empty or trailing part, a third part, a
+/// lifetime after the MKI, characters outside base64 in the key) fails the whole line, which
+/// is then kept as an unknown attribute and never chosen.
 fn key_param(i: &str) -> IResult<&str, KeyParam> {
+    let fail = || nom::Err::Error(nom::error::Error::new(i, nom::error::ErrorKind::Verify));
     let (i, _) = tag("inline:")(i)?;
     let (i, info) = take_while1(|c: char| is_token(c) && c != ';')(i)?;
     let mut parts = info.split('|');
     let b64 = parts.next().unwrap_or_default();
+    if b64.is_empty() || !b64.chars().all(is_base64) {
+        return Err(fail());
+    }
     let mut lifetime = None;
     let mut mki = None;
     for p in parts {
-        // The MKI part is the one with a colon (RFC 4568 §6.1: mki-value ":" mki-length).
+        // The MKI part is the one with a colon (RFC 4568 §6.1: mki-value ":" mki-length);
+        // it comes last.
+        if mki.is_some() {
+            return Err(fail());
+        }
         if p.contains(':') {
+            if !valid_mki(p) {
+                return Err(fail());
+            }
             mki = Some(p.to_string());
         } else {
+            if lifetime.is_some() || !valid_lifetime(p) {
+                return Err(fail());
+            }
             lifetime = Some(p.to_string());
         }
     }
-    let key_salt = LENIENT_B64.decode(b64).ok().map(KeySalt::new);
+    let key_salt = Some(KeySalt::new(LENIENT_B64.decode(b64).map_err(|_| fail())?));
     Ok((
         i,
         KeyParam {
@@ -179,14 +162,30 @@ fn key_param(i: &str) -> IResult<&str, KeyParam> {
     ))
 }
 
-/// Parses the value of an `a=crypto` attribute (after `crypto:`).
+/// Parses the value of an `a=crypto` attribute (after `crypto:`):
+/// `tag 1*WSP crypto-suite 1*WSP key-params *(1*WSP session-param)` with `tag = 1*9DIGIT` and
+/// `srtp-crypto-suite = 1*(ALPHA / DIGIT / "_")` (RFC 4568 §9.1, §9.2).
 pub(crate) fn parse_crypto(value: &str) -> IResult<&str, CryptoAttribute> {
-    let (i, tag_num) = map_res(digit1, str::parse::<u32>)(value)?;
+    let (i, tag_digits) = digit1(value)?;
+    if tag_digits.len() > 9 {
+        return Err(nom::Err::Error(nom::error::Error::new(
+            value,
+            nom::error::ErrorKind::TooLarge,
+        )));
+    }
+    let (_, tag_num) = map_res(rest, str::parse::<u32>)(tag_digits)?;
     let (i, _) = space1(i)?;
-    let (i, suite) = take_while1(is_token)(i)?;
+    let (i, suite) = take_while1(|c: char| c.is_ascii_alphanumeric() || c == '_')(i)?;
     let (i, _) = space1(i)?;
     let (i, keys) = separated_list1(tag(";"), key_param)(i)?;
     let (i, params) = opt(preceded(space1, rest))(i)?;
+    if !i.is_empty() {
+        // Junk glued to the key parameters (e.g. `inline:KEY|2^20,x`).
+        return Err(nom::Err::Error(nom::error::Error::new(
+            i,
+            nom::error::ErrorKind::Eof,
+        )));
+    }
     let session_params = params
         .map(|p| p.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default();
@@ -206,8 +205,8 @@ impl CryptoAttribute {
     /// session parameter that changes the transform; RFC 4568 §6.3: an answerer that does not
     /// understand a session parameter must not accept the line).
     pub fn unusable_reason(&self) -> Option<String> {
-        if !self.suite.is_aes_cm() {
-            return Some(format!("suite {} is not AES-CM", self.suite.name()));
+        if !self.suite.runs() {
+            return Some(format!("suite {} is not supported", self.suite.name()));
         }
         if self.keys.len() != 1 {
             return Some(format!(
@@ -307,6 +306,51 @@ mod tests {
                 .unwrap();
         assert_eq!(c.keys[0].key_salt.as_ref().unwrap().0.len(), 28);
         assert!(c.unusable_reason().unwrap().contains("28 bytes"));
+    }
+
+    /// RFC 4568 §9.1/§9.2 grammar: a line with any invalid part does not parse (it is kept as
+    /// an unknown attribute by the SDP parser, so it is never the chosen line).
+    #[test]
+    fn rfc4568_grammar_is_strict() {
+        const K: &str = "PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR";
+        let ok = |v: &str| parse_crypto(v).is_ok_and(|(r, _)| r.is_empty());
+        for good in [
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}"),
+            format!("123456789 AES_CM_128_HMAC_SHA1_80 inline:{K}"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}|2^31"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}|1048576"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}|1:4"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}|2^20|1:4"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}|2^20|1:128 KDR=0 WSH=64"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}|2^20|1:4;inline:{K}|2^20|2:4"),
+        ] {
+            assert!(ok(&good), "{good}");
+        }
+        for bad in [
+            format!("1234567890 AES_CM_128_HMAC_SHA1_80 inline:{K}"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}|"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}||1:4"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}|2^20|1:4|"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}|2^20|1:4|x"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}|1:4|2^20"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}|2^20|2^20"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}|2^"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}|2^99"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}|0"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}|abc"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}|1:0"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}|1:129"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}|1:1234"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}|:4"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}|x:4"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K}!junk"),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline:{K};"),
+            format!("1 AES-CM-128 inline:{K}"),
+            "1 AES_CM_128_HMAC_SHA1_80 inline:".to_string(),
+            "1 AES_CM_128_HMAC_SHA1_80 inline:A".to_string(),
+        ] {
+            assert!(!ok(&bad), "{bad}");
+        }
     }
 
     #[test]

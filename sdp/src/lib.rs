@@ -4,6 +4,8 @@
 //! What it does: `SessionDescription::parse` turns bytes into typed lines and writes them back
 //! byte-exactly (`to_string`); `answer_offer` answers a carrier's offer under an `AnswerPolicy`
 //! or says why not (`Refusal`, whose text goes into a SIP 488 `Warning`).
+//! The SRTP policy (which suites, their key, salt and tag lengths) is one table: [`SUITES`]
+//! (`src/suite.rs`), read by the config, offer/answer and the media core.
 //! What it does not do: I/O, clocks, global randomness (the RNG is injected), ICE, DTLS-SRTP.
 //!
 //! ```
@@ -17,6 +19,7 @@
 //!     session_id: 1,
 //!     session_version: 1,
 //!     local_key: None,
+//!     allow_loopback: false,
 //! };
 //! let mut rng = rand::rngs::mock::StepRng::new(1, 1);
 //! let answer = answer_offer(&offer, &policy, &mut rng).unwrap();
@@ -28,10 +31,12 @@
 mod crypto;
 mod lines;
 mod offer_answer;
+mod suite;
 
-pub use crypto::{CryptoAttribute, KeyParam, KeySalt, SrtpSuite};
+pub use crypto::{CryptoAttribute, KeyParam, KeySalt};
 pub use lines::{
     Attribute, Connection, Direction, Line, LineEnding, MediaLine, Origin, ParseError, RawLine,
     SessionDescription,
 };
 pub use offer_answer::{answer_offer, Answer, AnswerPolicy, Codec, Negotiated, Refusal};
+pub use suite::{SrtpSuite, SuiteSpec, SUITES};

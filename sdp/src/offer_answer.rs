@@ -46,8 +46,14 @@ pub struct AnswerPolicy {
     /// `o=` session id and version (the version goes up by one on each new answer in a dialog).
     pub session_id: u64,
     pub session_version: u64,
-    /// Re-use this key for the same suite (re-INVITE); `None` draws a fresh one from the RNG.
-    pub local_key: Option<KeySalt>,
+    /// The key and suite of the answer in force (re-INVITE): the key is kept only when the
+    /// same suite is chosen again. A suite change draws a fresh key, because a new suite means
+    /// a new SRTP context whose rollover counter and SRTCP index start over: under the old key
+    /// that would repeat (key, SSRC, index) and so the keystream (RFC 3711 §9.1).
+    /// `None` draws a fresh key from the RNG.
+    pub local_key: Option<(SrtpSuite, KeySalt)>,
+    /// Accept loopback `c=` addresses (tests on one host only; refused by default).
+    pub allow_loopback: bool,
 }
 
 /// An accepted offer: the SDP to send and the parameters for the media layer.
@@ -145,6 +151,34 @@ fn cryptos(section: &[RawLine]) -> Vec<&CryptoAttribute> {
 
 fn is_sdes_srtp(m: &MediaLine, section: &[RawLine]) -> bool {
     m.proto == "RTP/SAVP" || (m.proto == "RTP/SAVPF" && !cryptos(section).is_empty())
+}
+
+/// Refuses a media address sbc must not send to: unspecified (`0.0.0.0`, `::`), multicast
+/// (sbc answers unicast only, RFC 3264 §6.2), loopback unless `allow_loopback`, and an
+/// `addrtype` that does not match the address (`IN IP4 ::1`, RFC 8866 §5.7).
+fn check_media_address(ip: IpAddr, addrtype: &str, allow_loopback: bool) -> Result<(), Refusal> {
+    let refuse = |why: &str| Err(Refusal::BadAddress(warning_safe(&format!("{ip} is {why}"))));
+    let family_ok = match ip {
+        IpAddr::V4(_) => addrtype == "IP4",
+        IpAddr::V6(_) => addrtype == "IP6",
+    };
+    if !family_ok {
+        return refuse(&format!("not an {addrtype} address"));
+    }
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    if ip.is_unspecified() {
+        return refuse("unspecified");
+    }
+    if ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]) {
+        return refuse("multicast or broadcast");
+    }
+    if ip.is_loopback() && !allow_loopback {
+        return refuse("loopback");
+    }
+    Ok(())
 }
 
 /// Answers a carrier offer (RFC 3264 §6) under `policy`.
@@ -279,6 +313,7 @@ pub fn answer_offer(
             conn.address
         )))
     })?;
+    check_media_address(ip, &conn.addrtype, policy.allow_loopback)?;
     let rtcp_mux = attrs(section).any(|a| *a == Attribute::RtcpMux);
     let remote_rtp = SocketAddr::new(ip, m.port);
     let remote_rtcp = if rtcp_mux {
@@ -290,29 +325,40 @@ pub fn answer_offer(
         });
         match explicit {
             Some((port, address)) => {
-                let addr_ip = address
-                    .and_then(|a| a.split_whitespace().nth(2).and_then(|x| x.parse().ok()))
-                    .unwrap_or(ip);
+                // `a=rtcp:port [nettype addrtype address]` (RFC 3605 §2.1).
+                let addr_ip = match address {
+                    Some(a) => {
+                        let parts: Vec<&str> = a.split_whitespace().collect();
+                        let bad = || {
+                            Refusal::BadAddress(warning_safe(&format!("a=rtcp address {a}")))
+                        };
+                        let [_, addrtype, addr] = parts[..] else {
+                            return Err(bad());
+                        };
+                        let rip: IpAddr = addr.parse().map_err(|_| bad())?;
+                        check_media_address(rip, addrtype, policy.allow_loopback)?;
+                        rip
+                    }
+                    None => ip,
+                };
                 SocketAddr::new(addr_ip, port)
             }
             None => SocketAddr::new(ip, m.port.saturating_add(1)),
         }
     };
 
-    // Direction (RFC 3264 §6.1): media-level overrides session-level; an old-style hold
-    // (c=0.0.0.0, RFC 3264 §8.4) counts as sendonly.
+    // Direction (RFC 3264 §6.1): media-level overrides session-level. (An old-style hold with
+    // c=0.0.0.0, RFC 3264 §8.4, is refused above: sbc never sends media to an unspecified
+    // address; carriers hold with a=sendonly.)
     let dir_of = |s: &[RawLine]| {
         attrs(s).find_map(|a| match a {
             Attribute::Direction(d) => Some(*d),
             _ => None,
         })
     };
-    let mut offered_dir = dir_of(section)
+    let offered_dir = dir_of(section)
         .or_else(|| dir_of(&offer.session))
         .unwrap_or(Direction::SendRecv);
-    if ip.is_unspecified() && offered_dir == Direction::SendRecv {
-        offered_dir = Direction::SendOnly;
-    }
     let direction = match offered_dir {
         Direction::SendOnly => Direction::RecvOnly,
         Direction::RecvOnly => Direction::SendOnly,
@@ -320,7 +366,9 @@ pub fn answer_offer(
     };
 
     let local_key = match &policy.local_key {
-        Some(k) if k.key().len() == crypto.suite.key_len() => k.clone(),
+        Some((suite, k)) if *suite == crypto.suite && k.key().len() == crypto.suite.key_len() => {
+            k.clone()
+        }
         _ => {
             let mut bytes = vec![0u8; crypto.suite.key_len() + crypto.suite.salt_len()];
             rng.fill_bytes(&mut bytes);
@@ -455,6 +503,7 @@ mod tests {
             session_id: 1,
             session_version: 1,
             local_key: None,
+            allow_loopback: false,
         }
     }
 
@@ -480,7 +529,9 @@ mod tests {
         let r = refuse("a=crypto:1 X\"Y\\Z\u{e9} inline:AAAA\r\n");
         assert!(matches!(r, Refusal::NoAesCmSuite { .. }));
         assert_warning_safe(&r);
-        assert!(r.to_string().contains("X'Y'Z?"));
+        // Such a suite name breaks the RFC 4568 grammar (`1*(ALPHA / DIGIT / "_")`): the line
+        // is ignored as if absent.
+        assert!(r.to_string().contains("offered: none"), "{r}");
 
         let r = refuse("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR \"EVIL\"\r\n");
         assert!(matches!(r, Refusal::NoUsableCrypto { .. }));

@@ -24,6 +24,7 @@ fn policy() -> AnswerPolicy {
         session_id: 42,
         session_version: 1,
         local_key: None,
+        allow_loopback: false,
     }
 }
 
@@ -101,7 +102,13 @@ fn freeswitch_skips_mki_lines_and_takes_the_usable_one() {
 fn asterisk_and_sipp_offers_are_accepted() {
     let a = answer("asterisk.sdp", &policy()).unwrap();
     assert_eq!(a.negotiated.telephone_event, Some(101));
-    let s = answer("sipp.sdp", &policy()).unwrap();
+    assert!(matches!(
+        answer("sipp.sdp", &policy()),
+        Err(Refusal::BadAddress(_))
+    ));
+    let mut p = policy();
+    p.allow_loopback = true;
+    let s = answer("sipp.sdp", &p).unwrap();
     assert_eq!(s.negotiated.suite, SrtpSuite::AesCm128HmacSha1_80);
     assert_eq!(s.negotiated.crypto_tag, 1);
     assert_eq!(s.negotiated.remote_rtp, "127.0.0.1:21000".parse().unwrap());
@@ -176,7 +183,10 @@ fn hold_direction_is_mirrored_and_extra_lines_rejected_in_order() {
 fn reinvite_reuses_our_key() {
     let first = answer("twilio.sdp", &policy()).unwrap();
     let mut p = policy();
-    p.local_key = Some(first.negotiated.local_key.clone());
+    p.local_key = Some((
+        first.negotiated.suite.clone(),
+        first.negotiated.local_key.clone(),
+    ));
     p.session_version = 2;
     let offer = SessionDescription::parse(&fixture("twilio.sdp")).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(99);
@@ -194,9 +204,113 @@ fn answers_parse_back() {
         "telnyx.sdp",
         "sipp.sdp",
     ] {
-        let a = answer(f, &policy()).unwrap();
+        let mut p = policy();
+        p.allow_loopback = f == "sipp.sdp";
+        let a = answer(f, &p).unwrap();
         let text = a.sdp.to_string();
         let again = SessionDescription::parse(text.as_bytes()).unwrap();
         assert_eq!(again.to_string(), text);
     }
+}
+
+const OFFER_HEAD: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\n";
+const KEY_A: &str = "PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR";
+
+fn answer_text(text: &str, p: &AnswerPolicy) -> Result<sdp::Answer, Refusal> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // A different RNG stream for each answer, as in the daemon (one RNG per call).
+    static SEED: AtomicU64 = AtomicU64::new(3);
+    let offer = SessionDescription::parse(text.as_bytes()).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(SEED.fetch_add(1, Ordering::Relaxed));
+    answer_offer(&offer, p, &mut rng)
+}
+
+/// Issue 13: `_80` and `_32` both have 16-byte keys; a re-INVITE that changes the suite gets a
+/// fresh local key (the new context's ROC and SRTCP index start over), the same suite keeps it.
+#[test]
+fn suite_change_on_reinvite_draws_a_fresh_key() {
+    let first = answer_text(
+        &format!("{OFFER_HEAD}a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY_A}\r\n"),
+        &policy(),
+    )
+    .unwrap();
+    let mut p = policy();
+    p.local_key = Some((
+        first.negotiated.suite.clone(),
+        first.negotiated.local_key.clone(),
+    ));
+    let second = answer_text(
+        &format!("{OFFER_HEAD}a=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:{KEY_A}\r\n"),
+        &p,
+    )
+    .unwrap();
+    assert_eq!(second.negotiated.suite, SrtpSuite::AesCm128HmacSha1_32);
+    assert_ne!(second.negotiated.local_key, first.negotiated.local_key);
+    let same = answer_text(
+        &format!("{OFFER_HEAD}a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY_A}\r\n"),
+        &p,
+    )
+    .unwrap();
+    assert_eq!(same.negotiated.local_key, first.negotiated.local_key);
+}
+
+/// `c=` (and `a=rtcp`) addresses sbc must not send to are refused with a reason (488 Warning).
+#[test]
+fn unusable_connection_addresses_are_refused() {
+    let crypto = format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY_A}\r\n");
+    let with_c = |c: &str, extra: &str| {
+        format!("v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc={c}\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\n{crypto}{extra}")
+    };
+    for c in [
+        "IN IP4 0.0.0.0",
+        "IN IP6 ::",
+        "IN IP4 224.2.1.1/127",
+        "IN IP4 239.255.255.250",
+        "IN IP6 ff02::1",
+        "IN IP4 255.255.255.255",
+        "IN IP4 127.0.0.1",
+        "IN IP6 ::1",
+        "IN IP6 ::ffff:127.0.0.1",
+        "IN IP4 ::1",
+        "IN IP6 192.0.2.1",
+        "IN IP4 2001:db8::1",
+    ] {
+        let r = answer_text(&with_c(c, ""), &policy());
+        assert!(matches!(r, Err(Refusal::BadAddress(_))), "{c}: {r:?}");
+    }
+    let r = answer_text(
+        &with_c("IN IP4 192.0.2.1", "a=rtcp:4001 IN IP4 0.0.0.0\r\n"),
+        &policy(),
+    );
+    assert!(matches!(r, Err(Refusal::BadAddress(_))), "{r:?}");
+    let mut p = policy();
+    p.allow_loopback = true;
+    assert!(answer_text(&with_c("IN IP4 127.0.0.1", ""), &p).is_ok());
+    assert!(answer_text(&with_c("IN IP6 ::1", ""), &p).is_ok());
+    assert!(answer_text(&with_c("IN IP4 0.0.0.0", ""), &p).is_err());
+    assert!(answer_text(&with_c("IN IP6 2001:db8::1", ""), &policy()).is_ok());
+}
+
+/// A crypto line with any invalid part (RFC 4568 grammar) is ignored as if absent: the valid
+/// line after it is chosen, and with none left the answer is a refusal (488).
+#[test]
+fn invalid_crypto_lines_are_ignored() {
+    let bad = format!(
+        "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY_A}|\r\n\
+         a=crypto:1234567890 AES_CM_128_HMAC_SHA1_80 inline:{KEY_A}\r\n\
+         a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:{KEY_A}|2^20|1:4|junk\r\n\
+         a=crypto:4 AES_CM_128_HMAC_SHA1_80 inline:{KEY_A}|1:4|2^20\r\n"
+    );
+    let a = answer_text(
+        &format!("{OFFER_HEAD}{bad}a=crypto:5 AES_CM_128_HMAC_SHA1_32 inline:{KEY_A}\r\n"),
+        &policy(),
+    )
+    .unwrap();
+    assert_eq!(a.negotiated.crypto_tag, 5);
+    assert_eq!(a.negotiated.suite, SrtpSuite::AesCm128HmacSha1_32);
+    let r = answer_text(&format!("{OFFER_HEAD}{bad}"), &policy()).unwrap_err();
+    assert!(
+        matches!(r, Refusal::NoAesCmSuite { .. } | Refusal::NoUsableCrypto { .. }),
+        "{r:?}"
+    );
 }

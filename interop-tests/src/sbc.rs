@@ -128,6 +128,7 @@ port_min = {mmin}
 port_max = {mmax}
 rtp_timeout_secs = {rtpto}
 mirror_caller_ssrc = {mirror}
+allow_loopback_media = true
 
 [srtp]
 suites = ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"]

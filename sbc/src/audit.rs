@@ -622,6 +622,13 @@ pub struct MediaAudit {
     pub agent_audio_overflow_bytes: u64,
     /// Agent audio bytes dropped after a stall of the call task instead of being played late.
     pub agent_audio_late_dropped_bytes: u64,
+    /// Times outbound media moved to a new carrier address (after `[media] relatch_packets`
+    /// authenticated packets of the latched SSRC from it).
+    pub relatches: u64,
+    /// Agent `mark`s dropped (too many pending, or the name too long).
+    pub agent_marks_dropped: u64,
+    /// Agent `dtmf` messages dropped (too many digits pending).
+    pub agent_dtmf_dropped: u64,
 }
 
 /// Everything known about one call. The same value is written at refusal, start and end, so each

@@ -12,11 +12,11 @@ use rand::{RngCore, SeedableRng};
 use srtp_bridge::{Bridge, BridgeConfig, BridgeEvent, Component, MediaParams, StreamInfo};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use tracing::{debug, info, info_span, trace, warn, Instrument};
+use tracing::{debug, error, info, info_span, trace, warn, Instrument};
 
 use crate::agent::{self, AgentConn};
 use crate::audit::{CallRecord, Decision, SipTls};
-use crate::config::{AgentTarget, CodecName, RouteMatch, SrtpSuiteName};
+use crate::config::{AgentTarget, CodecName, RouteMatch};
 use crate::conn::ConnHandle;
 use crate::metrics as m;
 use crate::ports::MediaSockets;
@@ -645,18 +645,14 @@ impl Call {
         cancelled
     }
 
-    fn answer_policy(&self, port: u16, local_key: Option<sdp::KeySalt>) -> sdp::AnswerPolicy {
+    fn answer_policy(
+        &self,
+        port: u16,
+        local_key: Option<(sdp::SrtpSuite, sdp::KeySalt)>,
+    ) -> sdp::AnswerPolicy {
         let cfg = &self.live.config;
         sdp::AnswerPolicy {
-            suites: cfg
-                .srtp
-                .suites
-                .iter()
-                .map(|s| match s {
-                    SrtpSuiteName::AesCm128HmacSha1_80 => sdp::SrtpSuite::AesCm128HmacSha1_80,
-                    SrtpSuiteName::AesCm128HmacSha1_32 => sdp::SrtpSuite::AesCm128HmacSha1_32,
-                })
-                .collect(),
+            suites: cfg.srtp.suites.clone(),
             codecs: cfg
                 .media
                 .codecs
@@ -671,6 +667,7 @@ impl Call {
             session_id: session_id(&self.record.call_id),
             session_version: 1,
             local_key,
+            allow_loopback: cfg.media.allow_loopback_media,
         }
     }
 
@@ -684,21 +681,47 @@ impl Call {
         let now = Instant::now();
         let cfg = Arc::clone(&self.live.config);
         let mut version = 1u64;
-        let mut local_key = negotiated.local_key.clone();
+        let mut local_key = (negotiated.suite.clone(), negotiated.local_key.clone());
         let stream = self.stream_info();
         self.stream_sid = stream.stream_sid.clone();
-        self.register_call(&stream);
-        let mut bridge = Bridge::new(
+        // The negotiated parameters go straight into the bridge; one it cannot run is refused
+        // here, before the answer (never a 200 with no media).
+        let mut bridge = match Bridge::new(
             now,
             media_params(&negotiated),
-            stream,
+            stream.clone(),
             BridgeConfig {
                 inactivity_timeout: cfg.media.rtp_timeout,
                 rtcp_interval: Duration::from_secs(5),
                 ssrc: self.rng.next_u32(),
                 mirror_caller_ssrc: cfg.media.mirror_caller_ssrc,
+                relatch_packets: cfg.media.relatch_packets,
             },
-        );
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                error!(error = %e, "negotiated media parameters unusable: call refused (500)");
+                let why = format!("media parameters unusable: {e}");
+                self.uas.reject(
+                    now,
+                    500,
+                    "Server Internal Error",
+                    Some(&sanitize_warning(&why)),
+                    None,
+                );
+                self.flush_sip();
+                self.record.decision = Decision {
+                    outcome: "refused",
+                    status: 500,
+                    reason: why,
+                };
+                self.shared.audit.write("call.refused", &self.record);
+                m::call_outcome("refused");
+                self.finish_without_media().await;
+                return;
+            }
+        };
+        self.register_call(&stream);
         self.uas.accept(now, answer_sdp);
         self.flush_sip();
         m::srtp_suite(negotiated.suite.name());
@@ -787,10 +810,27 @@ impl Call {
                         match result {
                             Ok(ans) => {
                                 info!(direction = ?ans.negotiated.direction, remote_rtp = %ans.negotiated.remote_rtp, "re-offer accepted: media updated");
-                                local_key = ans.negotiated.local_key.clone();
-                                bridge.update_params(now, media_params(&ans.negotiated));
-                                self.uas
-                                    .answer_reoffer(now, Ok(Bytes::from(ans.sdp.to_string())));
+                                match bridge.update_params(now, media_params(&ans.negotiated)) {
+                                    Ok(()) => {
+                                        local_key = (
+                                            ans.negotiated.suite.clone(),
+                                            ans.negotiated.local_key.clone(),
+                                        );
+                                        self.uas.answer_reoffer(
+                                            now,
+                                            Ok(Bytes::from(ans.sdp.to_string())),
+                                        );
+                                    }
+                                    Err(e) => {
+                                        info!(error = %e, "re-offer refused (488): media unchanged");
+                                        self.uas.answer_reoffer(
+                                            now,
+                                            Err(sanitize_warning(&format!(
+                                                "media parameters unusable: {e}"
+                                            ))),
+                                        );
+                                    }
+                                }
                             }
                             Err(w) => {
                                 info!(reason = %w, "re-offer refused (488); media unchanged");
@@ -999,6 +1039,9 @@ impl Call {
             carrier_malformed: stats.carrier_malformed,
             agent_audio_overflow_bytes: stats.agent_audio_overflow,
             agent_audio_late_dropped_bytes: stats.agent_audio_late_dropped,
+            relatches: stats.relatches,
+            agent_marks_dropped: stats.agent_marks_dropped,
+            agent_dtmf_dropped: stats.agent_dtmf_dropped,
         };
         self.record.ended_at = Some(crate::audit::now_rfc3339());
         self.record.duration_ms = Some(answered.elapsed().as_millis() as u64);

@@ -192,6 +192,11 @@ pub struct MediaConfig {
     /// Only for test peers that need it (SIPp 3.8's SRTP echo check decrypts with its own SSRC);
     /// off for real carriers.
     pub mirror_caller_ssrc: bool,
+    /// Authenticated packets in a row from a new address (of the latched SSRC) before outbound
+    /// media moves there.
+    pub relatch_packets: u32,
+    /// Accept loopback `c=` addresses in offers (tests on one host only).
+    pub allow_loopback_media: bool,
     /// Codec preference for answers.
     pub codecs: Vec<CodecName>,
 }
@@ -204,14 +209,9 @@ pub enum CodecName {
 
 #[derive(Clone, Debug)]
 pub struct SrtpConfig {
-    /// Accepted suites, most preferred first (AES-CM only).
-    pub suites: Vec<SrtpSuiteName>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SrtpSuiteName {
-    AesCm128HmacSha1_80,
-    AesCm128HmacSha1_32,
+    /// Accepted suites, most preferred first: rows of the suite table (`sdp::SUITES`) that
+    /// sbc runs.
+    pub suites: Vec<sdp::SrtpSuite>,
 }
 
 #[derive(Clone, Debug)]
@@ -439,26 +439,6 @@ impl Tls12Suite {
     }
 }
 
-impl SrtpSuiteName {
-    /// The RFC 4568 name, as written in `a=crypto` and in the config.
-    pub fn name(self) -> &'static str {
-        match self {
-            SrtpSuiteName::AesCm128HmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",
-            SrtpSuiteName::AesCm128HmacSha1_32 => "AES_CM_128_HMAC_SHA1_32",
-        }
-    }
-
-    /// The suite with this exact name, if the policy allows it.
-    pub fn from_name(name: &str) -> Option<SrtpSuiteName> {
-        [
-            SrtpSuiteName::AesCm128HmacSha1_80,
-            SrtpSuiteName::AesCm128HmacSha1_32,
-        ]
-        .into_iter()
-        .find(|s| s.name() == name)
-    }
-}
-
 impl CodecName {
     /// The RTP encoding name (`PCMU`, `PCMA`).
     pub fn name(self) -> &'static str {
@@ -524,8 +504,8 @@ path = "-"
         assert_eq!(
             c.srtp.suites,
             [
-                SrtpSuiteName::AesCm128HmacSha1_80,
-                SrtpSuiteName::AesCm128HmacSha1_32
+                sdp::SrtpSuite::AesCm128HmacSha1_80,
+                sdp::SrtpSuite::AesCm128HmacSha1_32
             ]
         );
         assert_eq!(c.agent.connect_timeout, Duration::from_secs(3));

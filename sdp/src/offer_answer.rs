@@ -329,9 +329,8 @@ pub fn answer_offer(
                 let addr_ip = match address {
                     Some(a) => {
                         let parts: Vec<&str> = a.split_whitespace().collect();
-                        let bad = || {
-                            Refusal::BadAddress(warning_safe(&format!("a=rtcp address {a}")))
-                        };
+                        let bad =
+                            || Refusal::BadAddress(warning_safe(&format!("a=rtcp address {a}")));
                         let [_, addrtype, addr] = parts[..] else {
                             return Err(bad());
                         };

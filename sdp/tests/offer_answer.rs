@@ -310,7 +310,10 @@ fn invalid_crypto_lines_are_ignored() {
     assert_eq!(a.negotiated.suite, SrtpSuite::AesCm128HmacSha1_32);
     let r = answer_text(&format!("{OFFER_HEAD}{bad}"), &policy()).unwrap_err();
     assert!(
-        matches!(r, Refusal::NoAesCmSuite { .. } | Refusal::NoUsableCrypto { .. }),
+        matches!(
+            r,
+            Refusal::NoAesCmSuite { .. } | Refusal::NoUsableCrypto { .. }
+        ),
         "{r:?}"
     );
 }

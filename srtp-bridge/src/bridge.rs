@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, error, trace};
+use tracing::{debug, trace};
 
 use crate::agent::{parse_agent_message, AgentMessage, AgentWriter};
 use crate::dtmf::{
@@ -29,6 +29,12 @@ pub const FRAME: Duration = Duration::from_millis(20);
 pub const REKEY_GRACE: Duration = Duration::from_secs(5);
 /// Agent audio buffered beyond this (120 s) is dropped and counted.
 pub const MAX_QUEUED_BYTES: usize = 8000 * 120;
+/// Marks waiting for their audio to play out; more are dropped and counted.
+pub const MAX_PENDING_MARKS: usize = 1024;
+/// Longest mark name kept (bytes); a longer mark is dropped and counted.
+pub const MAX_MARK_NAME_BYTES: usize = 256;
+/// Agent DTMF digits waiting to be sent; more are dropped and counted.
+pub const MAX_PENDING_DTMF: usize = 32;
 /// Missed pacing ticks sent in a burst when the driver was late; beyond that they are skipped.
 const MAX_CATCH_UP: u32 = 5;
 /// Longest stall of the driver after which agent audio is still treated as late, not as a new
@@ -45,6 +51,10 @@ pub enum BridgeError {
     /// A master key or salt has the wrong length.
     #[error("SRTP master key or salt has the wrong length")]
     BadKey,
+    /// A re-INVITE changed the suite but kept our master key: the new context would restart
+    /// the rollover counter and SRTCP index under the same key (keystream reuse, RFC 3711 §9.1).
+    #[error("SRTP suite changed without a new local master key")]
+    KeyReuse,
 }
 
 /// [`MediaParams`] with the keys as [`MasterKey`]s: what the bridge runs on.
@@ -147,6 +157,11 @@ pub struct Bridge {
     rtp_dest: SocketAddr,
     rtcp_dest: SocketAddr,
     latched: bool,
+    /// The SSRC of the first authenticated packet (after start or a re-key): only it re-latches.
+    latched_ssrc: Option<u32>,
+    /// A new source address of the latched SSRC and how many authenticated packets in a row
+    /// came from it.
+    relatch_candidate: Option<(SocketAddr, u32)>,
     last_rtp: Instant,
     timed_out: bool,
     stopped: bool,
@@ -198,39 +213,15 @@ impl std::fmt::Debug for Bridge {
 impl Bridge {
     /// Creates the core and queues `connected` and `start` for the agent.
     ///
-    /// Parameters the bridge cannot run (an unknown suite) are logged; the bridge then
-    /// authenticates nothing and sends no media. Call [`LegParams::from_media_params`] first to
-    /// refuse such a call instead.
+    /// Parameters the bridge cannot run (a suite outside the table's runnable rows, a key of
+    /// the wrong length) are an error: the call must be refused before it is answered.
     pub fn new(
         now: Instant,
         params: MediaParams,
         stream: StreamInfo,
         config: BridgeConfig,
-    ) -> Self {
-        match LegParams::from_media_params(&params) {
-            Ok(leg) => Self::with_leg(now, leg, stream, config),
-            Err(e) => {
-                error!(error = %e, "carrier media parameters unusable; no media will flow");
-                let zero = MasterKey::new(&[0; 16], &[0; 14])
-                    .unwrap_or_else(|| unreachable!("fixed lengths"));
-                let leg = LegParams {
-                    suite: params.suite,
-                    remote_key: zero.clone(),
-                    local_key: zero,
-                    remote_rtp: params.remote_rtp,
-                    remote_rtcp: params.remote_rtcp,
-                    rtcp_mux: params.rtcp_mux,
-                    codec: params.codec,
-                    payload_type: params.payload_type,
-                    telephone_event: params.telephone_event,
-                    direction: params.direction,
-                };
-                let mut b = Self::with_leg(now, leg, stream, config);
-                b.inbound = None;
-                b.outbound = None;
-                b
-            }
-        }
+    ) -> Result<Self, BridgeError> {
+        Self::with_leg(now, LegParams::from_media_params(&params)?, stream, config)
     }
 
     /// Like [`Bridge::new`] from already converted parameters (raw keys).
@@ -239,12 +230,10 @@ impl Bridge {
         leg: LegParams,
         stream: StreamInfo,
         config: BridgeConfig,
-    ) -> Self {
-        let inbound = InboundContext::new(&leg.suite, &leg.remote_key).ok();
-        let outbound = OutboundContext::new(&leg.suite, &leg.local_key).ok();
-        if inbound.is_none() || outbound.is_none() {
-            error!("unsupported SRTP suite; no media will flow");
-        }
+    ) -> Result<Self, BridgeError> {
+        let unsupported = |_| BridgeError::UnsupportedSuite;
+        let inbound = Some(InboundContext::new(&leg.suite, &leg.remote_key).map_err(unsupported)?);
+        let outbound = Some(OutboundContext::new(&leg.suite, &leg.local_key).map_err(unsupported)?);
         let mut writer = AgentWriter::new(&stream.stream_sid);
         let mut agent_out = VecDeque::new();
         agent_out.push_back(writer.connected());
@@ -258,7 +247,7 @@ impl Bridge {
         let seq = (ssrc ^ (ssrc >> 16)) as u16 & 0x7fff;
         let ts_base = ssrc.rotate_left(16) ^ 0x5bd1_e995;
         let interval = config.rtcp_interval.max(Duration::from_millis(100));
-        Self {
+        Ok(Self {
             start: now,
             rtp_dest: leg.remote_rtp,
             rtcp_dest: leg.remote_rtcp,
@@ -271,6 +260,8 @@ impl Bridge {
             previous_inbound: None,
             outbound,
             latched: false,
+            latched_ssrc: None,
+            relatch_candidate: None,
             last_rtp: now,
             timed_out: false,
             stopped: false,
@@ -299,7 +290,7 @@ impl Bridge {
             agent_out,
             events: VecDeque::new(),
             stats: BridgeStats::default(),
-        }
+        })
     }
 
     /// A datagram from the carrier on `component`, from `from`. RTCP on the RTP port (rtcp-mux)
@@ -384,10 +375,7 @@ impl Bridge {
             }
             self.events.push_back(BridgeEvent::MediaStarted { from });
         }
-        if self.rtp_dest != from {
-            debug!(%from, previous = %self.rtp_dest, "carrier media address moved");
-            self.rtp_dest = from;
-        }
+        self.latch(from, header.ssrc);
         let arrival = self.samples_since_start(now);
         self.recv_stats.on_rtp(
             header.ssrc,
@@ -435,6 +423,43 @@ impl Bridge {
         }
     }
 
+    /// Symmetric RTP: the first authenticated packet (after start or a re-key) latches its
+    /// address and SSRC. A move to another address needs [`BridgeConfig::relatch_packets`]
+    /// authenticated packets in a row from it, all of the latched SSRC: with `_32` tags one
+    /// forgery in about 2^31 tries authenticates, and a single one must not redirect the
+    /// caller's audio.
+    fn latch(&mut self, from: SocketAddr, ssrc: u32) {
+        let Some(latched_ssrc) = self.latched_ssrc else {
+            self.latched_ssrc = Some(ssrc);
+            self.relatch_candidate = None;
+            if self.rtp_dest != from {
+                debug!(%from, previous = %self.rtp_dest, "carrier media latched");
+                self.rtp_dest = from;
+            }
+            return;
+        };
+        if from == self.rtp_dest {
+            self.relatch_candidate = None;
+            return;
+        }
+        if ssrc != latched_ssrc {
+            trace!(%from, ssrc, "authenticated packet of another SSRC from a new address; no re-latch");
+            return;
+        }
+        let count = match self.relatch_candidate {
+            Some((addr, n)) if addr == from => n + 1,
+            _ => 1,
+        };
+        if count >= self.config.relatch_packets.max(1) {
+            debug!(%from, previous = %self.rtp_dest, "carrier media address moved");
+            self.rtp_dest = from;
+            self.relatch_candidate = None;
+            self.stats.relatches += 1;
+        } else {
+            self.relatch_candidate = Some((from, count));
+        }
+    }
+
     fn on_srtcp(&mut self, now: Instant, component: Component, from: SocketAddr, data: &[u8]) {
         let plain = match self.unprotect(now, false, |c| c.unprotect_rtcp(data)) {
             Ok(p) => p,
@@ -472,6 +497,15 @@ impl Bridge {
                 self.ensure_run(now);
             }
             Ok(AgentMessage::Mark(name)) => {
+                if self.marks.len() >= MAX_PENDING_MARKS || name.len() > MAX_MARK_NAME_BYTES {
+                    self.stats.agent_marks_dropped += 1;
+                    debug!(
+                        pending = self.marks.len(),
+                        name_len = name.len(),
+                        "agent mark dropped"
+                    );
+                    return;
+                }
                 self.marks.push_back((self.enqueued, name));
                 if self.run.is_none() {
                     self.echo_played_marks();
@@ -490,6 +524,11 @@ impl Bridge {
                     debug!("agent DTMF dropped: no telephone-event negotiated");
                     return;
                 };
+                if self.dtmf_tx.len() >= MAX_PENDING_DTMF {
+                    self.stats.agent_dtmf_dropped += 1;
+                    debug!("agent DTMF dropped: too many digits pending");
+                    return;
+                }
                 let samples = duration.map_or(DEFAULT_DURATION_SAMPLES, |d| {
                     (d.as_millis().min(10_000) as u32) * 8
                 });
@@ -762,14 +801,9 @@ impl Bridge {
     }
 
     /// New parameters after a re-INVITE (keys, address, direction): switch without a gap.
-    /// Unusable parameters are logged and the old ones kept.
-    pub fn update_params(&mut self, now: Instant, params: MediaParams) {
-        match LegParams::from_media_params(&params) {
-            Ok(leg) => self.update_leg(now, leg),
-            Err(e) => {
-                error!(error = %e, "re-INVITE media parameters unusable; keeping the previous ones")
-            }
-        }
+    /// Unusable parameters are an error and change nothing (the re-INVITE is refused).
+    pub fn update_params(&mut self, now: Instant, params: MediaParams) -> Result<(), BridgeError> {
+        self.update_leg(now, LegParams::from_media_params(&params)?)
     }
 
     /// Like [`Bridge::update_params`] from already converted parameters.
@@ -778,12 +812,30 @@ impl Bridge {
     /// restarted or continued, whichever authenticates first wins); the old one is still tried
     /// for [`REKEY_GRACE`] when the new ones fail authentication, so packets in flight and a
     /// carrier that switches late both get through. A new local key is used from the next
-    /// packet on, with a fresh context (our ROC restarts at 0).
-    pub fn update_leg(&mut self, now: Instant, leg: LegParams) {
+    /// packet on, with a fresh context (our ROC restarts at 0), so a suite change without a new
+    /// local key is refused ([`BridgeError::KeyReuse`]). Nothing changes on an error.
+    ///
+    /// The inactivity timer is not restarted: only media does that (it starts when the new
+    /// direction is the first that expects carrier RTP).
+    pub fn update_leg(&mut self, now: Instant, leg: LegParams) -> Result<(), BridgeError> {
         let suite_changed = leg.suite != self.leg.suite;
-        if suite_changed || leg.remote_key != self.leg.remote_key {
-            match InboundContext::new(&leg.suite, &leg.remote_key) {
-                Ok(ctx) => {
+        if suite_changed && leg.local_key == self.leg.local_key {
+            return Err(BridgeError::KeyReuse);
+        }
+        let unsupported = |_| BridgeError::UnsupportedSuite;
+        let new_inbound = if suite_changed || leg.remote_key != self.leg.remote_key {
+            Some(InboundContext::new(&leg.suite, &leg.remote_key).map_err(unsupported)?)
+        } else {
+            None
+        };
+        let new_outbound = if suite_changed || leg.local_key != self.leg.local_key {
+            Some(OutboundContext::new(&leg.suite, &leg.local_key).map_err(unsupported)?)
+        } else {
+            None
+        };
+        if let Some(ctx) = new_inbound {
+            {
+                {
                     let indices = self
                         .inbound
                         .as_ref()
@@ -794,28 +846,27 @@ impl Bridge {
                     if let Some(old) = self.inbound.replace(ctx) {
                         self.previous_inbound = Some((old, now + REKEY_GRACE));
                     }
-                }
-                Err(e) => {
-                    return error!(error = %e, "re-INVITE keys unusable; keeping the previous ones")
+                    // A new key: its first authenticated packet latches afresh.
+                    self.latched_ssrc = None;
                 }
             }
         }
-        if suite_changed || leg.local_key != self.leg.local_key {
-            match OutboundContext::new(&leg.suite, &leg.local_key) {
-                Ok(ctx) => self.outbound = Some(ctx),
-                Err(e) => {
-                    return error!(error = %e, "re-INVITE keys unusable; keeping the previous ones")
-                }
-            }
+        if let Some(ctx) = new_outbound {
+            self.outbound = Some(ctx);
         }
         if leg.remote_rtp != self.leg.remote_rtp {
             self.rtp_dest = leg.remote_rtp;
+            self.latched_ssrc = None;
         }
         if leg.remote_rtcp != self.leg.remote_rtcp {
             self.rtcp_dest = leg.remote_rtcp;
         }
+        if leg.receives() && !self.leg.receives() {
+            // The timer was not running (we expected no RTP); it starts now.
+            self.last_rtp = now;
+        }
         self.leg = leg;
-        self.last_rtp = now;
+        Ok(())
     }
 
     /// A DTMF digit that arrived by SIP INFO (application/dtmf-relay): send it to the agent.
@@ -922,6 +973,7 @@ mod tests {
             rtcp_interval: Duration::from_secs(5),
             ssrc: 0x5bc0_0001,
             mirror_caller_ssrc: false,
+            relatch_packets: 5,
         }
     }
 
@@ -962,7 +1014,7 @@ mod tests {
     fn setup(suite: SrtpSuite, codec: Codec, mux: bool) -> (Instant, Bridge, Carrier) {
         let t0 = crate::test_epoch();
         let carrier = Carrier::new(&suite);
-        let mut b = Bridge::with_leg(t0, leg(suite, codec, mux), info(), config());
+        let mut b = Bridge::with_leg(t0, leg(suite, codec, mux), info(), config()).unwrap();
         assert!(b.poll_agent_text().unwrap().contains("\"connected\""));
         assert!(b.poll_agent_text().unwrap().contains("\"start\""));
         (t0, b, carrier)
@@ -998,7 +1050,8 @@ mod tests {
             leg(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, true),
             info(),
             config(),
-        );
+        )
+        .unwrap();
         let m = agent_msgs(&mut b);
         assert_eq!(m[0]["event"], "connected");
         assert_eq!(m[1]["event"], "start");
@@ -1052,6 +1105,140 @@ mod tests {
         assert_eq!(&plain[12..], &back[..]);
     }
 
+    /// Issue 13: one authenticated packet from a new address no longer moves outbound media;
+    /// `relatch_packets` in a row of the latched SSRC do, and each move is counted.
+    #[test]
+    fn relatch_needs_several_packets_of_the_latched_ssrc() {
+        let (t0, mut b, mut c) = setup(SrtpSuite::AesCm128HmacSha1_32, Codec::Pcmu, true);
+        let first = addr("198.51.100.7:30000");
+        let other = addr("203.0.113.5:40000");
+        let dest_now = |b: &mut Bridge, t: Instant| {
+            datagrams(b);
+            b.handle_agent_text(t, &agent_media(&[0xff; 160]));
+            b.handle_timeout(t);
+            datagrams(b).last().map(|d| d.dest)
+        };
+        let p = c.rtp(0, &[0x55; 160]);
+        b.handle_carrier_datagram(t0, Component::Rtp, first, &p);
+        assert_eq!(dest_now(&mut b, t0), Some(first));
+        // A single packet (a forgery that happened to authenticate) from elsewhere.
+        let p = c.rtp(0, &[0x55; 160]);
+        b.handle_carrier_datagram(t0, Component::Rtp, other, &p);
+        assert_eq!(dest_now(&mut b, t0 + FRAME), Some(first));
+        // Another SSRC under the same key from the new address never re-latches.
+        let mut t = t0 + FRAME * 2;
+        for i in 0..10u16 {
+            let pkt = write_rtp(false, 0, 500 + i, 0, 0xbad, &[0x55; 160]);
+            let p = c.tx.protect_rtp(&pkt).unwrap();
+            b.handle_carrier_datagram(t, Component::Rtp, other, &p);
+            t += FRAME;
+        }
+        assert_eq!(dest_now(&mut b, t), Some(first));
+        // Packets from the latched address reset the count.
+        let p = c.rtp(0, &[0x55; 160]);
+        b.handle_carrier_datagram(t, Component::Rtp, first, &p);
+        for _ in 0..4 {
+            let p = c.rtp(0, &[0x55; 160]);
+            b.handle_carrier_datagram(t, Component::Rtp, other, &p);
+        }
+        let p = c.rtp(0, &[0x55; 160]);
+        b.handle_carrier_datagram(t, Component::Rtp, first, &p);
+        let p = c.rtp(0, &[0x55; 160]);
+        b.handle_carrier_datagram(t, Component::Rtp, other, &p);
+        assert_eq!(dest_now(&mut b, t + FRAME), Some(first));
+        assert_eq!(b.stats().relatches, 0);
+        for _ in 0..5 {
+            let p = c.rtp(0, &[0x55; 160]);
+            b.handle_carrier_datagram(t, Component::Rtp, other, &p);
+        }
+        assert_eq!(dest_now(&mut b, t + FRAME * 2), Some(other));
+        assert_eq!(b.stats().relatches, 1);
+    }
+
+    /// Issue 13: pending marks (count and name length) and agent DTMF are bounded; overflow is
+    /// counted.
+    #[test]
+    fn agent_mark_and_dtmf_queues_are_bounded() {
+        let (t0, mut b, _c) = setup(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, true);
+        b.handle_agent_text(t0, &agent_media(&[0xff; 8000]));
+        for i in 0..MAX_PENDING_MARKS + 100 {
+            b.handle_agent_text(
+                t0,
+                &format!(r#"{{"event":"mark","streamSid":"MZ1","mark":{{"name":"m{i}"}}}}"#),
+            );
+        }
+        let long = "x".repeat(MAX_MARK_NAME_BYTES + 1);
+        b.handle_agent_text(
+            t0,
+            &format!(r#"{{"event":"mark","streamSid":"MZ1","mark":{{"name":"{long}"}}}}"#),
+        );
+        assert_eq!(b.marks.len(), MAX_PENDING_MARKS);
+        assert_eq!(b.stats().agent_marks_dropped, 101);
+        for _ in 0..MAX_PENDING_DTMF + 7 {
+            b.handle_agent_text(
+                t0,
+                r#"{"event":"dtmf","streamSid":"MZ1","dtmf":{"digit":"5","duration":10000}}"#,
+            );
+        }
+        assert!(b.dtmf_tx.len() <= MAX_PENDING_DTMF);
+        assert_eq!(b.stats().agent_dtmf_dropped, 7);
+    }
+
+    /// Issue 13: a re-INVITE does not restart the RTP inactivity timer; only media does.
+    #[test]
+    fn reinvite_does_not_restart_the_rtp_timeout() {
+        let (t0, mut b, _c) = setup(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, true);
+        let mut l = leg(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, true);
+        l.remote_rtp = addr("192.0.2.11:20000");
+        b.update_leg(t0 + Duration::from_secs(9), l).unwrap();
+        b.handle_timeout(t0 + Duration::from_secs(10));
+        assert_eq!(b.poll_event(), Some(BridgeEvent::RtpTimeout));
+    }
+
+    /// Issue 13: parameters the bridge cannot run are an error (the call is refused before the
+    /// answer), and a suite change that keeps our key is refused.
+    #[test]
+    fn unusable_parameters_are_an_error() {
+        let t0 = crate::test_epoch();
+        let params = |suite: SrtpSuite, key_len: usize| MediaParams {
+            suite,
+            remote_key: sdp::KeySalt::new(vec![1; key_len + 14]),
+            local_key: sdp::KeySalt::new(vec![2; key_len + 14]),
+            remote_rtp: addr(CARRIER),
+            remote_rtcp: addr(CARRIER),
+            rtcp_mux: true,
+            codec: Codec::Pcmu,
+            payload_type: 0,
+            telephone_event: None,
+            direction: Direction::SendRecv,
+        };
+        let e = Bridge::new(
+            t0,
+            params(SrtpSuite::AesCm256HmacSha1_80, 32),
+            info(),
+            config(),
+        );
+        assert_eq!(e.unwrap_err(), BridgeError::UnsupportedSuite);
+        let e = Bridge::new(
+            t0,
+            params(SrtpSuite::AesCm128HmacSha1_80, 10),
+            info(),
+            config(),
+        );
+        assert_eq!(e.unwrap_err(), BridgeError::BadKey);
+        let mut b = Bridge::new(
+            t0,
+            params(SrtpSuite::AesCm128HmacSha1_80, 16),
+            info(),
+            config(),
+        )
+        .unwrap();
+        assert_eq!(
+            b.update_params(t0, params(SrtpSuite::AesCm128HmacSha1_32, 16)),
+            Err(BridgeError::KeyReuse)
+        );
+    }
+
     #[test]
     fn tampered_packet_is_counted_and_does_not_move_the_address() {
         let (t0, mut b, mut c) = setup(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, true);
@@ -1064,7 +1251,7 @@ mod tests {
         b.handle_agent_text(t0, &agent_media(&[0xff; 160]));
         assert_eq!(datagrams(&mut b)[0].dest, addr(CARRIER));
         assert!(agent_msgs(&mut b).is_empty());
-        // An authenticated packet from a new address moves it (symmetric RTP).
+        // The first authenticated packet latches its address (symmetric RTP).
         let good = c.rtp(0, &[0x55; 160]);
         b.handle_carrier_datagram(t0, Component::Rtp, addr("198.51.100.7:30000"), &good);
         assert_eq!(
@@ -1344,7 +1531,7 @@ mod tests {
         let mut new_leg = leg(SrtpSuite::AesCm128HmacSha1_32, Codec::Pcmu, true);
         new_leg.remote_key = key(7);
         new_leg.local_key = key(8);
-        b.update_leg(t0, new_leg);
+        b.update_leg(t0, new_leg).unwrap();
         // In flight with the old key: still accepted.
         let late = c.rtp(0, &[2; 160]);
         b.handle_carrier_datagram(t0 + FRAME, Component::Rtp, addr(CARRIER), &late);
@@ -1400,7 +1587,7 @@ mod tests {
                 mirror_caller_ssrc: mirror,
                 ..config()
             };
-            let mut b = Bridge::with_leg(t0, leg(suite, Codec::Pcmu, true), info(), cfg);
+            let mut b = Bridge::with_leg(t0, leg(suite, Codec::Pcmu, true), info(), cfg).unwrap();
             let _ = agent_msgs(&mut b);
             let pkt = c.rtp(0, &[0xaa; 160]);
             b.handle_carrier_datagram(t0, Component::Rtp, addr(CARRIER), &pkt);
@@ -1505,7 +1692,7 @@ mod tests {
         }
         let mut new_leg = leg(suite.clone(), Codec::Pcmu, true);
         new_leg.remote_key = key(7);
-        b.update_leg(t0 + FRAME * 10, new_leg);
+        b.update_leg(t0 + FRAME * 10, new_leg).unwrap();
         // The carrier re-keys its existing stream: same SSRC, ROC 1 carries on.
         let mut keeper = OutboundContext::new(&suite, &key(7)).unwrap();
         keeper
@@ -1545,7 +1732,7 @@ mod tests {
         let t0 = crate::test_epoch();
         let mut l = leg(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, true);
         l.direction = Direction::RecvOnly;
-        let mut b = Bridge::with_leg(t0, l.clone(), info(), config());
+        let mut b = Bridge::with_leg(t0, l.clone(), info(), config()).unwrap();
         let _ = agent_msgs(&mut b);
         b.handle_agent_text(t0, &agent_media(&[0xff; 160]));
         b.handle_agent_text(t0, r#"{"event":"mark","mark":{"name":"m"}}"#);
@@ -1561,13 +1748,13 @@ mod tests {
         );
 
         l.direction = Direction::Inactive;
-        b.update_leg(t0 + FRAME, l.clone());
+        b.update_leg(t0 + FRAME, l.clone()).unwrap();
         b.handle_timeout(t0 + Duration::from_secs(60));
         assert_eq!(b.poll_event(), None, "inactive: no RTP expected");
         assert_eq!(b.stats().srtcp_out, 1, "RTCP still flows");
 
         l.direction = Direction::SendRecv;
-        b.update_leg(t0 + Duration::from_secs(60), l);
+        b.update_leg(t0 + Duration::from_secs(60), l).unwrap();
         b.handle_timeout(t0 + Duration::from_secs(70));
         assert_eq!(b.poll_event(), Some(BridgeEvent::RtpTimeout));
     }

@@ -32,8 +32,11 @@ pub fn replay_carrier_datagrams(now: Instant, data: &[u8]) -> BridgeStats {
         rtcp_interval: Duration::from_secs(5),
         ssrc: 0x1234_5678,
         mirror_caller_ssrc: false,
+        relatch_packets: 5,
     };
-    let mut b = Bridge::with_leg(now, leg, StreamInfo::default(), config);
+    let Ok(mut b) = Bridge::with_leg(now, leg, StreamInfo::default(), config) else {
+        return BridgeStats::default();
+    };
     for (i, chunk) in data.chunks(200).enumerate() {
         let component = if i % 2 == 0 {
             Component::Rtp

@@ -1,51 +1,25 @@
-//! SRTP suites as a data table (RFC 4568 §6.2) and master keys that cannot be printed.
+//! Which rows of the suite table (`sdp::SUITES`, RFC 4568 §6.2) this crate runs, and master
+//! keys that cannot be printed.
 
 use sdp::SrtpSuite;
 use webrtc_srtp::protection_profile::ProtectionProfile;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-/// One row of the suite table: what a negotiated `a=crypto` suite means for the crypto layer.
-#[derive(Debug)]
-pub struct SuiteSpec {
-    /// RFC 4568 name.
-    pub name: &'static str,
-    /// Master key length in bytes.
-    pub key_len: usize,
-    /// Master salt length in bytes.
-    pub salt_len: usize,
-    /// SRTP authentication tag length in bytes.
-    pub tag_len: usize,
-    /// SRTCP authentication tag length in bytes (always 80 bits for these suites, RFC 4568
-    /// §6.2.2 / RFC 3711 §4.2).
-    pub srtcp_tag_len: usize,
-    pub(crate) profile: ProtectionProfile,
+pub use sdp::SuiteSpec;
+
+/// The table row for a negotiated suite (the table is `sdp::SUITES`), `None` if sbc cannot
+/// run it: the row must say `runs` and this crate must have a transform for it.
+pub fn suite_spec(suite: &SrtpSuite) -> Option<&'static SuiteSpec> {
+    suite
+        .spec()
+        .filter(|s| s.runs && profile(&s.suite).is_some() && s.key_len == 16 && s.salt_len == 14)
 }
 
-/// The suites sbc can run, most preferred first.
-pub static SUITES: [SuiteSpec; 2] = [
-    SuiteSpec {
-        name: "AES_CM_128_HMAC_SHA1_80",
-        key_len: 16,
-        salt_len: 14,
-        tag_len: 10,
-        srtcp_tag_len: 10,
-        profile: ProtectionProfile::Aes128CmHmacSha1_80,
-    },
-    SuiteSpec {
-        name: "AES_CM_128_HMAC_SHA1_32",
-        key_len: 16,
-        salt_len: 14,
-        tag_len: 4,
-        srtcp_tag_len: 10,
-        profile: ProtectionProfile::Aes128CmHmacSha1_32,
-    },
-];
-
-/// The table row for a negotiated suite, `None` if sbc cannot run it.
-pub fn suite_spec(suite: &SrtpSuite) -> Option<&'static SuiteSpec> {
+/// The `webrtc-srtp` profile (SRTCP) of a suite this crate runs.
+pub(crate) fn profile(suite: &SrtpSuite) -> Option<ProtectionProfile> {
     match suite {
-        SrtpSuite::AesCm128HmacSha1_80 => Some(&SUITES[0]),
-        SrtpSuite::AesCm128HmacSha1_32 => Some(&SUITES[1]),
+        SrtpSuite::AesCm128HmacSha1_80 => Some(ProtectionProfile::Aes128CmHmacSha1_80),
+        SrtpSuite::AesCm128HmacSha1_32 => Some(ProtectionProfile::Aes128CmHmacSha1_32),
         _ => None,
     }
 }
@@ -120,6 +94,11 @@ mod tests {
             ("AES_CM_128_HMAC_SHA1_32", 4, 10)
         );
         assert!(suite_spec(&SrtpSuite::Unknown("AEAD_AES_256_GCM".into())).is_none());
+        assert!(suite_spec(&SrtpSuite::AesCm256HmacSha1_80).is_none());
+        // Every suite the table says sbc runs has a transform here.
+        for s in SrtpSuite::supported() {
+            assert!(suite_spec(&s).is_some(), "{s:?}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! It does not negotiate (see the `sdp` crate), resample, or transcode beyond G.711 A-law/mu-law.
 //!
 //! ```ignore
-//! let mut bridge = Bridge::new(now, params, stream_info, config);
+//! let mut bridge = Bridge::new(now, params, stream_info, config)?; // Err: refuse the call (488/500)
 //! loop {
 //!     // Input: one of
 //!     bridge.handle_carrier_datagram(now, component, from, &buf);
@@ -101,6 +101,10 @@ pub struct BridgeConfig {
     /// Switch our SSRC to the carrier's once its first packet authenticates. Only for test peers
     /// whose SRTP receiver decrypts with its own SSRC (SIPp 3.8's echo check); never for carriers.
     pub mirror_caller_ssrc: bool,
+    /// Authenticated packets in a row, all of the latched SSRC, that must come from a new
+    /// source address before outbound media moves there (`[media] relatch_packets`; 0 counts
+    /// as 1).
+    pub relatch_packets: u32,
 }
 
 /// A datagram to send to the carrier.
@@ -157,6 +161,13 @@ pub struct BridgeStats {
     /// Agent audio bytes dropped because the driver stalled past their ticks (see
     /// `Bridge::ensure_run`): played late, they would have delayed everything after them.
     pub agent_audio_late_dropped: u64,
+    /// Times outbound media moved to a new carrier address (re-latch, after
+    /// `relatch_packets` authenticated packets of the latched SSRC from it).
+    pub relatches: u64,
+    /// Agent `mark`s dropped: too many pending, or the name too long.
+    pub agent_marks_dropped: u64,
+    /// Agent `dtmf` messages dropped because too many digits were pending.
+    pub agent_dtmf_dropped: u64,
 }
 
 /// A fixed `Instant` for tests (the one place this crate may read the clock).

@@ -16,7 +16,7 @@ use webrtc_srtp::context::Context;
 use webrtc_srtp::option::srtcp_replay_protection;
 
 use crate::aes_cm::RtpTransform;
-use crate::keys::{suite_spec, MasterKey, SuiteSpec};
+use crate::keys::{profile, suite_spec, MasterKey, SuiteSpec};
 use crate::rtp::RtpHeader;
 
 /// SRTP errors. Those caused by network input are counted by the bridge, never logged above trace.
@@ -122,6 +122,10 @@ pub struct InboundContext {
     /// Replay state of the SSRCs that authenticated, at most [`MAX_SSRCS`] (a linear scan of
     /// a few entries is cheaper than hashing).
     replay: Vec<(u32, ReplayState)>,
+    /// SRTCP replay state (highest SRTCP index and window) of the SSRCs whose SRTCP
+    /// authenticated, at most [`MAX_SSRCS`]. Ours, not the library's: it survives the rebuild of
+    /// the library context, so junk cannot reset it and reopen the door to a replay.
+    srtcp_replay: Vec<(u32, ReplayState)>,
     /// SRTCP failures from SSRCs that never authenticated RTP since the last rebuild.
     junk: u32,
 }
@@ -135,7 +139,7 @@ fn srtcp_context(spec: &SuiteSpec, key: &MasterKey) -> Result<Context, SrtpError
     Context::new(
         key.key(),
         key.salt(),
-        spec.profile,
+        profile(&spec.suite).ok_or(SrtpError::UnsupportedSuite)?,
         None,
         Some(srtcp_replay_protection(REPLAY_WINDOW as usize)),
     )
@@ -153,6 +157,7 @@ impl InboundContext {
             spec,
             key: key.clone(),
             replay: Vec::new(),
+            srtcp_replay: Vec::new(),
             junk: 0,
         })
     }
@@ -252,19 +257,49 @@ impl InboundContext {
         if e_index[0] & 0x80 == 0 {
             return Err(SrtpError::UnencryptedSrtcp);
         }
+        let ssrc = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+        let index = u64::from(
+            u32::from_be_bytes([e_index[0], e_index[1], e_index[2], e_index[3]]) & 0x7fff_ffff,
+        );
+        // Our replay check first (RFC 3711 §3.3.2: before any crypto is spent).
+        let slot = self.srtcp_replay.iter().position(|(s, _)| *s == ssrc);
+        if let Some(i) = slot {
+            if self.srtcp_replay[i].1.is_replay(index) {
+                return Err(SrtpError::Replay { ssrc, index });
+            }
+        }
         match self.ctx.decrypt_rtcp(packet) {
-            Ok(p) => Ok(p.to_vec()),
+            Ok(p) => {
+                match slot {
+                    Some(i) => self.srtcp_replay[i].1.accept(index),
+                    None => {
+                        if self.srtcp_replay.len() >= MAX_SSRCS {
+                            if let Some(old) = (0..self.srtcp_replay.len())
+                                .min_by_key(|&i| self.srtcp_replay[i].1.highest)
+                            {
+                                self.srtcp_replay.swap_remove(old);
+                            }
+                        }
+                        let mut state = ReplayState {
+                            highest: index,
+                            window: 0,
+                        };
+                        state.accept(index);
+                        self.srtcp_replay.push((ssrc, state));
+                    }
+                }
+                Ok(p.to_vec())
+            }
             Err(webrtc_srtp::Error::SrtcpSsrcDuplicated(ssrc, index)) => Err(SrtpError::Replay {
                 ssrc,
                 index: index as u64,
             }),
             Err(_) => {
-                let ssrc = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
                 if !self.replay.iter().any(|(s, _)| *s == ssrc) {
                     self.junk += 1;
                     if self.junk >= JUNK_LIMIT {
-                        // The SRTCP replay state of the library starts over; ours for SRTP
-                        // is kept.
+                        // The SRTCP replay state of the library starts over; ours (SRTP and
+                        // SRTCP) is kept, so no replay gets through after the rebuild.
                         self.junk = 0;
                         if let Ok(ctx) = srtcp_context(self.spec, &self.key) {
                             self.ctx = ctx;
@@ -334,7 +369,8 @@ impl OutboundContext {
     /// A context for `suite` keyed with our master key and salt.
     pub fn new(suite: &SrtpSuite, key: &MasterKey) -> Result<Self, SrtpError> {
         let spec = suite_spec(suite).ok_or(SrtpError::UnsupportedSuite)?;
-        let ctx = Context::new(key.key(), key.salt(), spec.profile, None, None)
+        let profile = profile(suite).ok_or(SrtpError::UnsupportedSuite)?;
+        let ctx = Context::new(key.key(), key.salt(), profile, None, None)
             .map_err(|_| SrtpError::BadKeyLength)?;
         let (master_key, master_salt) = key.parts();
         Ok(Self {
@@ -750,6 +786,42 @@ mod tests {
             .protect_rtp(&write_rtp(false, 0, 0, 0, 3, &[1; 20]))
             .unwrap();
         assert!(rx.unprotect_rtp(&p).is_ok(), "ROC 1 survives the rebuild");
+    }
+
+    /// Issue 13: 4,096 junk SRTCP packets rebuild the library context, which used to reset the
+    /// SRTCP replay window; a captured SRTCP packet could then be replayed. Replay state now
+    /// survives the junk.
+    #[test]
+    fn srtcp_replay_state_survives_junk() {
+        let suite = SrtpSuite::AesCm128HmacSha1_80;
+        let (mut tx, mut rx) = pair(suite.clone());
+        let mut forger = OutboundContext::new(&suite, &key(99)).unwrap();
+        let rr = |ssrc: u32| {
+            let mut p = vec![0x80, 201, 0, 1];
+            p.extend_from_slice(&ssrc.to_be_bytes());
+            p
+        };
+        let captured = tx.protect_rtcp(&rr(3)).unwrap();
+        rx.unprotect_rtcp(&captured).unwrap();
+        for _ in 0..3 {
+            rx.unprotect_rtcp(&tx.protect_rtcp(&rr(3)).unwrap())
+                .unwrap();
+        }
+        assert!(matches!(
+            rx.unprotect_rtcp(&captured),
+            Err(SrtpError::Replay { .. })
+        ));
+        for j in 0..JUNK_LIMIT + 10 {
+            let p = forger.protect_rtcp(&rr(1000 + j)).unwrap();
+            assert_eq!(rx.unprotect_rtcp(&p), Err(SrtpError::AuthFailed));
+        }
+        assert!(rx.junk < 20, "context was rebuilt");
+        assert!(
+            matches!(rx.unprotect_rtcp(&captured), Err(SrtpError::Replay { .. })),
+            "a captured SRTCP packet must not be accepted again after junk"
+        );
+        rx.unprotect_rtcp(&tx.protect_rtcp(&rr(3)).unwrap())
+            .unwrap();
     }
 
     /// A random RTP packet: CSRCs, a header extension (a generic profile or a well-formed

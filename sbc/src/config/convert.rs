@@ -647,16 +647,25 @@ fn media(ctx: &Ctx, r: raw::RawMedia) -> Result<MediaConfig, ConfigError> {
             .as_ref()
             .map(|b| *b.get_ref())
             .unwrap_or(false),
+        relatch_packets: match &r.relatch_packets {
+            None => 5,
+            Some(n) if (1..=1000).contains(n.get_ref()) => *n.get_ref(),
+            Some(n) => {
+                return Err(ctx.at(n.span(), "media.relatch_packets must be 1 to 1000"));
+            }
+        },
+        allow_loopback_media: r
+            .allow_loopback_media
+            .as_ref()
+            .map(|b| *b.get_ref())
+            .unwrap_or(false),
         codecs,
     })
 }
 
 fn srtp(ctx: &Ctx, r: raw::RawSrtp) -> Result<SrtpConfig, ConfigError> {
     let suites = match &r.suites {
-        None => vec![
-            SrtpSuiteName::AesCm128HmacSha1_80,
-            SrtpSuiteName::AesCm128HmacSha1_32,
-        ],
+        None => sdp::SrtpSuite::supported().collect(),
         Some(l) => {
             if l.get_ref().is_empty() {
                 return Err(ctx.at(l.span(), "srtp.suites is empty; use [\"AES_CM_128_HMAC_SHA1_80\", \"AES_CM_128_HMAC_SHA1_32\"]"));
@@ -665,15 +674,21 @@ fn srtp(ctx: &Ctx, r: raw::RawSrtp) -> Result<SrtpConfig, ConfigError> {
             l.get_ref()
                 .iter()
                 .map(|s| {
-                    SrtpSuiteName::from_name(s.get_ref()).ok_or_else(|| {
-                        ctx.at(
-                            s.span(),
-                            format!(
-                                "srtp.suites: {:?} is refused: only AES_CM_128_HMAC_SHA1_80 and AES_CM_128_HMAC_SHA1_32 are allowed",
-                                s.get_ref()
-                            ),
-                        )
-                    })
+                    let suite = sdp::SrtpSuite::from_name(s.get_ref());
+                    if suite.runs() && suite.name() == s.get_ref() {
+                        return Ok(suite);
+                    }
+                    let allowed: Vec<String> = sdp::SrtpSuite::supported()
+                        .map(|s| s.name().to_string())
+                        .collect();
+                    Err(ctx.at(
+                        s.span(),
+                        format!(
+                            "srtp.suites: {:?} is refused: only {} are allowed",
+                            s.get_ref(),
+                            allowed.join(" and ")
+                        ),
+                    ))
                 })
                 .collect::<Result<Vec<_>, _>>()?
         }

@@ -93,6 +93,8 @@ pub(crate) struct RawMedia {
     pub port_max: Option<S<u16>>,
     pub rtp_timeout_secs: Option<S<u64>>,
     pub mirror_caller_ssrc: Option<S<bool>>,
+    pub relatch_packets: Option<S<u32>>,
+    pub allow_loopback_media: Option<S<bool>>,
     pub codecs: Option<S<Vec<S<String>>>>,
 }
 

@@ -58,6 +58,7 @@ advertise_address = "127.0.0.1"
 bind_address = "127.0.0.1"
 port_min = {media}
 port_max = {}
+allow_loopback_media = true
 [[agent.routes]]
 default = true
 url = "builtin:echo"

@@ -73,6 +73,7 @@ fn policy() -> sdp::AnswerPolicy {
         session_id: 1,
         session_version: 1,
         local_key: None,
+        allow_loopback: true,
     }
 }
 

@@ -29,8 +29,11 @@ fuzz_target!(|data: &[u8]| {
         rtcp_interval: Duration::from_secs(5),
         ssrc: 7,
         mirror_caller_ssrc: false,
+        relatch_packets: 5,
     };
-    let mut b = Bridge::with_leg(now, leg, StreamInfo::default(), config);
+    let Ok(mut b) = Bridge::with_leg(now, leg, StreamInfo::default(), config) else {
+        return;
+    };
     for line in text.split('\n') {
         b.handle_agent_text(now, line);
     }

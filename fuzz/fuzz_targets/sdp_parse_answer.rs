@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
         session_id: 1,
         session_version: 1,
         local_key: None,
+        allow_loopback: true,
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     if let Ok(answer) = sdp::answer_offer(&offer, &policy, &mut rng) {

@@ -1239,6 +1239,278 @@ mod tests {
         );
     }
 
+    /// Echo delays (carrier packet in -> echo out) through the built-in echo, with carrier
+    /// packets every 20 ms plus 0.1-9 ms of jitter and a driver timer up to 8 ms late.
+    fn echo_delays(seed: u64, packets: usize) -> Vec<Duration> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let (t0, mut b, mut c) = setup(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, true);
+        let from = addr(CARRIER);
+        let arrivals: Vec<Instant> = (0..packets)
+            .map(|i| {
+                let jitter = if rng.gen_bool(0.1) {
+                    rng.gen_range(100..9000)
+                } else {
+                    rng.gen_range(100..600)
+                };
+                t0 + FRAME * i as u32 + Duration::from_micros(jitter)
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut pending: VecDeque<Instant> = VecDeque::new();
+        let mut i = 0;
+        let end = t0 + FRAME * (packets as u32 + 3);
+        let mut now = t0;
+        while now < end {
+            let next_timer = b.poll_timeout().unwrap_or(end);
+            let next_arrival = arrivals.get(i).copied().unwrap_or(end);
+            if next_arrival <= next_timer {
+                now = next_arrival;
+                let p = c.rtp(0, &[0xaa; 160]);
+                b.handle_carrier_datagram(now, Component::Rtp, from, &p);
+                pending.push_back(now);
+                i += 1;
+            } else {
+                let late = if rng.gen_bool(0.1) {
+                    rng.gen_range(0..8000)
+                } else {
+                    rng.gen_range(0..1100)
+                };
+                now = next_timer.max(now) + Duration::from_micros(late);
+                b.handle_timeout(now);
+            }
+            while let Some(t) = b.poll_agent_text() {
+                if let Some(r) = crate::echo_agent_reply(&t) {
+                    b.handle_agent_text(now, &r);
+                }
+            }
+            while let Some(d) = b.poll_datagram() {
+                if !crate::rtp::is_rtcp(&d.data) {
+                    if let Some(at) = pending.pop_front() {
+                        out.push(now - at);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The flaky SIPp echo check (issue 13) is not sbc's pacing: whatever the jitter of the
+    /// carrier's packets and of the driver's timer, the built-in echo leaves with the packet
+    /// that carries it, never a tick later (a late frame takes its missed tick at once).
+    #[test]
+    fn the_echo_leaves_at_once_whatever_the_jitter() {
+        for seed in 0..8 {
+            let d = echo_delays(seed, 150);
+            assert_eq!(d.len(), 150);
+            assert!(d.iter().all(|x| x.is_zero()), "seed {seed}: {d:?}");
+        }
+    }
+
+    /// Issue 13: one authenticated packet from a new address no longer moves outbound media;
+    /// `relatch_packets` in a row of the latched SSRC do, and each move is counted.
+    #[test]
+    fn relatch_needs_several_packets_of_the_latched_ssrc() {
+        let (t0, mut b, mut c) = setup(SrtpSuite::AesCm128HmacSha1_32, Codec::Pcmu, true);
+        let first = addr("198.51.100.7:30000");
+        let other = addr("203.0.113.5:40000");
+        let dest_now = |b: &mut Bridge, t: Instant| {
+            datagrams(b);
+            b.handle_agent_text(t, &agent_media(&[0xff; 160]));
+            b.handle_timeout(t);
+            datagrams(b).last().map(|d| d.dest)
+        };
+        let p = c.rtp(0, &[0x55; 160]);
+        b.handle_carrier_datagram(t0, Component::Rtp, first, &p);
+        assert_eq!(dest_now(&mut b, t0), Some(first));
+        // A single packet (a forgery that happened to authenticate) from elsewhere.
+        let p = c.rtp(0, &[0x55; 160]);
+        b.handle_carrier_datagram(t0, Component::Rtp, other, &p);
+        assert_eq!(dest_now(&mut b, t0 + FRAME), Some(first));
+        // Another SSRC under the same key from the new address never re-latches.
+        let mut t = t0 + FRAME * 2;
+        for i in 0..10u16 {
+            let pkt = write_rtp(false, 0, 500 + i, 0, 0xbad, &[0x55; 160]);
+            let p = c.tx.protect_rtp(&pkt).unwrap();
+            b.handle_carrier_datagram(t, Component::Rtp, other, &p);
+            t += FRAME;
+        }
+        assert_eq!(dest_now(&mut b, t), Some(first));
+        // Packets from the latched address reset the count.
+        let p = c.rtp(0, &[0x55; 160]);
+        b.handle_carrier_datagram(t, Component::Rtp, first, &p);
+        for _ in 0..4 {
+            let p = c.rtp(0, &[0x55; 160]);
+            b.handle_carrier_datagram(t, Component::Rtp, other, &p);
+        }
+        let p = c.rtp(0, &[0x55; 160]);
+        b.handle_carrier_datagram(t, Component::Rtp, first, &p);
+        let p = c.rtp(0, &[0x55; 160]);
+        b.handle_carrier_datagram(t, Component::Rtp, other, &p);
+        assert_eq!(dest_now(&mut b, t + FRAME), Some(first));
+        assert_eq!(b.stats().relatches, 0);
+        for _ in 0..5 {
+            let p = c.rtp(0, &[0x55; 160]);
+            b.handle_carrier_datagram(t, Component::Rtp, other, &p);
+        }
+        assert_eq!(dest_now(&mut b, t + FRAME * 2), Some(other));
+        assert_eq!(b.stats().relatches, 1);
+    }
+
+    /// Issue 13: pending marks (count and name length) and agent DTMF are bounded; overflow is
+    /// counted.
+    #[test]
+    fn agent_mark_and_dtmf_queues_are_bounded() {
+        let (t0, mut b, _c) = setup(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, true);
+        b.handle_agent_text(t0, &agent_media(&[0xff; 8000]));
+        for i in 0..MAX_PENDING_MARKS + 100 {
+            b.handle_agent_text(
+                t0,
+                &format!(r#"{{"event":"mark","streamSid":"MZ1","mark":{{"name":"m{i}"}}}}"#),
+            );
+        }
+        let long = "x".repeat(MAX_MARK_NAME_BYTES + 1);
+        b.handle_agent_text(
+            t0,
+            &format!(r#"{{"event":"mark","streamSid":"MZ1","mark":{{"name":"{long}"}}}}"#),
+        );
+        assert_eq!(b.marks.len(), MAX_PENDING_MARKS);
+        assert_eq!(b.stats().agent_marks_dropped, 101);
+        for _ in 0..MAX_PENDING_DTMF + 7 {
+            b.handle_agent_text(
+                t0,
+                r#"{"event":"dtmf","streamSid":"MZ1","dtmf":{"digit":"5","duration":10000}}"#,
+            );
+        }
+        assert!(b.dtmf_tx.len() <= MAX_PENDING_DTMF);
+        assert_eq!(b.stats().agent_dtmf_dropped, 7);
+    }
+
+    /// Issue 13: a re-INVITE does not restart the RTP inactivity timer; only media does.
+    #[test]
+    fn reinvite_does_not_restart_the_rtp_timeout() {
+        let (t0, mut b, _c) = setup(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, true);
+        let mut l = leg(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, true);
+        l.remote_rtp = addr("192.0.2.11:20000");
+        b.update_leg(t0 + Duration::from_secs(9), l).unwrap();
+        b.handle_timeout(t0 + Duration::from_secs(10));
+        assert_eq!(b.poll_event(), Some(BridgeEvent::RtpTimeout));
+    }
+
+    /// Issue 13: parameters the bridge cannot run are an error (the call is refused before the
+    /// answer), and a suite change that keeps our key is refused.
+    #[test]
+    fn unusable_parameters_are_an_error() {
+        let t0 = crate::test_epoch();
+        let params = |suite: SrtpSuite, key_len: usize| MediaParams {
+            suite,
+            remote_key: sdp::KeySalt::new(vec![1; key_len + 14]),
+            local_key: sdp::KeySalt::new(vec![2; key_len + 14]),
+            remote_rtp: addr(CARRIER),
+            remote_rtcp: addr(CARRIER),
+            rtcp_mux: true,
+            codec: Codec::Pcmu,
+            payload_type: 0,
+            telephone_event: None,
+            direction: Direction::SendRecv,
+        };
+        let e = Bridge::new(
+            t0,
+            params(SrtpSuite::AesCm256HmacSha1_80, 32),
+            info(),
+            config(),
+        );
+        assert_eq!(e.unwrap_err(), BridgeError::UnsupportedSuite);
+        let e = Bridge::new(
+            t0,
+            params(SrtpSuite::AesCm128HmacSha1_80, 10),
+            info(),
+            config(),
+        );
+        assert_eq!(e.unwrap_err(), BridgeError::BadKey);
+        let mut b = Bridge::new(
+            t0,
+            params(SrtpSuite::AesCm128HmacSha1_80, 16),
+            info(),
+            config(),
+        )
+        .unwrap();
+        assert_eq!(
+            b.update_params(t0, params(SrtpSuite::AesCm128HmacSha1_32, 16)),
+            Err(BridgeError::KeyReuse)
+        );
+    }
+
+    /// Echo delays (carrier packet in -> echo out) with SIPp-like arrivals: every 20 ms, one
+    /// packet 6 ms late at `late_at` (the next on time).
+    fn echo_delays(seed: u64, packets: usize) -> Vec<Duration> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let (t0, mut b, mut c) = setup(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, true);
+        let from = addr(CARRIER);
+        let arrivals: Vec<Instant> = (0..packets)
+            .map(|i| t0 + FRAME * i as u32 + Duration::from_micros(rng.gen_range(100..1500)))
+            .collect();
+        let mut out = Vec::new();
+        let mut pending: VecDeque<Instant> = VecDeque::new();
+        let mut i = 0;
+        let end = t0 + FRAME * (packets as u32 + 3);
+        let mut now = t0;
+        while now < end {
+            // The driver wakes at the earlier of its timer (ms resolution, maybe late) and the
+            // next arrival, sometimes much later (starved); then it handles whatever is ready,
+            // one input per wakeup, timer or socket in random order (tokio::select!).
+            let timer = b.poll_timeout().unwrap_or(end);
+            let timer_fire = timer + Duration::from_micros(rng.gen_range(0..1200));
+            let next_arrival = arrivals.get(i).copied().unwrap_or(end);
+            let mut wake = timer_fire.min(next_arrival);
+            if rng.gen_bool(0.02) {
+                wake += Duration::from_millis(rng.gen_range(5..45));
+            }
+            now = wake.max(now);
+            let packet_ready = arrivals.get(i).is_some_and(|a| *a <= now);
+            let timer_ready = timer_fire <= now;
+            let take_packet = packet_ready && (!timer_ready || rng.gen_bool(0.5));
+            if take_packet {
+                let p = c.rtp(0, &[0xaa; 160]);
+                b.handle_carrier_datagram(now, Component::Rtp, from, &p);
+                pending.push_back(arrivals[i]);
+                i += 1;
+            } else if timer_ready {
+                b.handle_timeout(now);
+            }
+            while let Some(t) = b.poll_agent_text() {
+                if let Some(r) = crate::echo_agent_reply(&t) {
+                    b.handle_agent_text(now, &r);
+                }
+            }
+            while let Some(d) = b.poll_datagram() {
+                if !crate::rtp::is_rtcp(&d.data) {
+                    if let Some(at) = pending.pop_front() {
+                        out.push(now - at);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn echo_delay_sim() {
+        for seed in 0..12 {
+            let d = echo_delays(seed, 150);
+            let slow = d.iter().filter(|x| **x > Duration::from_millis(10)).count();
+            eprintln!(
+                "echo delays > 10 ms: {slow} of {}; 60..100: {:?}",
+                d.len(),
+                &d[60..100]
+                    .iter()
+                    .map(|x| x.as_micros() / 1000)
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+
     #[test]
     fn tampered_packet_is_counted_and_does_not_move_the_address() {
         let (t0, mut b, mut c) = setup(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, true);

@@ -173,3 +173,48 @@ fn concurrent_calls_pass_the_strict_echo_check_through_the_agent() {
     let agent = env.start_agent(AgentBehaviour::Echo);
     strict_concurrent_echo(SbcOptions::agent(agent.url()), &env).unwrap();
 }
+
+/// `inv` with its `c=` line replaced and Content-Length set to the new body's length.
+fn with_connection(inv: &str, c: &str) -> String {
+    let (head, body) = inv.split_once("\r\n\r\n").expect("a body");
+    let body = body.replace("c=IN IP4 127.0.0.1", &format!("c={c}"));
+    let head: Vec<String> = head
+        .split("\r\n")
+        .map(|l| {
+            if l.to_ascii_lowercase().starts_with("content-length:") {
+                format!("Content-Length: {}", body.len())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    format!("{}\r\n\r\n{body}", head.join("\r\n"))
+}
+
+/// Issue 13: `c=` is checked. Unspecified, multicast and addrtype-mismatched addresses get 488
+/// with a Warning that says why (loopback is allowed in this test setting:
+/// `allow_loopback_media = true`, without it 127.0.0.1 gets the same 488).
+#[test]
+fn unusable_connection_addresses_get_488_with_a_warning() {
+    use interop_tests::rawcall::{self, Dialog, Media, SipConn};
+    let env = TestEnv::new();
+    let sbc = env.start_sbc(SbcOptions::builtin_echo());
+    for (n, (c, why)) in [
+        ("IN IP4 0.0.0.0", "unspecified"),
+        ("IN IP4 224.0.0.1", "multicast"),
+        ("IN IP4 ::1", "not an IP4 address"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut conn = SipConn::connect(&env.pki, sbc.sip_port);
+        let via_port = conn.local_addr().port();
+        let dialog = Dialog::new(sbc.sip_port, 5999, &format!("cline{n}"));
+        let (_sock, rtp_port) = Media::bind();
+        let inv = dialog.invite(via_port, rtp_port, &rawcall::test_key(3));
+        conn.send(&with_connection(&inv, c));
+        let r = conn.expect_response(488, "1 INVITE", std::time::Duration::from_secs(10));
+        let warning = rawcall::header(&r, "Warning").unwrap_or_default();
+        assert!(warning.contains(why), "c={c}: Warning {warning:?}\n{r}");
+    }
+}

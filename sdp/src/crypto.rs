@@ -55,7 +55,7 @@ impl fmt::Debug for KeySalt {
 /// One `inline:` key parameter (RFC 4568 §9.2): key||salt, optional lifetime and MKI.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyParam {
-    /// Decoded key||salt; `None` when the base64 was invalid.
+    /// Decoded key||salt (always `Some` for a parsed line: invalid base64 fails the line).
     pub key_salt: Option<KeySalt>,
     /// Lifetime as written (`2^31`, `1048576`).
     pub lifetime: Option<String>,
@@ -380,5 +380,46 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{c:?}").contains("PS1u"));
+    }
+
+    use proptest::prelude::*;
+
+    proptest::proptest! {
+        /// Valid lines (RFC 4568 §9.1/§9.2 grammar) parse and write back exactly.
+        #[test]
+        fn valid_lines_round_trip(
+            tag_num in 0u32..1_000_000_000,
+            suite in proptest::sample::select(vec![
+                "AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32",
+                "AES_256_CM_HMAC_SHA1_80", "F8_128_HMAC_SHA1_80",
+            ]),
+            key in proptest::collection::vec(proptest::prelude::any::<u8>(), 30..47),
+            lifetime in proptest::option::of(proptest::prop_oneof![
+                (1u64..=48).prop_map(|e| format!("2^{e}")),
+                (1u64..=(1u64 << 48)).prop_map(|n| n.to_string()),
+            ]),
+            mki in proptest::option::of((0u64..100_000, 1u32..=128).prop_map(|(v, l)| format!("{v}:{l}"))),
+            params in proptest::collection::vec(
+                proptest::sample::select(vec!["KDR=0", "WSH=64", "UNENCRYPTED_SRTCP", "FEC_ORDER=FEC_SRTP"]),
+                0..3,
+            ),
+        ) {
+            let mut text = format!(
+                "{tag_num} {suite} inline:{}",
+                base64::engine::general_purpose::STANDARD.encode(&key)
+            );
+            if let Some(l) = &lifetime {
+                text.push_str(&format!("|{l}"));
+            }
+            if let Some(m) = &mki {
+                text.push_str(&format!("|{m}"));
+            }
+            for p in &params {
+                text.push_str(&format!(" {p}"));
+            }
+            let (rest, c) = parse_crypto(&text).unwrap();
+            prop_assert!(rest.is_empty());
+            prop_assert_eq!(c.to_string(), text);
+        }
     }
 }

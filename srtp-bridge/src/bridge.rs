@@ -1155,6 +1155,39 @@ mod tests {
         assert_eq!(b.stats().relatches, 1);
     }
 
+    /// Issue 13: junk SRTCP (which rebuilds the library's SRTCP context) does not reset the
+    /// replay state, so a captured SRTCP packet replayed from elsewhere neither counts nor
+    /// moves the RTCP destination.
+    #[test]
+    fn replayed_srtcp_after_junk_does_not_move_rtcp() {
+        let (t0, mut b, mut c) = setup(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, false);
+        let rr = |ssrc: u32| {
+            let mut p = vec![0x80, 201, 0, 1];
+            p.extend_from_slice(&ssrc.to_be_bytes());
+            p
+        };
+        let p = c.rtp(0, &[0x55; 160]);
+        b.handle_carrier_datagram(t0, Component::Rtp, addr(CARRIER), &p);
+        let captured = c.tx.protect_rtcp(&rr(0xca_0001)).unwrap();
+        b.handle_carrier_datagram(t0, Component::Rtcp, addr(CARRIER_RTCP), &captured);
+        let mut forger = OutboundContext::new(&SrtpSuite::AesCm128HmacSha1_80, &key(99)).unwrap();
+        for j in 0..4_200u32 {
+            let junk = forger.protect_rtcp(&rr(1000 + j)).unwrap();
+            b.handle_carrier_datagram(t0, Component::Rtcp, addr("203.0.113.66:4001"), &junk);
+        }
+        b.handle_carrier_datagram(t0, Component::Rtcp, addr("203.0.113.66:4001"), &captured);
+        assert_eq!(b.stats().srtcp_in, 1);
+        assert_eq!(b.stats().replays, 1);
+        datagrams(&mut b);
+        b.handle_timeout(t0 + Duration::from_secs(5));
+        let rtcp: Vec<Datagram> = datagrams(&mut b)
+            .into_iter()
+            .filter(|d| d.component == Component::Rtcp)
+            .collect();
+        assert_eq!(rtcp.len(), 1);
+        assert_eq!(rtcp[0].dest, addr(CARRIER_RTCP));
+    }
+
     /// Issue 13: pending marks (count and name length) and agent DTMF are bounded; overflow is
     /// counted.
     #[test]

@@ -316,13 +316,7 @@ fn curl_examples_drive_every_endpoint() {
     assert_eq!(v["status"], "completed", "{v}");
     assert_eq!(v["sbc_end_reason"], "api_hangup", "{v}");
     let o = wait_sipp(sipp);
-    assert_eq!(
-        o.code,
-        0,
-        "SIPp must get sbc's BYE and its echo check pass\n{}",
-        o.describe()
-    );
-    o.rtp_check().assert_clean(&o, 0.5);
+    o.assert_flow_and_clean_echo("SIPp must get sbc's BYE and its echo check pass\n{}", 0.8);
     // Hanging up an ended call: 200 with its resource.
     let v = run_example(&env, &ex, "hangup-status", &sid);
     assert_eq!(v["status"], "completed", "{v}");
@@ -452,8 +446,7 @@ fn pipecat_serializer_hangs_up_through_sbc() {
         "Pipecat must see its hang-up succeed:\n{log}"
     );
     let o = wait_sipp(sipp);
-    assert_eq!(o.code, 0, "SIPp must get sbc's BYE\n{}", o.describe());
-    o.rtp_check().assert_clean(&o, 0.5);
+    o.assert_flow_and_clean_echo("SIPp must get sbc's BYE\n{}", 0.8);
     let end = sbc.wait_audit(Duration::from_secs(10), |v| v["event"] == "call.end");
     assert_eq!(end["end_reason"], "api_hangup", "{end}");
     let conns = interop_tests::wait_closed(&agent, 1);
@@ -484,13 +477,7 @@ fn transfer_by_api_refer_notify_then_bye() {
     );
     assert_eq!(code, 200, "{v}");
     let o = wait_sipp(sipp);
-    assert_eq!(
-        o.code,
-        0,
-        "SIPp: REFER, NOTIFYs, then sbc's BYE\n{}",
-        o.describe()
-    );
-    o.rtp_check().assert_clean(&o, 0.5);
+    o.assert_flow_and_clean_echo("SIPp: REFER, NOTIFYs, then sbc's BYE\n{}", 0.8);
     let end = sbc.wait_audit(Duration::from_secs(10), |v| v["event"] == "call.end");
     assert_eq!(end["end_reason"], "transferred", "{end}");
     assert_eq!(end["end_detail"], "tel:+15550009999", "{end}");
@@ -550,13 +537,7 @@ fn transfer_by_agent_fails_busy_and_the_call_goes_on() {
         "{v}"
     );
     let o = wait_sipp(sipp);
-    assert_eq!(
-        o.code,
-        0,
-        "SIPp: no BYE from sbc, echo check passes\n{}",
-        o.describe()
-    );
-    o.rtp_check().assert_clean(&o, 0.5);
+    o.assert_flow_and_clean_echo("SIPp: no BYE from sbc, echo check passes\n{}", 0.8);
     let end = sbc.wait_audit(Duration::from_secs(10), |v| v["event"] == "call.end");
     assert_eq!(end["end_reason"], "carrier_bye", "{end}");
     assert_eq!(

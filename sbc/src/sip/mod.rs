@@ -37,6 +37,7 @@ use rand::Rng;
 use bytes::Bytes;
 
 mod call;
+pub mod digest;
 pub mod framing;
 pub mod message;
 pub mod strict;

@@ -257,7 +257,8 @@ mod tests {
 
     #[test]
     fn policy_table() {
-        let cases: &[(&str, &str, &str, u32, Result<(), u16>)] = &[
+        type Case<'a> = (&'a str, &'a str, &'a str, u32, Result<(), u16>);
+        let cases: &[Case] = &[
             (ACCOUNT, "+14155550100", "+15105550123", 0, Ok(())),
             (ACCOUNT, "+16285550999", "+442071234567", 1, Ok(())),
             (
@@ -338,7 +339,8 @@ mod tests {
     #[test]
     fn pacing_rates_and_queue_bound() {
         // (cps, queue, arrivals at ms, expected send offsets in ms or None for 429)
-        let cases: &[(u32, usize, &[u64], &[Option<u64>])] = &[
+        type Case<'a> = (u32, usize, &'a [u64], &'a [Option<u64>]);
+        let cases: &[Case] = &[
             (1, 1, &[0, 0, 0], &[Some(0), Some(1000), None]),
             (2, 2, &[0, 0, 0, 0], &[Some(0), Some(500), Some(1000), None]),
             (15, 0, &[0, 0], &[Some(0), None]),

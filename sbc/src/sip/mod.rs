@@ -41,6 +41,7 @@ pub mod digest;
 pub mod framing;
 pub mod message;
 pub mod strict;
+pub mod uac;
 
 pub use call::{Refresher, RequestMatch, SessionTimer, UasCall};
 pub use framing::{Frame, FrameError, Framer};

@@ -376,4 +376,108 @@ mod tests {
         assert_eq!(e.http_status(), 429);
         assert!(e.to_string().contains("queue is full"));
     }
+
+    /// The `[[trunks]]` config section: defaults, and refusals with their position.
+    mod config_section {
+        use crate::config::Config;
+        use std::path::Path;
+
+        const BASE: &str = include_str!("../../configs/sbc.toml");
+
+        fn parse(trunk: &str) -> Result<Config, String> {
+            let text = format!("{BASE}\n[[trunks]]\n{trunk}");
+            Config::parse_str(&text, Path::new("/etc/sbc/sbc.toml")).map_err(|e| e.to_string())
+        }
+
+        const MIN: &str = "name = \"twilio\"\nuri = \"sip:example.pstn.twilio.com;transport=tls\"\nusername = \"sbc\"\npassword_file = \"trunk.password\"\ncaller_ids = [\"+14155550100\"]\n";
+
+        #[test]
+        fn defaults() {
+            let c = parse(MIN).unwrap();
+            let t = &c.trunks[0];
+            assert_eq!(
+                t.uri.to_string(),
+                "sip:example.pstn.twilio.com;transport=tls"
+            );
+            assert_eq!(t.password_file, Path::new("/etc/sbc/trunk.password"));
+            assert_eq!(t.max_calls_per_second.get(), 1);
+            assert_eq!(t.queue, 10);
+            assert_eq!(t.max_concurrent_calls, 10);
+            assert!(!t.early_media);
+            assert_eq!(t.ring_timeout.as_secs(), 60);
+            assert!(t.account_sids.is_empty() && t.allow_destinations.is_empty());
+            assert_eq!(
+                t.deny_destinations.len(),
+                super::DEFAULT_DENY_DESTINATIONS.len()
+            );
+            assert_eq!(
+                t.policy().check("ACx", "+14155550100", "+19005550100", 0),
+                Err(super::Refusal::Destination("+19005550100".into()))
+            );
+            // Without [[trunks]]: no outbound calls.
+            let none = Config::parse_str(BASE, Path::new("sbc.toml")).unwrap();
+            assert!(none.trunks.is_empty());
+        }
+
+        #[test]
+        fn refusals_name_the_line() {
+            let cases: &[(&str, &str)] = &[
+                ("uri = \"sip:example.com\"\n", "transport=tls"),
+                ("max_calls_per_second = 16\n", "1 to 15"),
+                ("max_calls_per_second = 0\n", "1 to 15"),
+                ("ring_timeout_secs = 1\n", "5 to 600"),
+                ("max_concurrent_calls = 0\n", "greater than 0"),
+                ("deny_destinations = [\"1900\"]\n", "not a number prefix"),
+                ("account_sids = [\"AC1\"]\n", "Account SID"),
+                ("colour = \"blue\"\n", "unknown field"),
+            ];
+            for (extra, needle) in cases {
+                // Later keys override: put the extra key in a fresh trunk body.
+                let key = extra.split(' ').next().unwrap();
+                let body: String = MIN
+                    .lines()
+                    .filter(|l| !l.starts_with(key))
+                    .map(|l| format!("{l}\n"))
+                    .collect::<String>()
+                    + extra;
+                let e = parse(&body).unwrap_err();
+                assert!(e.contains(needle), "{extra}: {e}");
+                assert!(e.starts_with("/etc/sbc/sbc.toml:"), "{extra}: {e}");
+            }
+            let e = parse(&MIN.replace("[\"+14155550100\"]", "[]")).unwrap_err();
+            assert!(e.contains("caller_ids is empty"), "{e}");
+            let e = parse(&MIN.replace("+14155550100", "4155550100")).unwrap_err();
+            assert!(e.contains("not an E.164 number"), "{e}");
+            let e = parse(&format!("{MIN}\n[[trunks]]\n{MIN}")).unwrap_err();
+            assert!(e.contains("used twice"), "{e}");
+        }
+
+        #[test]
+        fn password_file_must_be_private() {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("trunk.password");
+            std::fs::write(&file, "s3cret\n").unwrap();
+            let mut t = parse(MIN).unwrap().trunks.remove(0);
+            t.password_file = file.clone();
+            for (mode, ok) in [(0o600, true), (0o400, true), (0o640, false), (0o604, false)] {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+                let r = t.load_password();
+                assert_eq!(r.is_ok(), ok, "mode {mode:o}: {r:?}");
+                if let Err(e) = r {
+                    assert!(e.to_string().contains("chmod 600"), "{e}");
+                }
+            }
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+            assert!(!format!("{:?}", t.load_password().unwrap()).contains("s3cret"));
+            std::fs::write(&file, "\n").unwrap();
+            assert!(t.load_password().unwrap_err().to_string().contains("empty"));
+            t.password_file = dir.path().join("missing");
+            assert!(t
+                .load_password()
+                .unwrap_err()
+                .to_string()
+                .contains("cannot read"));
+        }
+    }
 }

@@ -410,7 +410,7 @@ impl UacCall {
             resp.headers.get("To").unwrap_or(&self.dial.to).to_string(),
         );
         h.push("Call-ID", self.call_id.clone());
-        h.push("CSeq", format!("{} ACK", self.cseq));
+        h.push("CSeq", format!("{} ACK", self.invite_cseq()));
         h.push("Content-Length", "0");
         self.transmit.push_back(SipMessage::Request(Request {
             method: Method::Ack,
@@ -435,7 +435,7 @@ impl UacCall {
         h.push("From", self.tagged_from());
         h.push("To", self.dial.to.clone());
         h.push("Call-ID", self.call_id.clone());
-        h.push("CSeq", format!("{} CANCEL", self.cseq));
+        h.push("CSeq", format!("{} CANCEL", self.invite_cseq()));
         self.common(&mut h);
         h.push("Content-Length", "0");
         self.transmit.push_back(SipMessage::Request(Request {

@@ -26,6 +26,8 @@ pub struct Config {
     pub sip: SipConfig,
     pub tls: TlsConfig,
     pub carriers: Vec<CarrierConfig>,
+    /// `[[trunks]]`: termination trunks for outbound calls (none: sbc places no calls).
+    pub trunks: Vec<TrunkConfig>,
     pub media: MediaConfig,
     pub srtp: SrtpConfig,
     pub agent: AgentConfig,
@@ -176,6 +178,104 @@ pub struct CarrierConfig {
     /// When non-empty (needs `twilio`), an INVITE whose `X-Twilio-AccountSid` is not listed is
     /// refused with 403: Twilio's signalling addresses are shared by all Twilio accounts.
     pub twilio_account_sids: Vec<String>,
+}
+
+/// A termination trunk (`[[trunks]]`, docs/outbound.md): where outbound calls go and the policy
+/// they pass first. A section of its own rather than part of `[[carriers]]`: a carrier is
+/// recognised by where its traffic comes from (source networks, client certificate), a trunk
+/// by where sbc sends calls (a URI resolved by DNS, digest credentials, caller IDs, pacing).
+/// One provider may have both, with different addresses and credentials, and an outbound-only
+/// trunk needs no source networks.
+#[derive(Clone, Debug)]
+pub struct TrunkConfig {
+    pub name: String,
+    /// `sip:example.pstn.twilio.com;transport=tls`: the Request-URI host of every call.
+    pub uri: crate::resolve::TerminationUri,
+    /// Digest username (Twilio: a credential list's username).
+    pub username: String,
+    /// File holding the digest password, readable by sbc alone (mode 0600 or 0400); read by
+    /// [`TrunkConfig::load_password`] (at `Config::load`, so `check-config` checks it).
+    pub password_file: PathBuf,
+    /// Accounts that may place calls through the trunk; empty: any account the API accepts.
+    pub account_sids: Vec<String>,
+    /// `From` must be one of these (numbers, or prefixes ending in `*`).
+    pub caller_ids: Vec<crate::trunk::NumberPattern>,
+    /// Destination prefixes allowed; empty: all not denied.
+    pub allow_destinations: Vec<String>,
+    /// Destination prefixes refused (default [`crate::trunk::DEFAULT_DENY_DESTINATIONS`]).
+    pub deny_destinations: Vec<String>,
+    /// 1 to 15 (Twilio's trunk CPS range; its default is 1).
+    pub max_calls_per_second: std::num::NonZeroU32,
+    /// Calls that may wait for their CPS slot; beyond, the API answers 429.
+    pub queue: usize,
+    pub max_concurrent_calls: u32,
+    /// 183 with SDP starts the agent's stream (early media).
+    pub early_media: bool,
+    /// Ringing time before CANCEL when the API request gives no `Timeout`.
+    pub ring_timeout: Duration,
+}
+
+impl TrunkConfig {
+    /// The trunk's pure policy (caller IDs, destinations, accounts, concurrency).
+    pub fn policy(&self) -> crate::trunk::TrunkPolicy {
+        crate::trunk::TrunkPolicy {
+            account_sids: self.account_sids.clone(),
+            caller_ids: self.caller_ids.clone(),
+            allow_destinations: self.allow_destinations.clone(),
+            deny_destinations: self.deny_destinations.clone(),
+            max_concurrent_calls: self.max_concurrent_calls,
+        }
+    }
+
+    /// Reads the digest password: the file must be a regular file that neither group nor
+    /// others can read or write, and hold a non-empty first line (a trailing newline is not
+    /// part of the password).
+    pub fn load_password(&self) -> Result<crate::sip::digest::Password, ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = &self.password_file;
+        let meta = std::fs::metadata(path).map_err(|e| {
+            ConfigError::in_file(
+                path,
+                format!("trunk {:?}: cannot read password_file: {e}", self.name),
+            )
+        })?;
+        if !meta.is_file() {
+            return Err(ConfigError::in_file(
+                path,
+                format!("trunk {:?}: password_file is not a regular file", self.name),
+            ));
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(ConfigError::in_file(
+                path,
+                format!(
+                    "trunk {:?}: password_file has mode {mode:03o}; it must be readable by sbc alone (chmod 600)",
+                    self.name
+                ),
+            ));
+        }
+        let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| {
+            ConfigError::in_file(
+                path,
+                format!("trunk {:?}: cannot read password_file: {e}", self.name),
+            )
+        })?);
+        let text = std::str::from_utf8(&bytes).map_err(|_| {
+            ConfigError::in_file(
+                path,
+                format!("trunk {:?}: password_file is not UTF-8", self.name),
+            )
+        })?;
+        let password = text.lines().next().unwrap_or("");
+        if password.is_empty() {
+            return Err(ConfigError::in_file(
+                path,
+                format!("trunk {:?}: password_file is empty", self.name),
+            ));
+        }
+        Ok(crate::sip::digest::Password::new(password))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -365,6 +465,9 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let config = Config::parse_file(path)?;
         config.check_tls()?;
+        for trunk in &config.trunks {
+            trunk.load_password()?;
+        }
         Ok(config)
     }
 

@@ -406,3 +406,29 @@ fn help_and_version() {
         format!("sbc {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// `[[trunks]]` (issue 15): check-config reads the password file and refuses one that group or
+/// others can read, naming the file; a bad value in the section is refused at its position.
+#[test]
+fn trunk_password_file_mode_and_values() {
+    use std::os::unix::fs::PermissionsExt;
+    let trunk = "\n[[trunks]]\nname = \"twilio-out\"\nuri = \"sip:example.pstn.twilio.com;transport=tls\"\nusername = \"sbc\"\npassword_file = \"trunk.password\"\ncaller_ids = [\"+14155550100\"]\n";
+    let pki = Pki::new();
+    let secret = pki.path("trunk.password");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let path = pki.config(&format!("{GOOD}{trunk}"));
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let r = check(&path);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = check(&path);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains(&format!("{}: ", secret.display())) && r.stderr.contains("chmod 600"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("s3cret"));
+    let bad = format!("{GOOD}{trunk}max_calls_per_second = 20\n");
+    refused_at(&bad, "20\n", "max_calls_per_second must be 1 to 15");
+}

@@ -87,3 +87,33 @@ fn production_example_is_a_twilio_trunk_with_the_defaults() {
     let err = Config::load(&path).unwrap_err().to_string();
     assert!(err.starts_with("/etc/sbc/chain.pem: "), "{err}");
 }
+
+/// The production example's `[[trunks]]`: a Twilio termination trunk over TLS with Twilio's
+/// default CPS, and the premium-rate deny list it spells out equal to the built-in default.
+#[test]
+fn production_example_has_a_twilio_termination_trunk() {
+    let path = configs_dir().join("production.example.toml");
+    let c = Config::parse_str(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
+    assert_eq!(c.trunks.len(), 1);
+    let t = &c.trunks[0];
+    assert_eq!(
+        t.uri.to_string(),
+        "sip:example.pstn.twilio.com;transport=tls"
+    );
+    assert_eq!(t.max_calls_per_second.get(), 1);
+    assert_eq!(t.ring_timeout.as_secs(), 60);
+    assert!(!t.early_media);
+    assert_eq!(t.deny_destinations, sbc::trunk::DEFAULT_DENY_DESTINATIONS);
+    assert_eq!(
+        t.policy()
+            .check(
+                "AC00000000000000000000000000000000",
+                "+14155550100",
+                "+19005550123",
+                0
+            )
+            .unwrap_err()
+            .http_status(),
+        403
+    );
+}

@@ -151,6 +151,7 @@ pub(crate) fn convert(ctx: &Ctx, raw: raw::RawConfig) -> Result<Config, ConfigEr
     let sip = sip(ctx, raw.sip.unwrap_or_default())?;
     let tls = tls(ctx, tls_raw, &sip)?;
     let carriers = carriers(ctx, raw.carriers, tls.client_ca.is_some())?;
+    let trunks = trunks(ctx, raw.trunks)?;
     let media = media(
         ctx,
         raw.media.ok_or_else(|| {
@@ -191,6 +192,7 @@ pub(crate) fn convert(ctx: &Ctx, raw: raw::RawConfig) -> Result<Config, ConfigEr
         sip,
         tls,
         carriers,
+        trunks,
         media,
         srtp,
         agent,
@@ -565,6 +567,138 @@ fn carriers(
                 10,
                 "carriers.max_calls_per_second",
             )?,
+        });
+    }
+    Ok(out)
+}
+
+/// `[[trunks]]` (optional: without it sbc places no outbound calls).
+fn trunks(ctx: &Ctx, r: Option<S<Vec<S<raw::RawTrunk>>>>) -> Result<Vec<TrunkConfig>, ConfigError> {
+    let Some(list) = r else {
+        return Ok(Vec::new());
+    };
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for t in list.into_inner() {
+        let t = t.into_inner();
+        let name = t.name.get_ref().trim().to_string();
+        if name.is_empty() || name.chars().any(|ch| ch.is_control()) {
+            return Err(ctx.at(
+                t.name.span(),
+                "trunks.name must be non-empty printable text",
+            ));
+        }
+        if !names.insert(name.clone()) {
+            return Err(ctx.at(t.name.span(), format!("trunk name {name:?} is used twice")));
+        }
+        let uri = crate::resolve::TerminationUri::parse(t.uri.get_ref().trim())
+            .map_err(|e| ctx.at(t.uri.span(), format!("trunk {name:?}: uri: {e}")))?;
+        let username = t.username.get_ref().clone();
+        if username.is_empty() || username.chars().any(|c| c.is_control()) {
+            return Err(ctx.at(
+                t.username.span(),
+                format!("trunk {name:?}: username must be non-empty printable text"),
+            ));
+        }
+        let password_file = ctx.resolve(&t.password_file, "trunks.password_file")?;
+        let account_sids = match &t.account_sids {
+            None => Vec::new(),
+            Some(l) => {
+                for sid in l.get_ref() {
+                    if !is_account_sid(sid.get_ref()) {
+                        return Err(ctx.at(
+                            sid.span(),
+                            format!(
+                                "trunk {name:?}: {:?} is not a Twilio Account SID (\"AC\" followed by 32 hex digits)",
+                                sid.get_ref()
+                            ),
+                        ));
+                    }
+                }
+                no_duplicates(ctx, l.get_ref(), "account SID", |s| s.to_string())?;
+                l.get_ref().iter().map(|s| s.get_ref().clone()).collect()
+            }
+        };
+        if t.caller_ids.get_ref().is_empty() {
+            return Err(ctx.at(
+                t.caller_ids.span(),
+                format!("trunk {name:?}: caller_ids is empty; list the numbers (Twilio numbers or verified caller IDs) calls may come from"),
+            ));
+        }
+        let mut caller_ids = Vec::new();
+        for c in t.caller_ids.get_ref() {
+            caller_ids.push(
+                crate::trunk::NumberPattern::parse(c.get_ref())
+                    .map_err(|e| ctx.at(c.span(), format!("trunk {name:?}: caller_ids: {e}")))?,
+            );
+        }
+        no_duplicates(ctx, t.caller_ids.get_ref(), "caller ID", |s| s.to_string())?;
+        let prefixes = |v: &Option<S<Vec<S<String>>>>,
+                        default: &[&str],
+                        key: &str|
+         -> Result<Vec<String>, ConfigError> {
+            let Some(l) = v else {
+                return Ok(default.iter().map(|s| s.to_string()).collect());
+            };
+            for p in l.get_ref() {
+                let text = p.get_ref();
+                let ok = text.strip_prefix('+').is_some_and(|d| {
+                    (1..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit())
+                });
+                if !ok {
+                    return Err(ctx.at(
+                        p.span(),
+                        format!("trunk {name:?}: {key}: {text:?} is not a number prefix (+ and 1 to 15 digits)"),
+                    ));
+                }
+            }
+            no_duplicates(ctx, l.get_ref(), "prefix", |s| s.to_string())?;
+            Ok(l.get_ref().iter().map(|s| s.get_ref().clone()).collect())
+        };
+        let allow_destinations = prefixes(&t.allow_destinations, &[], "allow_destinations")?;
+        let deny_destinations = prefixes(
+            &t.deny_destinations,
+            crate::trunk::DEFAULT_DENY_DESTINATIONS,
+            "deny_destinations",
+        )?;
+        let (cps, cps_span) = val(&t.max_calls_per_second, 1);
+        let max_calls_per_second = std::num::NonZeroU32::new(cps)
+            .filter(|n| n.get() <= 15)
+            .ok_or_else(|| {
+                ctx.at_opt(
+                    cps_span,
+                    format!("trunk {name:?}: max_calls_per_second must be 1 to 15 (Twilio's range; its default is 1)"),
+                )
+            })?;
+        let (queue, _) = val(&t.queue, 10);
+        let max_concurrent_calls = positive(
+            ctx,
+            &t.max_concurrent_calls,
+            10,
+            "trunks.max_concurrent_calls",
+        )?;
+        let (early_media, _) = val(&t.early_media, false);
+        let (ring, ring_span) = val(&t.ring_timeout_secs, 60);
+        if !(5..=600).contains(&ring) {
+            return Err(ctx.at_opt(
+                ring_span,
+                format!("trunk {name:?}: ring_timeout_secs must be 5 to 600"),
+            ));
+        }
+        out.push(TrunkConfig {
+            name,
+            uri,
+            username,
+            password_file,
+            account_sids,
+            caller_ids,
+            allow_destinations,
+            deny_destinations,
+            max_calls_per_second,
+            queue: queue as usize,
+            max_concurrent_calls,
+            early_media,
+            ring_timeout: Duration::from_secs(ring),
         });
     }
     Ok(out)

@@ -15,6 +15,7 @@ pub(crate) struct RawConfig {
     pub sip: Option<RawSip>,
     pub tls: Option<RawTls>,
     pub carriers: Option<S<Vec<S<RawCarrier>>>>,
+    pub trunks: Option<S<Vec<S<RawTrunk>>>>,
     pub media: Option<RawMedia>,
     pub srtp: Option<RawSrtp>,
     pub agent: Option<RawAgent>,
@@ -82,6 +83,25 @@ pub(crate) struct RawCarrier {
     pub max_calls_per_second: Option<S<u32>>,
     pub twilio: Option<S<bool>>,
     pub twilio_account_sids: Option<S<Vec<S<String>>>>,
+}
+
+/// `[[trunks]]`: a termination trunk for outbound calls (docs/outbound.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTrunk {
+    pub name: S<String>,
+    pub uri: S<String>,
+    pub username: S<String>,
+    pub password_file: S<String>,
+    pub account_sids: Option<S<Vec<S<String>>>>,
+    pub caller_ids: S<Vec<S<String>>>,
+    pub allow_destinations: Option<S<Vec<S<String>>>>,
+    pub deny_destinations: Option<S<Vec<S<String>>>>,
+    pub max_calls_per_second: Option<S<u32>>,
+    pub queue: Option<S<u32>>,
+    pub max_concurrent_calls: Option<S<u32>>,
+    pub early_media: Option<S<bool>>,
+    pub ring_timeout_secs: Option<S<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -35,9 +35,11 @@ use std::time::Duration;
 use rand::Rng;
 
 mod call;
+pub mod digest;
 pub mod framing;
 pub mod message;
 pub mod strict;
+pub mod uac;
 
 pub use call::{Refresher, RequestMatch, SessionTimer, UasCall, TRANSFER_TIMEOUT};
 pub use framing::{Frame, FrameError, Framer};

@@ -32,7 +32,7 @@ use rand::{rngs::StdRng, Rng, RngCore, SeedableRng};
 
 use super::call::hostport;
 use super::digest::{header_names, Challenge, Credentials};
-use super::message::{name_addr_uri, param, split_addr, tag_of, Method, Request, Response};
+use super::message::{name_addr_uri, param, split_addr, tag_of, Body, Method, Request, Response};
 use super::{Headers, Refresher, SipMessage, UasConfig, ALLOW};
 
 /// The call's status in Twilio's vocabulary (REST `status` and status callbacks).
@@ -127,9 +127,9 @@ pub enum UacEvent {
     /// 180, or 183 without early media (first one only): Twilio status `ringing`.
     Ringing,
     /// 183 with SDP on a trunk with `early_media` (first one only): start media.
-    EarlyMedia { sdp: Bytes },
+    EarlyMedia { sdp: Body },
     /// 2xx, ACK sent: the answer SDP goes through the SRTP policy now.
-    Answered { sdp: Bytes },
+    Answered { sdp: Body },
     /// The INVITE failed (final non-2xx, Timer B, a cancel, or a 2xx that raced our CANCEL).
     Failed {
         status: u16,
@@ -139,7 +139,7 @@ pub enum UacEvent {
     /// The peer sent BYE (200 queued).
     RemoteBye,
     /// A re-INVITE or UPDATE from the peer with an SDP offer: answer with `answer_reoffer`.
-    ReOffer { sdp: Bytes },
+    ReOffer { sdp: Body },
     /// RFC 4028: the session expired or our refresh failed; BYE queued.
     SessionExpired,
     /// Nothing more will happen; the task may exit after draining `poll_transmit`.
@@ -283,7 +283,7 @@ impl UacCall {
             method: Method::Invite,
             uri: dial.request_uri.clone(),
             headers: Headers::default(),
-            body: Bytes::new(),
+            body: Body::default(),
         };
         let mut call = UacCall {
             config,
@@ -388,7 +388,7 @@ impl UacCall {
             method: Method::Invite,
             uri: self.dial.request_uri.clone(),
             headers: h,
-            body: self.dial.sdp.clone(),
+            body: self.dial.sdp.clone().into(),
         };
         self.cancel_timers(TimerKind::TimerB);
         self.timers
@@ -416,7 +416,7 @@ impl UacCall {
             method: Method::Ack,
             uri: self.invite.uri.clone(),
             headers: h,
-            body: Bytes::new(),
+            body: Body::default(),
         }));
     }
 
@@ -442,7 +442,7 @@ impl UacCall {
             method: Method::Cancel,
             uri: self.invite.uri.clone(),
             headers: h,
-            body: Bytes::new(),
+            body: Body::default(),
         }));
         self.timers
             .push((now + 64 * self.config.t1, TimerKind::CancelTimeout));
@@ -482,7 +482,7 @@ impl UacCall {
             method,
             uri,
             headers: h,
-            body: Bytes::new(),
+            body: Body::default(),
         }
     }
 
@@ -802,7 +802,7 @@ impl UacCall {
             .push("Min-SE", self.config.min_se.as_secs().to_string());
         if method == Method::Invite {
             req.headers.push("Content-Type", "application/sdp");
-            req.body = self.dial.sdp.clone();
+            req.body = self.dial.sdp.clone().into();
         }
         req.headers.push("Content-Length", "0");
         self.refresh = Some((cseq, method));
@@ -930,7 +930,7 @@ impl UacCall {
         }
         if let Some(sdp) = sdp {
             resp.headers.push("Content-Type", "application/sdp");
-            resp.body = sdp;
+            resp.body = sdp.into();
         }
         resp.headers.push("Content-Length", "0");
         resp
@@ -1246,7 +1246,7 @@ mod tests {
             r.headers.push(n, *v);
         }
         r.headers.push("Content-Length", "0");
-        r.body = Bytes::copy_from_slice(body.as_bytes());
+        r.body = body.as_bytes().to_vec().into();
         // Round-trip through the wire format, as the shell would.
         match SipMessage::parse(&r.to_bytes()).unwrap() {
             SipMessage::Response(r) => r,
@@ -1391,7 +1391,7 @@ mod tests {
             [
                 UacEvent::Ringing,
                 UacEvent::Answered {
-                    sdp: Bytes::from_static(b"v=0\r\nanswer\r\n")
+                    sdp: Body::from_static(b"v=0\r\nanswer\r\n")
                 }
             ]
         );
@@ -1940,12 +1940,12 @@ mod tests {
             12,
             "Content-Type: application/sdp\r\n",
         );
-        reinvite.body = Bytes::from_static(b"v=0\r\nnew\r\n");
+        reinvite.body = Body::from_static(b"v=0\r\nnew\r\n");
         call.handle_request(t1, reinvite.clone());
         assert_eq!(
             events(&mut call),
             [UacEvent::ReOffer {
-                sdp: Bytes::from_static(b"v=0\r\nnew\r\n")
+                sdp: Body::from_static(b"v=0\r\nnew\r\n")
             }]
         );
         // A second one while it is pending: 500 with Retry-After.

@@ -20,7 +20,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a connection may pipeline before the test gives up on sbc closing it: the time to
 /// fill the socket buffers (a few MB per connection on loopback), plus the write deadline, plus
 /// a margin for a debug build on a shared 2-core machine.
-const CLOSE_WITHIN: Duration = Duration::from_secs(20);
+/// How long a never-reading connection may live. sbc closes it `write_timeout_secs` (3 s here)
+/// after its writes stop making progress; before that the client has to fill both socket
+/// buffers by pipelining, which on a quiet 2-core machine takes 5-9 s and under heavy load (seen:
+/// two test suites and compilers at once) up to ~20 s. Before the fix none was ever closed.
+const CLOSE_WITHIN: Duration = Duration::from_secs(45);
 /// sbc's RSS may grow by at most this over its baseline while the connections are stuck:
 /// `CONNS` × (256 KiB queue + 16 KiB framer + TLS buffers) is about 10 MB; the rest is
 /// allocator slack. Before the fix the queue held 1,024 messages (~15 MB) per connection.

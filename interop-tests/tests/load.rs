@@ -39,8 +39,11 @@ fn fifty_calls_at_ten_per_second() {
         let rtp_out = m["rtp_out"].as_u64().unwrap_or(0);
         assert_eq!(m["auth_failures"], 0, "call.end: {end}");
         assert!(rtp_in >= 140, "each call sends ~150 packets: {end}");
+        // SIPp sends its BYE right after its last packet; the echoes of the last packets are
+        // still on their way through the agent (a round trip of 100-300 ms when the machine is
+        // loaded) and are dropped with the call. 15 packets = 300 ms of tail.
         assert!(
-            rtp_out + 5 >= rtp_in,
+            rtp_out + 15 >= rtp_in,
             "sbc must send back (nearly) every echoed packet: {end}"
         );
     }

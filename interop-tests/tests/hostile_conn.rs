@@ -17,9 +17,6 @@ use interop_tests::{tlsclient, SbcOptions, SbcProcess, TestEnv};
 const CONNS: usize = 24;
 /// `[limits] write_timeout_secs` in the test's config.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a connection may pipeline before the test gives up on sbc closing it: the time to
-/// fill the socket buffers (a few MB per connection on loopback), plus the write deadline, plus
-/// a margin for a debug build on a shared 2-core machine.
 /// How long a never-reading connection may live. sbc closes it `write_timeout_secs` (3 s here)
 /// after its writes stop making progress; before that the client has to fill both socket
 /// buffers by pipelining, which on a quiet 2-core machine takes 5-9 s and under heavy load (seen:

@@ -636,6 +636,11 @@ pub struct MediaAudit {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CallRecord {
     pub call_id: String,
+    /// `inbound` (the carrier called) or `outbound` (sbc placed the call through a trunk).
+    pub direction: Direction,
+    /// Outbound calls only: account, trunk, ring time, final SIP status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<OutboundAudit>,
     pub sip_call_id: String,
     pub carrier: String,
     pub source: String,
@@ -655,6 +660,32 @@ pub struct CallRecord {
     pub media: MediaAudit,
     /// The last transfer asked for (API `<Dial>` or the agent's `transfer` message), if any.
     pub transfer: Option<TransferAudit>,
+}
+
+/// Which side placed the call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    #[default]
+    Inbound,
+    Outbound,
+}
+
+/// What only an outbound call has. The trunk leg's TLS parameters are `sip_tls` (the connection
+/// sbc opened), its SRTP suites `srtp`, as for an inbound call.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OutboundAudit {
+    /// The API account that created the call.
+    pub account: String,
+    pub trunk: String,
+    /// The address the INVITE went to.
+    pub trunk_address: Option<String>,
+    /// From the INVITE to the answer or final failure.
+    pub ring_ms: Option<u64>,
+    /// The INVITE's final SIP status (200 when answered).
+    pub final_sip_status: Option<u16>,
+    /// Twilio's status at the end (`completed`, `busy`, `no-answer`, `failed`, `canceled`).
+    pub twilio_status: Option<String>,
 }
 
 /// A blind transfer (REFER) and how it ended.

@@ -53,6 +53,30 @@ pub struct CallSetup {
     pub received: Instant,
 }
 
+/// An outbound call at its answer: what `outbound.rs` hands to the media loop.
+pub(crate) struct Answered {
+    pub shared: Arc<Shared>,
+    /// The trunk as a carrier: its name keys the dialog table, its TLS client config verified it.
+    pub carrier: Arc<CarrierState>,
+    pub rx: mpsc::Receiver<CallInput>,
+    pub conn: ConnHandle,
+    pub uac: Box<crate::sip::uac::UacCall>,
+    /// The INVITE sbc sent.
+    pub invite: Request,
+    pub record: CallRecord,
+    /// When the API created the call.
+    pub started: Instant,
+    pub info: crate::outbound::OutboundInfo,
+    pub media: MediaSockets,
+    pub negotiated: sdp::Negotiated,
+    pub agent: AgentConn,
+}
+
+/// Runs an outbound call the trunk answered (`outbound.rs`) with the inbound calls' media loop.
+pub(crate) async fn run_answered(a: Answered) {
+    Call::run_answered(a).await
+}
+
 /// A refusal of the initial INVITE.
 struct Refuse {
     status: u16,
@@ -111,7 +135,9 @@ struct Call {
     carrier: Arc<CarrierState>,
     rx: mpsc::Receiver<CallInput>,
     conn: ConnHandle,
-    uas: UasCall,
+    /// The SIP core: UAS for a call the carrier placed, UAC for one sbc placed.
+    sip: Leg,
+    /// The carrier's INVITE (inbound), or ours (outbound).
     invite: Request,
     record: CallRecord,
     received: Instant,
@@ -132,6 +158,8 @@ struct Call {
     callback_seq: u32,
     /// When the call was answered (for `CallDuration`).
     answered_at: Option<Instant>,
+    /// What the API asked for, when sbc placed the call (`outbound.rs`).
+    outbound: Option<crate::outbound::OutboundInfo>,
 }
 
 impl Call {
@@ -161,7 +189,7 @@ impl Call {
             carrier: setup.carrier,
             rx: setup.rx,
             conn: setup.conn,
-            uas,
+            sip: Leg::Uas(uas),
             invite: setup.invite,
             record,
             received: setup.received,
@@ -175,12 +203,48 @@ impl Call {
             agent_notes: Default::default(),
             callback_seq: 0,
             answered_at: None,
+            outbound: None,
         }
+    }
+
+    /// An outbound call the trunk answered (`outbound.rs`), run by the same media loop as an
+    /// inbound call.
+    async fn run_answered(a: Answered) {
+        let live = a.shared.live();
+        let call = Call {
+            live,
+            shared: a.shared,
+            carrier: a.carrier,
+            rx: a.rx,
+            conn: a.conn,
+            sip: Leg::Uac(a.uac),
+            invite: a.invite,
+            record: a.record,
+            received: a.started,
+            rng: rand::rngs::StdRng::from_entropy(),
+            end_reason: None,
+            end_detail: None,
+            route: None,
+            call_sid: Some(a.info.call_sid.clone()),
+            stream_sid: String::new(),
+            transfer_to: None,
+            agent_notes: Default::default(),
+            callback_seq: 0,
+            answered_at: None,
+            outbound: Some(a.info),
+        };
+        call.active(
+            a.media,
+            a.negotiated,
+            AgentSide::Ws(Box::new(a.agent)),
+            Bytes::new(),
+        )
+        .await
     }
 
     async fn run(mut self) {
         self.flush_sip();
-        if self.uas.state() != CallState::Proceeding {
+        if self.sip.state() != CallState::Proceeding {
             // The core answered the INVITE itself (422 Session Interval Too Small, RFC 4028).
             info!("INVITE refused by the SIP core (session interval too small)");
             self.record.decision = Decision {
@@ -204,7 +268,7 @@ impl Call {
             }
             Err(refuse) => {
                 info!(status = refuse.status, why = %refuse.why, "call refused");
-                self.uas.reject(
+                self.sip.reject(
                     Instant::now(),
                     refuse.status,
                     refuse.reason,
@@ -227,7 +291,7 @@ impl Call {
 
     /// Sends everything the SIP core queued, on the dialog's connection.
     fn flush_sip(&mut self) {
-        while let Some(msg) = self.uas.poll_transmit() {
+        while let Some(msg) = self.sip.poll_transmit() {
             if self.conn.send(&msg) {
                 continue;
             }
@@ -306,7 +370,7 @@ impl Call {
         let now = Instant::now();
         match input {
             CallInput::Request(req, conn) => {
-                if self.uas.match_request(&req) == RequestMatch::None {
+                if self.sip.match_request(&req) == RequestMatch::None {
                     // Same carrier and Call-ID, but not this dialog nor this INVITE: answered
                     // where it came from; the call, and the connection it answers on, stay.
                     debug!(method = %req.method, peer = %conn.peer, "request matches neither the dialog nor the INVITE transaction");
@@ -325,11 +389,11 @@ impl Call {
                 }
                 // Matched: from now on the call answers on the connection the carrier last used.
                 self.conn = conn;
-                self.uas.handle_request(now, req);
+                self.sip.handle_request(now, req);
             }
             CallInput::Response(resp) => {
-                if self.uas.matches_response(&resp) {
-                    self.uas.handle_response(now, resp);
+                if self.sip.matches_response(&resp) {
+                    self.sip.handle_response(now, resp);
                 } else {
                     debug!(
                         status = resp.status,
@@ -339,7 +403,7 @@ impl Call {
             }
             CallInput::Hangup(cause) => {
                 self.set_end(end_reason_for(cause), None);
-                self.uas.hangup(now, cause);
+                self.sip.hangup(now, cause);
             }
             CallInput::Adopt(conn) => self.conn = conn,
             CallInput::Transfer(to) => self.start_transfer(now, to),
@@ -350,7 +414,7 @@ impl Call {
     /// Sends a REFER (API `<Dial>`, or the agent's `transfer` message once checked against
     /// the route's allow-list).
     fn start_transfer(&mut self, now: Instant, to: String) {
-        if self.end_reason.is_some() || !self.uas.refer(now, &to) {
+        if self.end_reason.is_some() || !self.sip.refer(now, &to) {
             info!(%to, "transfer refused: the call is not confirmed, ending, or already transferring");
             self.transfer_outcome(&to, "failed", None);
             self.agent_notes
@@ -414,7 +478,7 @@ impl Call {
                         Some(status),
                     ));
                 self.set_end("transferred", Some(to));
-                self.uas.hangup(now, HangupCause::Transferred);
+                self.sip.hangup(now, HangupCause::Transferred);
             }
             T::Failed(status) => {
                 info!(%to, status, "transfer failed: the call goes on");
@@ -459,15 +523,15 @@ impl Call {
     async fn finish_without_media(&mut self) {
         let hard_stop = Instant::now() + self.shared.uas.t1 * 64 + Duration::from_secs(1);
         loop {
-            while let Some(ev) = self.uas.poll_event() {
+            while let Some(ev) = self.sip.poll_event() {
                 if ev == CallEvent::Terminated {
                     return;
                 }
             }
-            if self.uas.state() == CallState::Terminated {
+            if self.sip.state() == CallState::Terminated {
                 return;
             }
-            let deadline = self.uas.poll_timeout().unwrap_or(hard_stop).min(hard_stop);
+            let deadline = self.sip.poll_timeout().unwrap_or(hard_stop).min(hard_stop);
             tokio::select! {
                 input = self.rx.recv() => match input {
                     Some(i) => self.on_input(i),
@@ -475,7 +539,7 @@ impl Call {
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     if Instant::now() >= hard_stop { return; }
-                    self.uas.handle_timeout(Instant::now());
+                    self.sip.handle_timeout(Instant::now());
                     self.flush_sip();
                 }
             }
@@ -566,7 +630,7 @@ impl Call {
                 let ring_at = self.received + cfg.sip.ringing_after;
                 let mut rung = false;
                 let result = loop {
-                    let sip_deadline = self.uas.poll_timeout();
+                    let sip_deadline = self.sip.poll_timeout();
                     tokio::select! {
                         res = &mut connect => break res,
                         input = self.rx.recv() => match input {
@@ -575,12 +639,12 @@ impl Call {
                         },
                         _ = tokio::time::sleep_until(ring_at.into()), if !rung => {
                             rung = true;
-                            self.uas.ringing(Instant::now());
+                            self.sip.ringing(Instant::now());
                             self.flush_sip();
                             self.status_callback(crate::config::CallbackEvent::Ringing, "ringing");
                         }
                         _ = sleep_opt(sip_deadline) => {
-                            self.uas.handle_timeout(Instant::now());
+                            self.sip.handle_timeout(Instant::now());
                             self.flush_sip();
                         }
                     }
@@ -625,7 +689,7 @@ impl Call {
     /// Drains SIP events during setup; true when the INVITE was cancelled.
     fn cancelled(&mut self) -> bool {
         let mut cancelled = false;
-        while let Some(ev) = self.uas.poll_event() {
+        while let Some(ev) = self.sip.poll_event() {
             match ev {
                 CallEvent::Cancelled => cancelled = true,
                 CallEvent::Terminated => cancelled = true,
@@ -650,25 +714,12 @@ impl Call {
         port: u16,
         local_key: Option<(sdp::SrtpSuite, sdp::KeySalt)>,
     ) -> sdp::AnswerPolicy {
-        let cfg = &self.live.config;
-        sdp::AnswerPolicy {
-            suites: cfg.srtp.suites.clone(),
-            codecs: cfg
-                .media
-                .codecs
-                .iter()
-                .map(|c| match c {
-                    CodecName::Pcmu => sdp::Codec::Pcmu,
-                    CodecName::Pcma => sdp::Codec::Pcma,
-                })
-                .collect(),
-            address: cfg.media.advertise_address,
+        answer_policy(
+            &self.live.config,
             port,
-            session_id: session_id(&self.record.call_id),
-            session_version: 1,
+            session_id(&self.record.call_id),
             local_key,
-            allow_loopback: cfg.media.allow_loopback_media,
-        }
+        )
     }
 
     async fn active(
@@ -702,7 +753,7 @@ impl Call {
             Err(e) => {
                 error!(error = %e, "negotiated media parameters unusable: call refused (500)");
                 let why = format!("media parameters unusable: {e}");
-                self.uas.reject(
+                self.sip.reject(
                     now,
                     500,
                     "Server Internal Error",
@@ -722,7 +773,7 @@ impl Call {
             }
         };
         self.register_call(&stream);
-        self.uas.accept(now, answer_sdp);
+        self.sip.accept(now, answer_sdp);
         self.flush_sip();
         m::srtp_suite(negotiated.suite.name());
         m::call_outcome("accepted");
@@ -774,7 +825,7 @@ impl Call {
 
         loop {
             // 1. Act on what the cores produced.
-            while let Some(ev) = self.uas.poll_event() {
+            while let Some(ev) = self.sip.poll_event() {
                 let now = Instant::now();
                 match ev {
                     CallEvent::Confirmed => debug!("ACK received: dialog confirmed"),
@@ -816,14 +867,14 @@ impl Call {
                                             ans.negotiated.suite.clone(),
                                             ans.negotiated.local_key.clone(),
                                         );
-                                        self.uas.answer_reoffer(
+                                        self.sip.answer_reoffer(
                                             now,
                                             Ok(Bytes::from(ans.sdp.to_string())),
                                         );
                                     }
                                     Err(e) => {
                                         info!(error = %e, "re-offer refused (488): media unchanged");
-                                        self.uas.answer_reoffer(
+                                        self.sip.answer_reoffer(
                                             now,
                                             Err(sanitize_warning(&format!(
                                                 "media parameters unusable: {e}"
@@ -834,7 +885,7 @@ impl Call {
                             }
                             Err(w) => {
                                 info!(reason = %w, "re-offer refused (488); media unchanged");
-                                self.uas.answer_reoffer(now, Err(w));
+                                self.sip.answer_reoffer(now, Err(w));
                             }
                         }
                     }
@@ -852,7 +903,7 @@ impl Call {
                         if self.end_reason.is_none() {
                             info!("no RTP from the carrier within the timeout: hanging up");
                             self.set_end("rtp_timeout", None);
-                            self.uas.hangup(Instant::now(), HangupCause::RtpTimeout);
+                            self.sip.hangup(Instant::now(), HangupCause::RtpTimeout);
                         }
                     }
                     BridgeEvent::MediaStarted { from } => debug!(%from, "carrier media started"),
@@ -919,7 +970,7 @@ impl Call {
                         "agent stopped reading: hanging up"
                     );
                     self.set_end("agent_stuck", stuck_why.map(str::to_string));
-                    self.uas.hangup(Instant::now(), HangupCause::AgentStuck);
+                    self.sip.hangup(Instant::now(), HangupCause::AgentStuck);
                     continue;
                 }
             }
@@ -944,11 +995,11 @@ impl Call {
             if agent_closed && self.end_reason.is_none() {
                 info!("agent WebSocket failed: hanging up");
                 self.set_end("agent_hangup", Some("send failed".into()));
-                self.uas.hangup(Instant::now(), HangupCause::AgentHangup);
+                self.sip.hangup(Instant::now(), HangupCause::AgentHangup);
                 continue;
             }
             self.report_stats(&bridge, &mut last_stats);
-            if self.uas.state() == CallState::Terminated && stopped {
+            if self.sip.state() == CallState::Terminated && stopped {
                 break;
             }
             if hard_stop.is_some_and(|h| Instant::now() >= h) {
@@ -957,7 +1008,7 @@ impl Call {
 
             // 2. Wait for the next input.
             let deadline = [
-                self.uas.poll_timeout(),
+                self.sip.poll_timeout(),
                 bridge.poll_timeout(),
                 hard_stop,
                 writer.as_ref().and(flow.poll_timeout()),
@@ -1004,14 +1055,14 @@ impl Call {
                         if self.end_reason.is_none() {
                             info!("agent closed the WebSocket: hanging up");
                             self.set_end("agent_hangup", None);
-                            self.uas.hangup(Instant::now(), HangupCause::AgentHangup);
+                            self.sip.hangup(Instant::now(), HangupCause::AgentHangup);
                         }
                     }
                     Some(Ok(_)) => {}
                 },
                 _ = sleep_opt(deadline) => {
                     let now = Instant::now();
-                    self.uas.handle_timeout(now);
+                    self.sip.handle_timeout(now);
                     bridge.handle_timeout(now);
                     if let Some(w) = writer.as_ref() {
                         flow.written(now, w.progress().written.load(Ordering::Relaxed));
@@ -1070,6 +1121,14 @@ impl Call {
     /// Makes the call visible to the API under the sid the agent saw (and the carrier's
     /// `X-Twilio-CallSid`, which `stream_info` already used when trusted).
     fn register_call(&mut self, stream: &StreamInfo) {
+        if self.outbound.is_some() {
+            // Registered by the API when it was created; now it is answered.
+            self.call_sid = Some(stream.call_sid.clone());
+            self.shared.calls.update(&stream.call_sid, |e| {
+                e.status = crate::api::registry::CallStatus::InProgress
+            });
+            return;
+        }
         let route = self.route.as_ref();
         let mailbox = self
             .shared
@@ -1080,6 +1139,7 @@ impl Call {
             sid: stream.call_sid.clone(),
             account_sid: route.and_then(|r| r.account_sid.clone()),
             alias: None,
+            direction: "inbound",
             from: stream.from.clone(),
             to: stream.to.clone(),
             start: time::OffsetDateTime::now_utc(),
@@ -1107,6 +1167,11 @@ impl Call {
 
     /// Queues the route's status callback for `event` (if the route asks for it); never waits.
     fn status_callback(&mut self, event: crate::config::CallbackEvent, call_status: &str) {
+        if let Some(info) = &self.outbound {
+            let duration = self.answered_at.map(|t| t.elapsed().as_secs());
+            info.status_callback(&self.shared, event, call_status, duration);
+            return;
+        }
         let Some(route) = self.route.as_ref() else {
             return;
         };
@@ -1170,6 +1235,20 @@ impl Call {
     }
 
     fn stream_info(&mut self) -> StreamInfo {
+        if let Some(info) = &self.outbound {
+            // The `<Parameter>`s of the TwiML, then the marker that sbc placed this call.
+            let mut custom = info.parameters.clone();
+            custom.push(("direction".into(), "outbound".into()));
+            return StreamInfo {
+                stream_sid: format!("MZ{}", hex32(&mut self.rng)),
+                call_sid: info.call_sid.clone(),
+                account_sid: info.account.clone(),
+                from: info.from.clone(),
+                to: info.to.clone(),
+                carrier: self.record.carrier.clone(),
+                custom,
+            };
+        }
         let cfg = &self.live.config;
         let h = &self.invite.headers;
         // X-Twilio-* headers are Twilio's own only when the carrier is Twilio; from any other
@@ -1203,6 +1282,150 @@ impl Call {
             to: self.invite.called_number().unwrap_or_default(),
             carrier: self.record.carrier.clone(),
             custom,
+        }
+    }
+}
+
+/// The SIP side of a call, so that one media loop ([`Call::active`]) serves both directions:
+/// the UAS core for a call the carrier placed, the UAC core for one sbc placed through a trunk.
+/// The UAC's events are mapped onto the UAS's [`CallEvent`]s; what only a UAS does (answer,
+/// refuse, ring, transfer) is a no-op on the UAC side, which answered before `active`.
+pub(crate) enum Leg {
+    Uas(UasCall),
+    Uac(Box<crate::sip::uac::UacCall>),
+}
+
+impl Leg {
+    fn poll_transmit(&mut self) -> Option<SipMessage> {
+        match self {
+            Leg::Uas(c) => c.poll_transmit(),
+            Leg::Uac(c) => c.poll_transmit(),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            Leg::Uas(c) => c.poll_timeout(),
+            Leg::Uac(c) => c.poll_timeout(),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        match self {
+            Leg::Uas(c) => c.handle_timeout(now),
+            Leg::Uac(c) => c.handle_timeout(now),
+        }
+    }
+
+    fn hangup(&mut self, now: Instant, cause: HangupCause) {
+        match self {
+            Leg::Uas(c) => c.hangup(now, cause),
+            Leg::Uac(c) => c.hangup(now),
+        }
+    }
+
+    fn state(&self) -> CallState {
+        use crate::sip::uac::UacState as U;
+        match self {
+            Leg::Uas(c) => c.state(),
+            Leg::Uac(c) => match c.state() {
+                U::Calling | U::Proceeding | U::Cancelling => CallState::Proceeding,
+                U::Confirmed => CallState::Confirmed,
+                U::Terminating => CallState::Terminating,
+                U::Terminated => CallState::Terminated,
+            },
+        }
+    }
+
+    fn poll_event(&mut self) -> Option<CallEvent> {
+        use crate::sip::uac::UacEvent as U;
+        match self {
+            Leg::Uas(c) => c.poll_event(),
+            Leg::Uac(c) => loop {
+                return Some(match c.poll_event()? {
+                    U::RemoteBye => CallEvent::RemoteBye,
+                    U::ReOffer { sdp } => CallEvent::ReOffer { sdp },
+                    U::SessionExpired => CallEvent::SessionExpired,
+                    U::Terminated => CallEvent::Terminated,
+                    // Setup events (the outbound task consumed them before `active`), a
+                    // second fork's 2xx (the core already sent it BYE).
+                    other => {
+                        debug!(event = ?other, "UAC event after answer ignored");
+                        continue;
+                    }
+                });
+            },
+        }
+    }
+
+    fn match_request(&self, req: &Request) -> RequestMatch {
+        match self {
+            Leg::Uas(c) => c.match_request(req),
+            Leg::Uac(c) if c.matches_request(req) => RequestMatch::Dialog,
+            Leg::Uac(_) => RequestMatch::None,
+        }
+    }
+
+    fn handle_request(&mut self, now: Instant, req: Request) {
+        match self {
+            Leg::Uas(c) => c.handle_request(now, req),
+            Leg::Uac(c) => c.handle_request(now, req),
+        }
+    }
+
+    fn matches_response(&self, resp: &Response) -> bool {
+        match self {
+            Leg::Uas(c) => c.matches_response(resp),
+            Leg::Uac(c) => c.matches_response(resp),
+        }
+    }
+
+    fn handle_response(&mut self, now: Instant, resp: Response) {
+        match self {
+            Leg::Uas(c) => c.handle_response(now, resp),
+            Leg::Uac(c) => c.handle_response(now, resp),
+        }
+    }
+
+    fn refer(&mut self, now: Instant, to: &str) -> bool {
+        match self {
+            Leg::Uas(c) => c.refer(now, to),
+            // Transfer of an outbound call is not built (docs/outbound.md).
+            Leg::Uac(_) => false,
+        }
+    }
+
+    fn ringing(&mut self, now: Instant) {
+        if let Leg::Uas(c) = self {
+            c.ringing(now)
+        }
+    }
+
+    fn accept(&mut self, now: Instant, sdp: Bytes) {
+        if let Leg::Uas(c) = self {
+            c.accept(now, sdp)
+        }
+    }
+
+    fn reject(
+        &mut self,
+        now: Instant,
+        status: u16,
+        reason: &str,
+        warning: Option<&str>,
+        retry_after: Option<u32>,
+    ) {
+        match self {
+            Leg::Uas(c) => c.reject(now, status, reason, warning, retry_after),
+            // Answered already: a call that cannot run is hung up instead.
+            Leg::Uac(c) => c.hangup(now),
+        }
+    }
+
+    fn answer_reoffer(&mut self, now: Instant, answer: Result<Bytes, String>) {
+        match self {
+            Leg::Uas(c) => c.answer_reoffer(now, answer),
+            Leg::Uac(c) => c.answer_reoffer(now, answer.map_err(|_| 488)),
         }
     }
 }
@@ -1411,13 +1634,40 @@ fn count_media_lines(body: &[u8]) -> usize {
         .count()
 }
 
-fn hex32(rng: &mut dyn RngCore) -> String {
+/// The SDP policy (`[srtp] suites`, `[media] codecs` and address) for our answer on `port`.
+pub(crate) fn answer_policy(
+    cfg: &crate::config::Config,
+    port: u16,
+    session_id: u64,
+    local_key: Option<(sdp::SrtpSuite, sdp::KeySalt)>,
+) -> sdp::AnswerPolicy {
+    sdp::AnswerPolicy {
+        suites: cfg.srtp.suites.clone(),
+        codecs: cfg
+            .media
+            .codecs
+            .iter()
+            .map(|c| match c {
+                CodecName::Pcmu => sdp::Codec::Pcmu,
+                CodecName::Pcma => sdp::Codec::Pcma,
+            })
+            .collect(),
+        address: cfg.media.advertise_address,
+        port,
+        session_id,
+        session_version: 1,
+        local_key,
+        allow_loopback: cfg.media.allow_loopback_media,
+    }
+}
+
+pub(crate) fn hex32(rng: &mut dyn RngCore) -> String {
     let mut b = [0u8; 16];
     rng.fill_bytes(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn session_id(call_id: &str) -> u64 {
+pub(crate) fn session_id(call_id: &str) -> u64 {
     // Any stable number will do (RFC 8866 §5.2 suggests an NTP timestamp); derive from time.
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -352,28 +352,49 @@ pub async fn connect_outbound(
     port: u16,
 ) -> std::io::Result<ConnHandle> {
     use std::io::{Error, ErrorKind};
+    let timeout = shared.live().config.limits.tls_handshake_timeout;
+    let resolved: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), port)))
+            .await
+            .map_err(|_| Error::new(ErrorKind::TimedOut, "lookup timed out"))??
+            .collect(),
+    };
+    let targets = allowed_targets(&resolved, &carrier.config.sources);
+    if targets.is_empty() {
+        let resolved: Vec<String> = resolved.iter().map(|a| a.ip().to_string()).collect();
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "target {host}:{port} (resolved to [{}]) is outside the carrier's source_cidrs: not connecting",
+                resolved.join(", ")
+            ),
+        ));
+    }
+    connect_to(shared, carrier, host, targets)
+        .await
+        .map(|(handle, _)| handle)
+}
+
+/// Opens a TLS connection to the first of `targets` that accepts TCP, verifying the peer's
+/// certificate for `host` (also the SNI) with the carrier client config (`[tls] client_ca`, else
+/// the webpki roots), and starts its reader and writer: what it reads is routed by `dispatch`
+/// under `carrier`'s name. The caller decided that `targets` are allowed (a carrier's
+/// `source_cidrs`, or a trunk's configured URI). Used by [`connect_outbound`] and by outbound
+/// calls (`outbound.rs`, where `carrier` stands for the trunk). Returns the handle (marked
+/// `outbound`) and the negotiated TLS parameters.
+pub(crate) async fn connect_to(
+    shared: Arc<Shared>,
+    carrier: Arc<CarrierState>,
+    host: String,
+    targets: Vec<SocketAddr>,
+) -> std::io::Result<(ConnHandle, SipTls)> {
+    use std::io::{Error, ErrorKind};
     let server_name = rustls_pki_types::ServerName::try_from(host.clone())
         .map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?;
     let live = shared.live();
     let timeout = live.config.limits.tls_handshake_timeout;
     let connect = async {
-        let resolved: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => tokio::net::lookup_host((host.as_str(), port))
-                .await?
-                .collect(),
-        };
-        let targets = allowed_targets(&resolved, &carrier.config.sources);
-        if targets.is_empty() {
-            let resolved: Vec<String> = resolved.iter().map(|a| a.ip().to_string()).collect();
-            return Err(Error::new(
-                ErrorKind::PermissionDenied,
-                format!(
-                    "target {host}:{port} (resolved to [{}]) is outside the carrier's source_cidrs: not connecting",
-                    resolved.join(", ")
-                ),
-            ));
-        }
         let mut last_err = None;
         let mut tcp = None;
         for addr in targets {
@@ -416,15 +437,16 @@ pub async fn connect_outbound(
     tokio::spawn(run_connection(
         shared,
         carrier,
-        sip_tls,
+        sip_tls.clone(),
         tls,
         peer,
         Some(ready_tx),
         None,
     ));
-    ready_rx
+    let handle = ready_rx
         .await
-        .map_err(|_| Error::new(ErrorKind::ConnectionAborted, "connection task ended"))
+        .map_err(|_| Error::new(ErrorKind::ConnectionAborted, "connection task ended"))?;
+    Ok((handle, sip_tls))
 }
 
 /// Reads, frames and routes SIP on an established TLS stream (either direction) until it closes.

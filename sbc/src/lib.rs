@@ -13,6 +13,7 @@ pub mod conn;
 pub mod dispatch;
 pub mod logging;
 pub mod metrics;
+pub mod outbound;
 pub mod ports;
 pub mod resolve;
 pub mod server;

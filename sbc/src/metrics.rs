@@ -112,3 +112,12 @@ pub fn status_callback_failed(why: &'static str) {
 pub fn connection_closed(reason: &'static str) {
     counter!(CONNECTIONS_CLOSED_TOTAL, "reason" => reason).increment(1);
 }
+
+/// Outbound calls (placed through a `[[trunks]]` trunk) by final status: `refused` (the API
+/// answered 4xx before any SIP), `completed`, `busy`, `no-answer`, `failed`, `canceled`.
+/// Inbound calls are `sbc_calls_total{outcome}`; `sbc_calls_active` counts both directions.
+pub const OUTBOUND_CALLS_TOTAL: &str = "sbc_outbound_calls_total";
+
+pub fn outbound_call(status: &'static str) {
+    counter!(OUTBOUND_CALLS_TOTAL, "status" => status).increment(1);
+}

@@ -72,6 +72,7 @@ pub async fn run(loaded: Loaded) -> Result<(), ServerError> {
         ),
         uas,
         dialogs: Default::default(),
+        trunks: Default::default(),
         callbacks: crate::api::callbacks::Callbacks::spawn(),
         calls: crate::api::registry::CallRegistry::new(
             config.api.as_ref().map_or(1000, |a| a.recent_calls),

@@ -163,6 +163,8 @@ pub struct Shared {
     pub calls: crate::api::registry::CallRegistry,
     /// The status callback delivery queue (`api::callbacks`).
     pub callbacks: crate::api::callbacks::Callbacks,
+    /// Outbound calls' per-trunk pacers and concurrency counts (`outbound::TrunkTable`).
+    pub trunks: crate::outbound::TrunkTable,
     pub(crate) per_ip: Mutex<HashMap<IpAddr, u32>>,
     pub counters: CounterTable,
     pub active_calls: AtomicU32,

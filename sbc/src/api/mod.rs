@@ -107,6 +107,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route {
     CallsList,
+    CallCreate,
     CallFetch,
     CallUpdate,
     Other,
@@ -116,6 +117,7 @@ impl Route {
     fn label(self) -> &'static str {
         match self {
             Route::CallsList => "calls_list",
+            Route::CallCreate => "call_create",
             Route::CallFetch => "call_fetch",
             Route::CallUpdate => "call_update",
             Route::Other => "other",
@@ -160,7 +162,7 @@ impl Answer {
 }
 
 async fn handle(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     limiter: &RateLimiter,
     peer: SocketAddr,
     req: Request<Incoming>,
@@ -210,7 +212,7 @@ fn sanitize(path: &str) -> String {
 /// Authenticates, rate-limits, and dispatches; returns the route, the authenticated account
 /// and the answer.
 async fn route_request(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     limiter: &RateLimiter,
     req: Request<Incoming>,
 ) -> (Route, Option<String>, Answer) {
@@ -225,6 +227,7 @@ async fn route_request(
     };
     let route = match (req.method(), &rest) {
         (&Method::GET, Rest::List) => Route::CallsList,
+        (&Method::POST, Rest::List) => Route::CallCreate,
         (&Method::GET, Rest::Call(_)) => Route::CallFetch,
         (&Method::POST, Rest::Call(_)) => Route::CallUpdate,
         _ => Route::Other,
@@ -253,6 +256,7 @@ async fn route_request(
     }
     let answer = match (route, rest) {
         (Route::CallsList, _) => list_calls(shared, &account, req.uri().query().unwrap_or("")),
+        (Route::CallCreate, _) => create_call(shared, &account, req).await,
         (Route::CallFetch, Rest::Call(sid)) => match owned_call(shared, &account, &sid) {
             Some(e) => Answer::ok(call_json(&e)),
             None => Answer::not_found(&sanitize(&path)),
@@ -399,7 +403,8 @@ fn list_calls(shared: &Shared, account: &str, query: &str) -> Answer {
     }))
 }
 
-async fn update_call(shared: &Shared, account: &str, sid: &str, req: Request<Incoming>) -> Answer {
+/// Reads a form-encoded body within [`MAX_BODY`] and [`BODY_TIMEOUT`].
+async fn form(req: Request<Incoming>) -> Result<Vec<(String, String)>, Answer> {
     let body = match tokio::time::timeout(
         BODY_TIMEOUT,
         Limited::new(req.into_body(), MAX_BODY).collect(),
@@ -408,25 +413,90 @@ async fn update_call(shared: &Shared, account: &str, sid: &str, req: Request<Inc
     {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(_)) => {
-            return Answer::error(
+            return Err(Answer::error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 20001,
                 format!("request body larger than {MAX_BODY} bytes"),
-            )
+            ))
         }
         Err(_) => {
-            return Answer::error(StatusCode::REQUEST_TIMEOUT, 20001, "request body too slow")
+            return Err(Answer::error(
+                StatusCode::REQUEST_TIMEOUT,
+                20001,
+                "request body too slow",
+            ))
         }
     };
-    let params: Vec<(String, String)> = match serde_urlencoded::from_bytes(&body) {
+    serde_urlencoded::from_bytes(&body).map_err(|_| {
+        Answer::error(
+            StatusCode::BAD_REQUEST,
+            20001,
+            "the body must be application/x-www-form-urlencoded",
+        )
+    })
+}
+
+/// `POST .../Calls.json`: an outbound call through the account's trunk (`outbound.rs`).
+async fn create_call(shared: &Arc<Shared>, account: &str, req: Request<Incoming>) -> Answer {
+    let params = match form(req).await {
         Ok(p) => p,
-        Err(_) => {
-            return Answer::error(
-                StatusCode::BAD_REQUEST,
-                20001,
-                "the body must be application/x-www-form-urlencoded",
-            )
-        }
+        Err(a) => return a,
+    };
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let bad = |code: u32, msg: &str| Answer::error(StatusCode::BAD_REQUEST, code, msg);
+    if param("MachineDetection").is_some() || param("AsyncAmd").is_some() {
+        return bad(21626, "MachineDetection is not implemented by sbc");
+    }
+    if param("Url").is_some() {
+        return bad(
+            21205,
+            "Url is not implemented yet: sbc does not fetch TwiML; send Twiml=<Response><Connect><Stream url=...>",
+        );
+    }
+    let (Some(to), Some(from)) = (param("To"), param("From")) else {
+        return bad(21201, "To and From are required");
+    };
+    let Some(twiml) = param("Twiml") else {
+        return bad(
+            21205,
+            "Twiml is required (<Response><Connect><Stream url=...>)",
+        );
+    };
+    let timeout = match param("Timeout").map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(n)) if (1..=600).contains(&n) => Some(Duration::from_secs(n)),
+        Some(_) => return bad(21210, "Timeout must be a number of seconds from 1 to 600"),
+    };
+    let create = crate::outbound::CreateCall {
+        to: to.to_string(),
+        from: from.to_string(),
+        timeout,
+        twiml: twiml.to_string(),
+        status_callback: param("StatusCallback").map(str::to_string),
+        status_callback_events: param("StatusCallbackEvent").map(str::to_string),
+    };
+    match crate::outbound::create(shared, account, create) {
+        Ok(entry) => Answer {
+            status: StatusCode::CREATED,
+            body: call_json(&entry),
+        },
+        Err(e) => Answer::error(
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+            e.code,
+            e.message,
+        ),
+    }
+}
+
+async fn update_call(shared: &Shared, account: &str, sid: &str, req: Request<Incoming>) -> Answer {
+    let params = match form(req).await {
+        Ok(p) => p,
+        Err(a) => return a,
     };
     let param = |name: &str| {
         params
@@ -440,6 +510,14 @@ async fn update_call(shared: &Shared, account: &str, sid: &str, req: Request<Inc
     let verb =
         match (param("Status"), param("Twiml"), param("Url")) {
             (Some("completed"), None, None) => twiml::Verb::Hangup,
+            // Twilio: `canceled` ends a queued or ringing call, and nothing else.
+            (Some("canceled"), None, None) => {
+                if matches!(entry.status, CallStatus::Queued | CallStatus::Ringing) {
+                    twiml::Verb::Hangup
+                } else {
+                    return Answer::ok(call_json(&entry));
+                }
+            }
             (Some(other), None, None) => {
                 return Answer::error(
                     StatusCode::BAD_REQUEST,
@@ -474,7 +552,7 @@ async fn update_call(shared: &Shared, account: &str, sid: &str, req: Request<Inc
                 )
             }
         };
-    if entry.status == CallStatus::Completed {
+    if entry.status.is_final() {
         return match verb {
             // Hanging up an ended call changes nothing: its resource, as Twilio answers.
             twiml::Verb::Hangup => Answer::ok(call_json(&entry)),
@@ -513,11 +591,7 @@ async fn update_call(shared: &Shared, account: &str, sid: &str, req: Request<Inc
         // Answer with the call ended when it ends promptly (it normally does: the BYE is sent
         // at once), else with what is known after HANGUP_WAIT.
         let deadline = tokio::time::Instant::now() + HANGUP_WAIT;
-        while shared
-            .calls
-            .get(sid)
-            .is_some_and(|e| e.status != CallStatus::Completed)
-        {
+        while shared.calls.get(sid).is_some_and(|e| !e.status.is_final()) {
             if tokio::time::timeout_at(deadline, changes.changed())
                 .await
                 .is_err()
@@ -557,7 +631,7 @@ pub fn call_json(e: &CallEntry) -> Value {
         "from_formatted": e.from,
         "to_formatted": e.to,
         "status": e.status.as_str(),
-        "direction": "inbound",
+        "direction": e.direction,
         "start_time": start,
         "end_time": e.end.map(rfc2822),
         "duration": duration,

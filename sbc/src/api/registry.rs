@@ -16,15 +16,56 @@ use crate::call::CallInput;
 /// Twilio's call statuses that sbc uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallStatus {
+    /// An outbound call waiting for its CPS slot or its first provisional response.
+    Queued,
+    /// An outbound call the callee's side is alerting (180/183).
+    Ringing,
     InProgress,
     Completed,
+    /// Outbound: 486/600.
+    Busy,
+    /// Outbound: the ring timeout passed (CANCEL sent).
+    NoAnswer,
+    /// Outbound: any other failure before answer (DNS, TLS, 4xx-6xx, unusable SRTP answer).
+    Failed,
+    /// Outbound: cancelled through the API before answer.
+    Canceled,
 }
 
 impl CallStatus {
     pub fn as_str(self) -> &'static str {
         match self {
+            CallStatus::Queued => "queued",
+            CallStatus::Ringing => "ringing",
             CallStatus::InProgress => "in-progress",
             CallStatus::Completed => "completed",
+            CallStatus::Busy => "busy",
+            CallStatus::NoAnswer => "no-answer",
+            CallStatus::Failed => "failed",
+            CallStatus::Canceled => "canceled",
+        }
+    }
+
+    /// True once the call is over (whatever the outcome).
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            CallStatus::Queued | CallStatus::Ringing | CallStatus::InProgress
+        )
+    }
+
+    /// The registry status for a UAC core's Twilio status.
+    pub fn from_twilio(s: crate::sip::uac::TwilioStatus) -> CallStatus {
+        use crate::sip::uac::TwilioStatus as T;
+        match s {
+            T::Queued => CallStatus::Queued,
+            T::Ringing => CallStatus::Ringing,
+            T::InProgress => CallStatus::InProgress,
+            T::Completed => CallStatus::Completed,
+            T::Busy => CallStatus::Busy,
+            T::NoAnswer => CallStatus::NoAnswer,
+            T::Failed => CallStatus::Failed,
+            T::Canceled => CallStatus::Canceled,
         }
     }
 }
@@ -48,6 +89,8 @@ pub struct CallEntry {
     pub account_sid: Option<String>,
     /// The carrier's `X-Twilio-CallSid`, when trusted and different from `sid`.
     pub alias: Option<String>,
+    /// Twilio's `direction`: `inbound`, or `outbound-api` for a call created through the API.
+    pub direction: &'static str,
     pub from: String,
     pub to: String,
     pub start: OffsetDateTime,
@@ -130,16 +173,22 @@ impl CallRegistry {
         self.changed();
     }
 
-    /// Marks a call ended; forgets the oldest ended calls beyond `recent`.
+    /// Marks a call ended (`completed`); forgets the oldest ended calls beyond `recent`.
     pub fn end(&self, sid: &str, reason: &str) {
+        self.end_with(sid, CallStatus::Completed, reason)
+    }
+
+    /// Marks a call ended with a final `status` (`busy`, `failed`, ... for an outbound call
+    /// that was never answered).
+    pub fn end_with(&self, sid: &str, status: CallStatus, reason: &str) {
         let mut g = self.lock();
         let Some(e) = g.calls.get_mut(sid) else {
             return;
         };
-        if e.status == CallStatus::Completed {
+        if e.status.is_final() {
             return;
         }
-        e.status = CallStatus::Completed;
+        e.status = status;
         e.end = Some(OffsetDateTime::now_utc());
         e.end_reason = Some(reason.to_string());
         e.mailbox = None;
@@ -188,6 +237,7 @@ mod tests {
             sid: sid.into(),
             account_sid: Some(account.into()),
             alias: Some(format!("{sid}-carrier")),
+            direction: "inbound",
             from: "+1".into(),
             to: "+2".into(),
             start: OffsetDateTime::now_utc(),

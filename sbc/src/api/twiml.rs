@@ -103,6 +103,129 @@ fn sip_uri(s: &str) -> Result<String, String> {
     }
 }
 
+/// What `<Response><Connect><Stream url="wss://…">…</Stream></Connect></Response>` asks for: the
+/// TwiML of a call sbc places (`POST .../Calls.json`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Stream {
+    pub url: String,
+    /// `<Parameter name=… value=…/>`, in order: the agent's `customParameters`.
+    pub parameters: Vec<(String, String)>,
+}
+
+const STREAM_UNDERSTOOD: &str = "a call sbc places understands only <Response><Connect><Stream url=\"wss://...\"> with optional <Parameter name=\"...\" value=\"...\"/> children</Stream></Connect></Response>";
+
+/// Most `<Parameter>`s accepted (Twilio's own limit is similar in spirit: a few small values).
+const MAX_PARAMETERS: usize = 32;
+
+/// Parses the TwiML of a new outbound call; the error is the message for the 400 answer.
+pub fn parse_stream(text: &str) -> Result<Stream, String> {
+    let mut t = text.trim();
+    if let Some(rest) = t.strip_prefix("<?xml") {
+        let end = rest
+            .find("?>")
+            .ok_or_else(|| format!("TwiML: unterminated XML declaration; {STREAM_UNDERSTOOD}"))?;
+        t = rest[end + 2..].trim();
+    }
+    let connect = strip_element(t, "Response")
+        .and_then(|b| strip_element(b, "Connect"))
+        .ok_or_else(|| format!("TwiML must be <Response><Connect>...; {STREAM_UNDERSTOOD}"))?;
+    let (attrs, inner) = open_tag(connect, "Stream")
+        .ok_or_else(|| format!("TwiML <Connect> must hold one <Stream>; {STREAM_UNDERSTOOD}"))?;
+    let url = attr(&attrs, "url")
+        .ok_or_else(|| format!("TwiML <Stream> needs a url attribute; {STREAM_UNDERSTOOD}"))?;
+    if !url.starts_with("wss://") || url.len() > 512 {
+        return Err(format!(
+            "TwiML <Stream url>: {:?} is not a wss:// URL",
+            truncate(&url)
+        ));
+    }
+    let mut parameters = Vec::new();
+    let mut rest = inner.trim();
+    while !rest.is_empty() {
+        let after = rest.strip_prefix("<Parameter").ok_or_else(|| {
+            format!("TwiML <Stream> holds something other than <Parameter/>; {STREAM_UNDERSTOOD}")
+        })?;
+        let end = after.find("/>").ok_or_else(|| {
+            format!("TwiML <Parameter> must be empty (<Parameter .../>); {STREAM_UNDERSTOOD}")
+        })?;
+        let attrs = attributes(&after[..end])?;
+        let (Some(name), Some(value)) = (attr(&attrs, "name"), attr(&attrs, "value")) else {
+            return Err(format!(
+                "TwiML <Parameter> needs name and value; {STREAM_UNDERSTOOD}"
+            ));
+        };
+        if name.is_empty() || name.len() > 64 || value.len() > 512 {
+            return Err("TwiML <Parameter>: name up to 64 characters, value up to 512".into());
+        }
+        parameters.push((name, value));
+        if parameters.len() > MAX_PARAMETERS {
+            return Err(format!("TwiML: at most {MAX_PARAMETERS} <Parameter>s"));
+        }
+        rest = after[end + 2..].trim();
+    }
+    Ok(Stream { url, parameters })
+}
+
+/// `<name attrs>inner</name>` or `<name attrs/>`, exactly: (attributes, inner).
+fn open_tag(s: &str, name: &str) -> Option<(Vec<(String, String)>, String)> {
+    let after = s.strip_prefix('<')?.strip_prefix(name)?;
+    if !after.starts_with([' ', '\t', '\n', '\r', '>', '/']) {
+        return None;
+    }
+    let close_at = after.find('>')?;
+    let head = &after[..close_at];
+    if let Some(h) = head.strip_suffix('/') {
+        if !after[close_at + 1..].trim().is_empty() {
+            return None;
+        }
+        return Some((attributes(h).ok()?, String::new()));
+    }
+    let inner = after[close_at + 1..]
+        .trim_end()
+        .strip_suffix(format!("</{name}>").as_str())?;
+    Some((attributes(head).ok()?, inner.to_string()))
+}
+
+/// `a="x" b='y'` with XML's five entities decoded.
+fn attributes(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut rest = s.trim();
+    while !rest.is_empty() {
+        let eq = rest
+            .find('=')
+            .ok_or_else(|| format!("TwiML: malformed attributes {:?}", truncate(s)))?;
+        let name = rest[..eq].trim().to_string();
+        let after = rest[eq + 1..].trim_start();
+        let quote = after
+            .chars()
+            .next()
+            .filter(|c| *c == '"' || *c == '\'')
+            .ok_or_else(|| format!("TwiML: attribute {name} is not quoted"))?;
+        let end = after[1..]
+            .find(quote)
+            .ok_or_else(|| format!("TwiML: attribute {name} is not terminated"))?;
+        let value = after[1..1 + end]
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&");
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("TwiML: bad attribute name {:?}", truncate(&name)));
+        }
+        out.push((name, value));
+        rest = after[1 + end + 1..].trim_start();
+    }
+    Ok(out)
+}
+
+fn attr(attrs: &[(String, String)], name: &str) -> Option<String> {
+    attrs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
@@ -151,5 +274,28 @@ mod tests {
         assert!(parse("<Response><Say>x</Say></Response>")
             .unwrap_err()
             .contains("<Say>"));
+    }
+    #[test]
+    fn connect_stream() {
+        let s = parse_stream(r#"<Response><Connect><Stream url="wss://agent.example/ws?a=1&amp;b=2"><Parameter name="lead" value="42"/><Parameter name='q' value="a &quot;b&quot;" /></Stream></Connect></Response>"#).unwrap();
+        assert_eq!(s.url, "wss://agent.example/ws?a=1&b=2");
+        assert_eq!(
+            s.parameters,
+            vec![("lead".into(), "42".into()), ("q".into(), "a \"b\"".into())]
+        );
+        let s =
+            parse_stream(r#"<Response><Connect><Stream url="wss://a/ws"/></Connect></Response>"#)
+                .unwrap();
+        assert!(s.parameters.is_empty());
+        for bad in [
+            r#"<Response><Connect><Stream url="ws://a/ws"/></Connect></Response>"#,
+            r#"<Response><Connect><Stream/></Connect></Response>"#,
+            r#"<Response><Say>x</Say></Response>"#,
+            r#"<Response><Connect><Stream url="wss://a"><Say/></Stream></Connect></Response>"#,
+            r#"<Response><Connect><Stream url="wss://a"><Parameter name="x"/></Stream></Connect></Response>"#,
+            r#"<Response><Connect><Streamer url="wss://a"/></Connect></Response>"#,
+        ] {
+            assert!(parse_stream(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,0 +1,788 @@
+//! Outbound calls through a termination trunk (`[[trunks]]`, docs/outbound.md): the shell around
+//! the sans-IO [`UacCall`]. The API (`POST .../Calls.json`) checks a request with [`create`]
+//! (trunk policy, TwiML, agent allow-list, CPS pacer) before any SIP goes out; [`run`] then waits
+//! for the call's pacer slot, resolves the trunk (RFC 3263), opens TLS to it, sends the INVITE
+//! with an SDES offer, retries once with digest credentials, and on the answer checks the SDP
+//! against the offer (`SdesOffer::accept_answer`: an answer without an acceptable crypto line is
+//! ACKed, sent BYE and the call fails; media never flows in the clear). An answered call is
+//! handed to the same media loop as an inbound call (`call::Call::run_answered`): SRTP bridge,
+//! agent WebSocket, audit record, API hang-up.
+//!
+//! Where sbc connects is decided by configuration only: the trunk's URI, and an agent URL whose
+//! scheme, host and port equal those of one of `[agent] routes`' URLs (docs/outbound.md). Nothing
+//! the API caller sends widens that.
+//!
+//! The trunk's connection is routed by `dispatch` like a carrier's, under the name
+//! `trunk:<name>` (a carrier of that name cannot exist: carrier names have no `:`), so
+//! responses and in-dialog requests from the trunk reach the call by that name and Call-ID.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use tokio::sync::mpsc;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::api::registry::{CallEntry, CallStatus};
+use crate::audit::{CallRecord, Decision, Direction, OutboundAudit};
+use crate::call::CallInput;
+use crate::config::{AgentTarget, CallbackEvent, CarrierConfig, StatusCallback, TrunkConfig};
+use crate::metrics as m;
+use crate::shared::{CarrierState, Shared};
+use crate::sip::digest::Credentials;
+use crate::sip::uac::{Dial, SdesOffer, TwilioStatus, UacCall, UacEvent};
+use crate::sip::SipMessage;
+use crate::trunk::{Pacer, Refusal};
+
+/// Deadline of the trunk's DNS resolution.
+const RESOLVE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What the API asked for, kept for the agent's `start`, status callbacks and the registry.
+#[derive(Clone, Debug)]
+pub struct OutboundInfo {
+    pub call_sid: String,
+    pub account: String,
+    pub trunk: String,
+    pub from: String,
+    pub to: String,
+    /// The TwiML `<Stream url>`, already checked against the allow-list.
+    pub stream_url: String,
+    /// `<Parameter>`s: the agent's `customParameters`.
+    pub parameters: Vec<(String, String)>,
+    /// A configured status callback the request named, with the events it asked for.
+    pub callback: Option<StatusCallback>,
+    callback_seq: Arc<AtomicU32>,
+}
+
+impl OutboundInfo {
+    /// Queues the status callback for `event` if the request asked for it; never waits.
+    pub(crate) fn status_callback(
+        &self,
+        shared: &Shared,
+        event: CallbackEvent,
+        call_status: &str,
+        duration_secs: Option<u64>,
+    ) {
+        let Some(cb) = self.callback.as_ref().filter(|c| c.events.contains(&event)) else {
+            return;
+        };
+        let live = shared.live();
+        let (Some(api), Some(tls)) = (live.config.api.as_ref(), live.callback_tls.clone()) else {
+            return;
+        };
+        let Some(acc) = api.accounts.iter().find(|a| a.sid == self.account) else {
+            return;
+        };
+        let seq = self.callback_seq.fetch_add(1, Ordering::Relaxed);
+        let mut params: Vec<(String, String)> = vec![
+            ("AccountSid".into(), self.account.clone()),
+            ("ApiVersion".into(), "2010-04-01".into()),
+            ("CallSid".into(), self.call_sid.clone()),
+            ("CallStatus".into(), call_status.into()),
+            ("CallbackSource".into(), "call-progress-events".into()),
+            ("Called".into(), self.to.clone()),
+            ("Caller".into(), self.from.clone()),
+            ("Direction".into(), "outbound-api".into()),
+            ("From".into(), self.from.clone()),
+            ("SequenceNumber".into(), seq.to_string()),
+            (
+                "Timestamp".into(),
+                time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc2822)
+                    .unwrap_or_default(),
+            ),
+            ("To".into(), self.to.clone()),
+        ];
+        if event == CallbackEvent::Completed {
+            let secs = duration_secs.unwrap_or(0);
+            params.push(("CallDuration".into(), secs.to_string()));
+            params.push(("Duration".into(), secs.div_ceil(60).to_string()));
+        }
+        shared.callbacks.send(crate::api::callbacks::Delivery {
+            callback: cb.clone(),
+            token: acc.auth_token.clone(),
+            params,
+            tls,
+        });
+    }
+}
+
+/// Per-trunk state shared by the API and the call tasks: the CPS pacer and the number of
+/// outbound calls up (for `max_concurrent_calls`). One short lock per call created or ended.
+#[derive(Default)]
+pub struct TrunkTable(Mutex<HashMap<String, TrunkRuntime>>);
+
+struct TrunkRuntime {
+    pacer: Pacer,
+    active: u32,
+}
+
+impl TrunkTable {
+    /// Checks the policy and takes a pacer slot and a concurrency slot, atomically.
+    fn admit(
+        &self,
+        trunk: &TrunkConfig,
+        account: &str,
+        from: &str,
+        to: &str,
+        now: Instant,
+    ) -> Result<Instant, Refusal> {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let t = g.entry(trunk.name.clone()).or_insert_with(|| TrunkRuntime {
+            pacer: Pacer::new(trunk.max_calls_per_second, trunk.queue),
+            active: 0,
+        });
+        trunk.policy().check(account, from, to, t.active)?;
+        let slot = t.pacer.admit(now)?;
+        t.active += 1;
+        Ok(slot)
+    }
+
+    fn release(&self, trunk: &str) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = g.get_mut(trunk) {
+            t.active = t.active.saturating_sub(1);
+        }
+    }
+}
+
+/// A create request as the API parsed it.
+pub struct CreateCall {
+    pub to: String,
+    pub from: String,
+    pub timeout: Option<Duration>,
+    pub twiml: String,
+    pub status_callback: Option<String>,
+    pub status_callback_events: Option<String>,
+}
+
+/// Why a create request is refused: the HTTP status, Twilio's error code, the message.
+#[derive(Debug)]
+pub struct CreateError {
+    pub status: u16,
+    pub code: u32,
+    pub message: String,
+}
+
+fn err(status: u16, code: u32, message: impl Into<String>) -> CreateError {
+    CreateError {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+/// The trunk `account` places calls through: the first whose `account_sids` lists it (or is
+/// empty).
+fn trunk_for<'a>(trunks: &'a [TrunkConfig], account: &str) -> Option<&'a TrunkConfig> {
+    trunks
+        .iter()
+        .find(|t| t.account_sids.is_empty() || t.account_sids.iter().any(|a| a == account))
+}
+
+/// True when `url` is `wss://` with the scheme, host and port of one of the routes' agent URLs.
+pub fn agent_url_allowed(routes: &[crate::config::Route], url: &str) -> bool {
+    let key = |u: &str| -> Option<(String, u16)> {
+        let uri: tokio_tungstenite::tungstenite::http::Uri = u.parse().ok()?;
+        if uri.scheme_str() != Some("wss") {
+            return None;
+        }
+        let host = uri.host()?.to_ascii_lowercase();
+        Some((host, uri.port_u16().unwrap_or(443)))
+    };
+    let Some(want) = key(url) else {
+        return false;
+    };
+    routes.iter().any(|r| match &r.target {
+        AgentTarget::Url(u) => key(u).as_ref() == Some(&want),
+        AgentTarget::Echo => false,
+    })
+}
+
+/// Checks a create request and, when it passes, registers the call (`queued`) and starts its
+/// task. Nothing goes out on the network before every check passed.
+pub fn create(
+    shared: &Arc<Shared>,
+    account: &str,
+    req: CreateCall,
+) -> Result<CallEntry, CreateError> {
+    let live = shared.live();
+    let cfg = &live.config;
+    let Some(trunk) = trunk_for(&cfg.trunks, account) else {
+        return Err(if cfg.trunks.is_empty() {
+            err(400, 21210, "sbc has no [[trunks]]: it places no calls")
+        } else {
+            err(
+                403,
+                20403,
+                format!("account {account} may not use any trunk"),
+            )
+        });
+    };
+    let stream = crate::api::twiml::parse_stream(&req.twiml).map_err(|m| err(400, 12100, m))?;
+    if !agent_url_allowed(&cfg.agent.routes, &stream.url) {
+        return Err(err(
+            403,
+            20403,
+            "the <Stream> url's host is not one of the agent URLs in [agent] routes",
+        ));
+    }
+    let callback = match req.status_callback.as_deref() {
+        None => None,
+        Some(url) => {
+            let Some(known) = cfg
+                .agent
+                .routes
+                .iter()
+                .filter(|r| r.account_sid.as_deref() == Some(account))
+                .filter_map(|r| r.status_callback.as_ref())
+                .find(|c| c.url == url)
+            else {
+                return Err(err(
+                    400,
+                    21609,
+                    "StatusCallback must be one of this account's configured routes' status_callback URLs",
+                ));
+            };
+            let events = parse_events(req.status_callback_events.as_deref())?;
+            Some(StatusCallback {
+                events,
+                ..known.clone()
+            })
+        }
+    };
+    let ring_timeout = req.timeout.unwrap_or(trunk.ring_timeout);
+    let now = Instant::now();
+    let slot = shared
+        .trunks
+        .admit(trunk, account, &req.from, &req.to, now)
+        .map_err(|r| {
+            m::outbound_call("refused");
+            let code = match r.http_status() {
+                400 => 21212,
+                403 => 21215,
+                _ => 20429,
+            };
+            err(r.http_status(), code, r.to_string())
+        })?;
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let info = OutboundInfo {
+        call_sid: format!("CA{}", crate::call::hex32(&mut rng)),
+        account: account.to_string(),
+        trunk: trunk.name.clone(),
+        from: req.from,
+        to: req.to,
+        stream_url: stream.url,
+        parameters: stream.parameters,
+        callback,
+        callback_seq: Arc::new(AtomicU32::new(0)),
+    };
+    let (tx, rx) = mpsc::channel(256);
+    let entry = CallEntry {
+        sid: info.call_sid.clone(),
+        account_sid: Some(account.to_string()),
+        alias: None,
+        direction: "outbound-api",
+        from: info.from.clone(),
+        to: info.to.clone(),
+        start: time::OffsetDateTime::now_utc(),
+        end: None,
+        status: CallStatus::Queued,
+        end_reason: None,
+        transfer_allow: vec![],
+        transfer: None,
+        mailbox: Some(tx.clone()),
+        seq: 0,
+    };
+    shared.calls.register(entry.clone());
+    info.status_callback(shared, CallbackEvent::Initiated, "queued", None);
+    let span = info_span!("outbound", call_sid = %info.call_sid, trunk = %trunk.name);
+    tokio::spawn(
+        run(Task {
+            shared: Arc::clone(shared),
+            trunk: trunk.clone(),
+            info,
+            tx,
+            rx,
+            slot,
+            ring_timeout,
+            created: now,
+        })
+        .instrument(span),
+    );
+    shared.calls.get(&entry.sid).ok_or_else(|| {
+        // Just registered; only a registry of size 0 forgets it at once.
+        err(500, 20500, "call registered and forgotten")
+    })
+}
+
+fn parse_events(s: Option<&str>) -> Result<Vec<CallbackEvent>, CreateError> {
+    let Some(s) = s else {
+        return Ok(vec![CallbackEvent::Completed]);
+    };
+    s.split([' ', ','])
+        .filter(|e| !e.is_empty())
+        .map(|e| match e {
+            "initiated" => Ok(CallbackEvent::Initiated),
+            "ringing" => Ok(CallbackEvent::Ringing),
+            "answered" => Ok(CallbackEvent::Answered),
+            "completed" => Ok(CallbackEvent::Completed),
+            other => Err(err(
+                400,
+                21626,
+                format!(
+                    "StatusCallbackEvent {:?} is not one of initiated, ringing, answered, completed",
+                    other.chars().take(32).collect::<String>()
+                ),
+            )),
+        })
+        .collect()
+}
+
+struct Task {
+    shared: Arc<Shared>,
+    trunk: TrunkConfig,
+    info: OutboundInfo,
+    tx: mpsc::Sender<CallInput>,
+    rx: mpsc::Receiver<CallInput>,
+    slot: Instant,
+    ring_timeout: Duration,
+    created: Instant,
+}
+
+/// Gives back the trunk's concurrency slot and the dialog-table entry however the task ends.
+struct Release {
+    shared: Arc<Shared>,
+    trunk: String,
+    dialog: Option<(String, String)>,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        m::call_ended();
+        self.shared.trunks.release(&self.trunk);
+        if let Some((carrier, call_id)) = &self.dialog {
+            self.shared.dialogs.unregister(carrier, call_id);
+        }
+    }
+}
+
+/// How a call that never got to media ended.
+struct Failure {
+    status: TwilioStatus,
+    sip_status: Option<u16>,
+    reason: String,
+}
+
+fn failed(reason: impl Into<String>) -> Failure {
+    Failure {
+        status: TwilioStatus::Failed,
+        sip_status: None,
+        reason: reason.into(),
+    }
+}
+
+/// Runs one outbound call to its end.
+async fn run(task: Task) {
+    m::call_started();
+    let mut release = Release {
+        shared: Arc::clone(&task.shared),
+        trunk: task.trunk.name.clone(),
+        dialog: None,
+    };
+    let shared = Arc::clone(&task.shared);
+    let info = task.info.clone();
+    let mut record = CallRecord {
+        call_id: format!("c{}", shared.next_id()),
+        direction: Direction::Outbound,
+        carrier: format!("trunk:{}", task.trunk.name),
+        from: shared.audit.number(&info.from),
+        to: shared.audit.number(&info.to),
+        received_at: crate::audit::now_rfc3339(),
+        outbound: Some(OutboundAudit {
+            account: info.account.clone(),
+            trunk: task.trunk.name.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    record.agent.target = crate::audit::url_without_secrets(&info.stream_url);
+    record.agent.url_host = crate::agent::url_host(&info.stream_url);
+    match dial(task, &mut record, &mut release).await {
+        Ok(()) => m::outbound_call("completed"),
+        Err(f) => {
+            let status = f.status.as_str();
+            info!(status, sip_status = f.sip_status, reason = %f.reason, "outbound call failed");
+            if let Some(o) = record.outbound.as_mut() {
+                o.final_sip_status = f.sip_status.or(o.final_sip_status);
+                o.twilio_status = Some(status.to_string());
+            }
+            record.decision = Decision {
+                outcome: "failed",
+                status: f.sip_status.unwrap_or(0),
+                reason: f.reason.clone(),
+            };
+            record.ended_at = Some(crate::audit::now_rfc3339());
+            record.end_reason = Some(status.to_string());
+            record.end_detail = Some(f.reason.clone());
+            shared.audit.write("call.failed", &record);
+            shared
+                .calls
+                .end_with(&info.call_sid, CallStatus::from_twilio(f.status), status);
+            info.status_callback(&shared, CallbackEvent::Completed, status, None);
+            m::outbound_call(match f.status {
+                TwilioStatus::Busy => "busy",
+                TwilioStatus::NoAnswer => "no-answer",
+                TwilioStatus::Canceled => "canceled",
+                _ => "failed",
+            });
+        }
+    }
+}
+
+/// From the pacer slot to the end of the call. `Ok` once an answered call has ended.
+async fn dial(
+    mut task: Task,
+    record: &mut CallRecord,
+    release: &mut Release,
+) -> Result<(), Failure> {
+    let shared = Arc::clone(&task.shared);
+    let live = shared.live();
+    let cfg = Arc::clone(&live.config);
+
+    // 1. The pacer slot; a cancel while queued ends the call here.
+    let wait = tokio::time::sleep_until(task.slot.into());
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            _ = &mut wait => break,
+            input = task.rx.recv() => if let Some(CallInput::Hangup(_)) = input {
+                return Err(Failure { status: TwilioStatus::Canceled, sip_status: None, reason: "canceled while queued".into() });
+            },
+        }
+    }
+
+    // 2. Where the trunk is.
+    let lookup = crate::resolve::HickoryLookup::from_system().map_err(|e| failed(e.to_string()))?;
+    let addrs = crate::resolve::resolve(&lookup, &task.trunk.uri, RESOLVE_DEADLINE)
+        .await
+        .map_err(|e| failed(format!("trunk DNS: {e}")))?;
+    let sni = match &task.trunk.uri.host {
+        crate::resolve::Host::Name(n) => n.trim_end_matches('.').to_string(),
+        crate::resolve::Host::Ip(ip) => ip.to_string(),
+    };
+    let carrier_name = format!("trunk:{}", task.trunk.name);
+    let carrier = Arc::new(CarrierState {
+        config: CarrierConfig {
+            name: carrier_name.clone(),
+            sources: vec![],
+            certificate_names: vec![],
+            max_concurrent_calls: task.trunk.max_concurrent_calls,
+            max_calls_per_second: task.trunk.max_calls_per_second.get(),
+            twilio: false,
+            twilio_account_sids: vec![],
+        },
+        counters: shared.counters.get(&carrier_name),
+    });
+
+    // 3. TLS to the trunk (verified for its host, as any carrier connection sbc opens).
+    let (conn, sip_tls) =
+        crate::conn::connect_to(Arc::clone(&shared), Arc::clone(&carrier), sni, addrs)
+            .await
+            .map_err(|e| failed(format!("trunk TLS: {e}")))?;
+    m::tls_handshake(&sip_tls.version, &sip_tls.cipher, "ok");
+    record.source = conn.peer.to_string();
+    record.sip_tls = sip_tls;
+    if let Some(o) = record.outbound.as_mut() {
+        o.trunk_address = Some(conn.peer.to_string());
+    }
+
+    // 4. The INVITE with our SDES offer.
+    let media = shared
+        .ports
+        .allocate()
+        .ok_or_else(|| failed("media port range exhausted"))?;
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let session = crate::call::session_id(&record.call_id);
+    let offer = SdesOffer::new(cfg.media.advertise_address, media.port, session, &mut rng);
+    record.srtp.offered = offer
+        .keys
+        .iter()
+        .map(|k| k.suite.name().to_string())
+        .collect();
+    let password = task
+        .trunk
+        .load_password()
+        .map_err(|e| failed(format!("trunk password: {e}")))?;
+    let host = match task.trunk.uri.port {
+        Some(p) => format!("{}:{p}", task.trunk.uri.host),
+        None => task.trunk.uri.host.to_string(),
+    };
+    let params = if task.trunk.uri.sips {
+        ""
+    } else {
+        ";transport=tls"
+    };
+    let scheme = if task.trunk.uri.sips { "sips" } else { "sip" };
+    let dial = Dial {
+        request_uri: format!("{scheme}:{}@{host}{params}", task.info.to),
+        from: format!("<{scheme}:{}@{host}>", task.info.from),
+        to: format!("<{scheme}:{}@{host}>", task.info.to),
+        sdp: offer.sdp.clone(),
+        credentials: Some(Credentials {
+            username: task.trunk.username.clone(),
+            password,
+        }),
+        ring_timeout: task.ring_timeout,
+        early_media: false,
+        headers: vec![],
+    };
+    let invite_at = Instant::now();
+    let mut uac = UacCall::new(invite_at, dial, shared.uas.clone(), &mut rng);
+    let sip_call_id = uac.call_id().to_string();
+    record.sip_call_id = sip_call_id.clone();
+    shared
+        .dialogs
+        .insert(&carrier_name, &sip_call_id, task.tx.clone());
+    release.dialog = Some((carrier_name.clone(), sip_call_id.clone()));
+    let mut invite = None;
+    while let Some(msg) = uac.poll_transmit() {
+        if let (None, SipMessage::Request(r)) = (&invite, &msg) {
+            invite = Some(r.clone());
+        }
+        conn.send(&msg);
+    }
+    // UacCall::new queues the INVITE: it is the first message.
+    let invite = invite.ok_or_else(|| failed("the UAC core queued no INVITE"))?;
+    info!(%sip_call_id, peer = %conn.peer, "INVITE sent to the trunk");
+
+    // 5. Until the answer or the end. Bounded by the core's timers (Timer B, the ring
+    // timeout, the CANCEL timeout); the hard stop is a backstop.
+    let hard_stop = invite_at + task.ring_timeout + shared.uas.t1 * 64 * 2 + Duration::from_secs(5);
+    let mut rung = false;
+    let answer = loop {
+        let mut answer = None;
+        let mut failure = None;
+        while let Some(ev) = uac.poll_event() {
+            match ev {
+                UacEvent::Ringing | UacEvent::EarlyMedia { .. } if !rung => {
+                    rung = true;
+                    shared
+                        .calls
+                        .update(&task.info.call_sid, |e| e.status = CallStatus::Ringing);
+                    task.info
+                        .status_callback(&shared, CallbackEvent::Ringing, "ringing", None);
+                }
+                UacEvent::Answered { sdp } => answer = Some(sdp),
+                UacEvent::Failed {
+                    status,
+                    reason,
+                    twilio_status,
+                } => {
+                    failure = Some(Failure {
+                        status: twilio_status,
+                        sip_status: Some(status),
+                        reason: format!("{status} {reason}"),
+                    })
+                }
+                UacEvent::Terminated if failure.is_none() && answer.is_none() => {
+                    failure = Some(failed("dialog terminated before answer"))
+                }
+                other => debug!(event = ?other, "UAC event"),
+            }
+        }
+        while let Some(msg) = uac.poll_transmit() {
+            conn.send(&msg);
+        }
+        if let Some(o) = record.outbound.as_mut() {
+            o.ring_ms = Some(invite_at.elapsed().as_millis() as u64);
+        }
+        if let Some(f) = failure {
+            finish_sip(&mut uac, &conn, &mut task.rx, hard_stop).await;
+            return Err(f);
+        }
+        if let Some(sdp) = answer {
+            break sdp;
+        }
+        if Instant::now() >= hard_stop {
+            return Err(failed("no final response in time"));
+        }
+        let deadline = uac.poll_timeout().unwrap_or(hard_stop).min(hard_stop);
+        tokio::select! {
+            input = task.rx.recv() => {
+                let now = Instant::now();
+                match input {
+                    Some(CallInput::Response(r)) if uac.matches_response(&r) => uac.handle_response(now, r),
+                    Some(CallInput::Request(r, c)) if uac.matches_request(&r) => {
+                        let _ = c;
+                        uac.handle_request(now, r)
+                    }
+                    Some(CallInput::Hangup(_)) => uac.cancel(now),
+                    Some(other) => debug!(input = ?other, "input before answer ignored"),
+                    None => return Err(failed("mailbox closed")),
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => uac.handle_timeout(Instant::now()),
+        }
+    };
+    if let Some(o) = record.outbound.as_mut() {
+        o.final_sip_status = Some(200);
+    }
+
+    // 6. The answer: SRTP with a crypto line we offered, or BYE (never media in the clear).
+    let negotiated = offer
+        .accept_answer(&answer)
+        .map_err(|e| e.to_string())
+        .and_then(|(ours, theirs)| {
+            // The answer, read as an offer by the same policy code as an inbound call's,
+            // restricted to the suite the trunk accepted and with our offered key as ours:
+            // remote address, codec, telephone-event and the trunk's key come out checked.
+            let sd = sdp::SessionDescription::parse(&answer).map_err(|e| e.to_string())?;
+            let mut policy = crate::call::answer_policy(
+                &cfg,
+                media.port,
+                session,
+                Some((ours.suite.clone(), ours.key_salt.clone())),
+            );
+            policy.suites = vec![theirs.suite.clone()];
+            sdp::answer_offer(&sd, &policy, &mut rng)
+                .map(|a| a.negotiated)
+                .map_err(|e| e.to_string())
+        });
+    let negotiated = match negotiated {
+        Ok(n) => n,
+        Err(why) => {
+            warn!(reason = %why, "trunk's answer has no usable SRTP: BYE");
+            uac.hangup(Instant::now());
+            finish_sip(&mut uac, &conn, &mut task.rx, hard_stop).await;
+            return Err(Failure {
+                status: TwilioStatus::Failed,
+                sip_status: Some(200),
+                reason: format!("unusable answer: {why}"),
+            });
+        }
+    };
+    let suite = negotiated.suite.name().to_string();
+    record.srtp.chosen_inbound = Some(suite.clone());
+    record.srtp.chosen_outbound = Some(suite);
+
+    // 7. The agent. The trunk's in-dialog requests wait in the mailbox meanwhile (bounded by
+    // `[agent] connect_timeout`).
+    let started = Instant::now();
+    let agent = crate::agent::connect(
+        &task.info.stream_url,
+        Arc::clone(&live.agent_tls),
+        cfg.agent.connect_timeout,
+        cfg.agent.send_buffer_bytes,
+    )
+    .await;
+    m::agent_connect(started.elapsed());
+    record.agent.connect_ms = Some(started.elapsed().as_millis() as u64);
+    let agent = match agent {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "agent unreachable after answer: BYE");
+            uac.hangup(Instant::now());
+            finish_sip(&mut uac, &conn, &mut task.rx, hard_stop).await;
+            return Err(Failure {
+                status: TwilioStatus::Failed,
+                sip_status: Some(200),
+                reason: format!("agent {}: {e}", e.kind()),
+            });
+        }
+    };
+    record.agent.tls_version = Some(agent.tls_version.clone());
+    record.agent.cipher = Some(agent.cipher.clone());
+    record.agent.kx_group = agent.kx_group.clone();
+    record.agent.mtls = agent.mtls;
+    if let Some(o) = record.outbound.as_mut() {
+        o.twilio_status = Some("completed".into());
+    }
+
+    // 8. The media loop inbound calls use.
+    crate::call::run_answered(crate::call::Answered {
+        shared: Arc::clone(&shared),
+        carrier,
+        rx: task.rx,
+        conn,
+        uac: Box::new(uac),
+        invite,
+        record: std::mem::take(record),
+        started: task.created,
+        info: task.info,
+        media,
+        negotiated,
+        agent,
+    })
+    .await;
+    Ok(())
+}
+
+/// Sends what the core still has (ACK, CANCEL, BYE) and absorbs its responses until it is
+/// terminated or `hard_stop`.
+async fn finish_sip(
+    uac: &mut UacCall,
+    conn: &crate::conn::ConnHandle,
+    rx: &mut mpsc::Receiver<CallInput>,
+    hard_stop: Instant,
+) {
+    use crate::sip::uac::UacState;
+    loop {
+        while let Some(msg) = uac.poll_transmit() {
+            conn.send(&msg);
+        }
+        while uac.poll_event().is_some() {}
+        if uac.state() == UacState::Terminated || Instant::now() >= hard_stop {
+            return;
+        }
+        let deadline = uac.poll_timeout().unwrap_or(hard_stop).min(hard_stop);
+        tokio::select! {
+            input = rx.recv() => match input {
+                Some(CallInput::Response(r)) if uac.matches_response(&r) => uac.handle_response(Instant::now(), r),
+                Some(CallInput::Request(r, _)) if uac.matches_request(&r) => uac.handle_request(Instant::now(), r),
+                Some(_) => {}
+                None => return,
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => uac.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_urls_must_match_a_route() {
+        let route = |u: &str| crate::config::Route {
+            matcher: crate::config::RouteMatch::Default,
+            target: AgentTarget::Url(u.into()),
+            account_sid: None,
+            transfer_allow: vec![],
+            status_callback: None,
+        };
+        let routes = vec![
+            route("wss://agent.example.com/ws"),
+            route("wss://b.example:8443/x"),
+        ];
+        assert!(agent_url_allowed(
+            &routes,
+            "wss://agent.example.com/other?x=1"
+        ));
+        assert!(agent_url_allowed(&routes, "wss://AGENT.example.com:443/"));
+        assert!(agent_url_allowed(&routes, "wss://b.example:8443/y"));
+        assert!(!agent_url_allowed(&routes, "wss://b.example/y"));
+        assert!(!agent_url_allowed(&routes, "ws://agent.example.com/ws"));
+        assert!(!agent_url_allowed(
+            &routes,
+            "wss://agent.example.com.evil.net/ws"
+        ));
+        assert!(!agent_url_allowed(
+            &routes,
+            "wss://evil.net/ws#@agent.example.com"
+        ));
+        assert!(!agent_url_allowed(&[], "wss://agent.example.com/ws"));
+    }
+}

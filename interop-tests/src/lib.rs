@@ -14,6 +14,7 @@ pub mod rawcall;
 pub mod sbc;
 pub mod sipp;
 pub mod tlsclient;
+pub mod trunk;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -129,13 +129,13 @@ impl SipConn {
     }
 }
 
-enum Got {
+pub(crate) enum Got {
     Message(String),
     Timeout,
     Closed,
 }
 
-fn read_message<S: Read>(io: &mut S, buf: &mut Vec<u8>, timeout: Duration) -> Got {
+pub(crate) fn read_message<S: Read>(io: &mut S, buf: &mut Vec<u8>, timeout: Duration) -> Got {
     let deadline = Instant::now() + timeout;
     let mut chunk = [0u8; 4096];
     loop {

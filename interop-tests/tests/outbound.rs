@@ -473,5 +473,32 @@ fn cps_spaces_invites() {
     );
     let t = trunk.log().first_invites();
     let gap = t[1].duration_since(t[0]);
+    // sbc sends them 1 s apart; 50 ms for the scheduling of two reader threads here.
     assert!(gap >= Duration::from_millis(950), "INVITEs {gap:?} apart");
+}
+
+/// `Status=canceled` on a ringing call sends CANCEL; the call ends `canceled`.
+#[test]
+fn api_cancels_a_ringing_call() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let trunk = TestTrunk::start(&env.pki.agent, TrunkBehaviour::Ring, USER, PASSWORD);
+    let sbc = start_sbc(&env, &agent, &trunk_uri(&trunk), PASSWORD, &[]);
+    let (code, v) = create(&env, TO, FROM, &twiml(&agent), &[]);
+    assert_eq!(code, 201, "{v}");
+    let sid = v["sid"].as_str().unwrap().to_string();
+    let v = wait_status(&env, &sid, "ringing", Duration::from_secs(10));
+    assert_eq!(v["status"], "ringing", "{v}\n{}", sbc.log());
+    let (code, v) = curl(&env, &["-d", "Status=canceled"], &call_path(&sid));
+    assert_eq!(code, 200, "{v}");
+    let v = wait_status(&env, &sid, "canceled", Duration::from_secs(5));
+    assert_eq!(v["status"], "canceled", "{v}");
+    assert!(
+        trunk.log().methods().iter().any(|m| m == "CANCEL"),
+        "{:?}",
+        trunk.log().methods()
+    );
+    // Canceling an ended call changes nothing.
+    let (code, v) = curl(&env, &["-d", "Status=canceled"], &call_path(&sid));
+    assert_eq!((code, v["status"].as_str()), (200, Some("canceled")), "{v}");
 }

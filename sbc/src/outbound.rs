@@ -117,6 +117,10 @@ pub struct TrunkTable(Mutex<HashMap<String, TrunkRuntime>>);
 struct TrunkRuntime {
     pacer: Pacer,
     active: u32,
+    /// `1 s / max_calls_per_second`.
+    interval: Duration,
+    /// When the last INVITE went out (or will, for a call waiting for its turn).
+    last_invite: Option<Instant>,
 }
 
 impl TrunkTable {
@@ -133,11 +137,27 @@ impl TrunkTable {
         let t = g.entry(trunk.name.clone()).or_insert_with(|| TrunkRuntime {
             pacer: Pacer::new(trunk.max_calls_per_second, trunk.queue),
             active: 0,
+            interval: Duration::from_secs(1) / trunk.max_calls_per_second.get(),
+            last_invite: None,
         });
         trunk.policy().check(account, from, to, t.active)?;
         let slot = t.pacer.admit(now)?;
         t.active += 1;
         Ok(slot)
+    }
+
+    /// When this call's INVITE may go out: one interval after the previous INVITE. The pacer
+    /// slot taken at creation bounds the queue and orders the calls; resolving and connecting
+    /// take a varying time after it, so the spacing Twilio counts (INVITEs per second) is
+    /// enforced again here, just before sending.
+    fn invite_at(&self, trunk: &str, now: Instant) -> Instant {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(t) = g.get_mut(trunk) else {
+            return now;
+        };
+        let at = t.last_invite.map_or(now, |l| (l + t.interval).max(now));
+        t.last_invite = Some(at);
+        at
     }
 
     fn release(&self, trunk: &str) {
@@ -453,16 +473,7 @@ async fn dial(
     let cfg = Arc::clone(&live.config);
 
     // 1. The pacer slot; a cancel while queued ends the call here.
-    let wait = tokio::time::sleep_until(task.slot.into());
-    tokio::pin!(wait);
-    loop {
-        tokio::select! {
-            _ = &mut wait => break,
-            input = task.rx.recv() => if let Some(CallInput::Hangup(_)) = input {
-                return Err(Failure { status: TwilioStatus::Canceled, sip_status: None, reason: "canceled while queued".into() });
-            },
-        }
-    }
+    wait_or_cancel(&mut task.rx, task.slot).await?;
 
     // 2. Where the trunk is.
     let lookup = crate::resolve::HickoryLookup::from_system().map_err(|e| failed(e.to_string()))?;
@@ -539,6 +550,8 @@ async fn dial(
         early_media: false,
         headers: vec![],
     };
+    let slot = shared.trunks.invite_at(&task.trunk.name, Instant::now());
+    wait_or_cancel(&mut task.rx, slot).await?;
     let invite_at = Instant::now();
     let mut uac = UacCall::new(invite_at, dial, shared.uas.clone(), &mut rng);
     let sip_call_id = uac.call_id().to_string();
@@ -718,6 +731,27 @@ async fn dial(
     })
     .await;
     Ok(())
+}
+
+/// Sleeps until `at`; an API cancel (or a closed mailbox) meanwhile ends the call `canceled`.
+async fn wait_or_cancel(rx: &mut mpsc::Receiver<CallInput>, at: Instant) -> Result<(), Failure> {
+    let wait = tokio::time::sleep_until(at.into());
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            _ = &mut wait => return Ok(()),
+            input = rx.recv() => match input {
+                Some(CallInput::Hangup(_)) | None => {
+                    return Err(Failure {
+                        status: TwilioStatus::Canceled,
+                        sip_status: None,
+                        reason: "canceled before the INVITE".into(),
+                    })
+                }
+                Some(other) => debug!(input = ?other, "input before the INVITE ignored"),
+            },
+        }
+    }
 }
 
 /// Sends what the core still has (ACK, CANCEL, BYE) and absorbs its responses until it is

@@ -1290,6 +1290,9 @@ impl Call {
 /// the UAS core for a call the carrier placed, the UAC core for one sbc placed through a trunk.
 /// The UAC's events are mapped onto the UAS's [`CallEvent`]s; what only a UAS does (answer,
 /// refuse, ring, transfer) is a no-op on the UAC side, which answered before `active`.
+// One per call, inside the call task's own state and never moved on the media path: the size
+// of the inline UAS variant costs nothing, boxing it would cost every inbound call an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Leg {
     Uas(UasCall),
     Uac(Box<crate::sip::uac::UacCall>),

@@ -131,6 +131,33 @@ fn wait_status(env: &TestEnv, sid: &str, want: &str, timeout: Duration) -> Value
     }
 }
 
+/// Runs the `# example: <name>` block of docs/outbound.md with `sh`; its stdout as JSON.
+fn run_doc_example(env: &TestEnv, agent: &TestAgent, name: &str) -> Value {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/outbound.md"))
+            .expect("docs/outbound.md");
+    let marker = format!("# example: {name}\n");
+    let start = doc.find(&marker).expect("example in docs/outbound.md");
+    let script = &doc[start..start + doc[start..].find("```").expect("end of block")];
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .env("SBC_API", format!("https://127.0.0.1:{}", api_port(env)))
+        .env("SBC_CA", &env.pki.ca_pem_path)
+        .env("ACCOUNT_SID", ACCOUNT)
+        .env("AUTH_TOKEN", TOKEN)
+        .env("AGENT_URL", agent.url())
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
 fn trunk_uri(trunk: &TestTrunk) -> String {
     format!("sip:127.0.0.1:{};transport=tls", trunk.port)
 }
@@ -142,9 +169,9 @@ fn outbound_call_bridges_trunk_and_agent() {
     let trunk = TestTrunk::start(&env.pki.agent, TrunkBehaviour::Answer, USER, PASSWORD);
     let sbc = start_sbc(&env, &agent, &trunk_uri(&trunk), PASSWORD, &[]);
 
-    let (code, v) = create(&env, TO, FROM, &twiml(&agent), &["Timeout=30"]);
-    assert_eq!(code, 201, "{v}\n{}", sbc.log());
-    assert_eq!(v["status"], "queued", "{v}");
+    // The `curl` of docs/outbound.md, as written.
+    let v = run_doc_example(&env, &agent, "create");
+    assert_eq!(v["status"], "queued", "{v}\n{}", sbc.log());
     assert_eq!(v["direction"], "outbound-api", "{v}");
     assert_eq!(v["to"], TO, "{v}");
     let sid = v["sid"].as_str().expect("sid").to_string();

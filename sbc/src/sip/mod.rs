@@ -1,8 +1,12 @@
-//! The SIP core: framing, parsing, and the sans-IO UAS call state machine (transactions and
-//! dialog). No I/O, no clock: `now` comes in as an argument, randomness through an RNG.
+//! The SIP core: framing, parsing, the sans-IO UAS call state machine (transactions and
+//! dialog) for calls carriers place, and the sans-IO UAC call ([`uac::UacCall`], with the
+//! digest client in [`digest`]) for calls sbc places through a trunk (`outbound.rs` drives it).
+//! No I/O, no clock: `now` comes in as an argument, randomness through an RNG.
 //!
-//! What it does not do: sockets, TLS, routing requests to calls by Call-ID (the shell answers
-//! 481 for unknown dialogs), SDP (the call task answers offers), UAC calls.
+//! What it does not do: sockets, TLS, DNS, routing requests to calls by Call-ID (the shell
+//! answers 481 for unknown dialogs), SDP policy (the call task answers offers and checks
+//! answers with the `sdp` crate; [`uac::SdesOffer`] only writes our offer and matches the
+//! answer's crypto line to it).
 //!
 //! Driving it, per connection and per call:
 //!

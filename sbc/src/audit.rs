@@ -703,6 +703,28 @@ pub struct TransferAudit {
 mod tests {
     use super::*;
 
+    /// Every record says its direction; inbound is the default, outbound records add their own
+    /// object, inbound records do not carry it.
+    #[test]
+    fn direction_is_written() {
+        let v = serde_json::to_value(CallRecord::default()).unwrap();
+        assert_eq!(v["direction"], "inbound");
+        assert!(v.get("outbound").is_none());
+        let v = serde_json::to_value(CallRecord {
+            direction: Direction::Outbound,
+            outbound: Some(OutboundAudit {
+                trunk: "t".into(),
+                final_sip_status: Some(486),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(v["direction"], "outbound");
+        assert_eq!(v["outbound"]["trunk"], "t");
+        assert_eq!(v["outbound"]["final_sip_status"], 486);
+    }
+
     /// Tokens in an agent URL's query, fragment or user info never reach a record.
     #[test]
     fn agent_target_leaves_out_secrets() {

@@ -228,6 +228,9 @@ pub fn create(
     account: &str,
     req: CreateCall,
 ) -> Result<CallEntry, CreateError> {
+    if shared.draining.load(Ordering::SeqCst) {
+        return Err(err(503, 20503, "sbc is shutting down: no new calls"));
+    }
     let live = shared.live();
     let cfg = &live.config;
     let Some(trunk) = trunk_for(&cfg.trunks, account) else {
@@ -787,6 +790,72 @@ async fn finish_sip(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn trunk(cps: u32, queue: usize, max: u32) -> TrunkConfig {
+        TrunkConfig {
+            name: "t".into(),
+            uri: crate::resolve::TerminationUri::parse("sip:127.0.0.1:5061;transport=tls").unwrap(),
+            username: "u".into(),
+            password_file: "/nonexistent".into(),
+            account_sids: vec!["AC1".into()],
+            caller_ids: vec![crate::trunk::NumberPattern::parse("+14155550100").unwrap()],
+            allow_destinations: vec!["+1".into()],
+            deny_destinations: vec!["+1900".into()],
+            max_calls_per_second: std::num::NonZeroU32::new(cps).unwrap(),
+            queue,
+            max_concurrent_calls: max,
+            early_media: false,
+            ring_timeout: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn trunk_table_checks_policy_paces_and_counts() {
+        let table = TrunkTable::default();
+        let t = trunk(2, 1, 2);
+        let now = Instant::now();
+        let ok = |to: &str| table.admit(&t, "AC1", "+14155550100", to, now);
+        assert!(matches!(
+            table.admit(&t, "AC2", "+14155550100", "+15105550123", now),
+            Err(Refusal::Account(_))
+        ));
+        assert!(matches!(
+            table.admit(&t, "AC1", "+14155550199", "+15105550123", now),
+            Err(Refusal::CallerId(_))
+        ));
+        assert!(matches!(ok("+19005550100"), Err(Refusal::Destination(_))));
+        assert_eq!(ok("+15105550123").unwrap(), now);
+        assert_eq!(
+            ok("+15105550124").unwrap(),
+            now + Duration::from_millis(500)
+        );
+        // The concurrency bound (2 up) comes before the queue.
+        assert!(matches!(ok("+15105550125"), Err(Refusal::Concurrency(2))));
+        table.release("t");
+        // One waits already: the queue of one is full.
+        assert!(matches!(ok("+15105550125"), Err(Refusal::QueueFull(1))));
+        // INVITEs are spaced from the previous INVITE, whenever each call got there.
+        let a = table.invite_at("t", now + Duration::from_millis(300));
+        let b = table.invite_at("t", now + Duration::from_millis(400));
+        assert_eq!(b - a, Duration::from_millis(500));
+        let c = table.invite_at("t", now + Duration::from_secs(5));
+        assert_eq!(c, now + Duration::from_secs(5));
+    }
+
+    #[test]
+    fn callback_events() {
+        assert_eq!(parse_events(None).unwrap(), vec![CallbackEvent::Completed]);
+        assert_eq!(
+            parse_events(Some("initiated ringing,answered completed")).unwrap(),
+            vec![
+                CallbackEvent::Initiated,
+                CallbackEvent::Ringing,
+                CallbackEvent::Answered,
+                CallbackEvent::Completed
+            ]
+        );
+        assert_eq!(parse_events(Some("bogus")).unwrap_err().status, 400);
+    }
 
     #[test]
     fn agent_urls_must_match_a_route() {

@@ -54,6 +54,7 @@ pub(super) async fn call(
     path: &str,
     req: Request<Incoming>,
 ) -> Answer {
+    let asked = Instant::now();
     let owner = match cluster.owner(sid).await {
         Ok(Some(o)) if o.id != cluster.instance_id() => o,
         Ok(_) => return Answer::not_found(&super::sanitize(path)),
@@ -79,7 +80,12 @@ pub(super) async fn call(
     match send(cluster, &owner, parts.method, &target, &parts.headers, body).await {
         Ok(answer) => {
             m::cluster_forwarded("ok");
-            debug!(owner = %owner.id, us = started.elapsed().as_micros() as u64, "API request forwarded");
+            debug!(
+                owner = %owner.id,
+                lookup_us = started.duration_since(asked).as_micros() as u64,
+                forward_us = started.elapsed().as_micros() as u64,
+                "API request forwarded"
+            );
             answer
         }
         Err(e) => {

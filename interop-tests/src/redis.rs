@@ -11,21 +11,27 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    /// More `redis-server` arguments (TLS, `--requirepass`).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts one on a free port, its working directory and log in `dir`.
     pub fn start(dir: &Path) -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        RedisServer::start_with(dir, Vec::new())
+    }
+
+    /// [`RedisServer::start`] with more arguments, e.g. a `--tls-port` (the plain port stays,
+    /// for the readiness check) and `--requirepass`.
+    pub fn start_with(dir: &Path, extra: Vec<String>) -> RedisServer {
+        let port = free_port();
         let dir = dir.join(format!("redis-{port}"));
         std::fs::create_dir_all(&dir).expect("redis dir");
         let mut r = RedisServer {
             child: None,
             port,
             dir,
+            extra,
         };
         r.spawn();
         r
@@ -44,6 +50,7 @@ impl RedisServer {
             .args(["--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -70,7 +77,8 @@ impl RedisServer {
             return false;
         }
         let mut buf = [0u8; 16];
-        matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+        // With `--requirepass` an unauthenticated PING is answered NOAUTH: alive all the same.
+        matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
     }
 
     /// `redis://127.0.0.1:{port}`.
@@ -101,6 +109,14 @@ impl RedisServer {
             .expect("run redis-cli");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
+}
+
+/// A loopback TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 impl Drop for RedisServer {

@@ -40,6 +40,11 @@ fn write_token(dir: &Path) -> PathBuf {
 /// the API on, the default route owned by ACCOUNT, the carrier a Twilio trunk (so that the
 /// test's `X-Twilio-CallSid` is the CallSid), and `[cluster]` plus `cluster_extra` lines.
 fn node(env: &TestEnv, redis: &RedisServer, id: &str, ip: &str, cluster_extra: &[&str]) -> Node {
+    node_at(env, &redis.url(), id, ip, cluster_extra)
+}
+
+/// [`node`] with Redis at `url`.
+fn node_at(env: &TestEnv, url: &str, id: &str, ip: &str, cluster_extra: &[&str]) -> Node {
     let ports = if ip == "127.0.0.1" {
         env.ports.clone()
     } else {
@@ -66,7 +71,7 @@ fn node(env: &TestEnv, redis: &RedisServer, id: &str, ip: &str, cluster_extra: &
         cert = env.pki.cluster.cert_pem_path.display().to_string(),
         key = env.pki.cluster.key_pem_path.display().to_string(),
         token = token.display().to_string(),
-        url = redis.url(),
+        url = url,
         ca = env.pki.ca_pem_path.display().to_string(),
         extra = cluster_extra.join("\n"),
     )];
@@ -566,4 +571,59 @@ fn readiness_follows_redis_when_asked() {
     wait_until(SECS10, "/readyz 200 with Redis back", || {
         http_get(port, "/readyz").0 == 200
     });
+}
+
+/// `rediss://` with Redis AUTH: the client verifies Redis' certificate against `redis_ca` and
+/// authenticates with the password file; the call registry then works as over plain TCP.
+#[test]
+fn redis_over_tls_with_auth() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    let tls_port = interop_tests::redis::free_port();
+    let password = "redis-secret-0123456789";
+    let redis = RedisServer::start_with(
+        env.dir(),
+        [
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &env.pki.cluster.cert_pem_path.display().to_string(),
+            "--tls-key-file",
+            &env.pki.cluster.key_pem_path.display().to_string(),
+            "--tls-ca-cert-file",
+            &env.pki.ca_pem_path.display().to_string(),
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            password,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    );
+    let pw_file = env.dir().join("redis-password");
+    std::fs::write(&pw_file, password).unwrap();
+    std::fs::set_permissions(&pw_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let a = node_at(
+        &env,
+        &format!("rediss://127.0.0.1:{tls_port}"),
+        "a",
+        "127.0.0.1",
+        &[
+            &format!("redis_ca = {:?}", env.pki.ca_pem_path.display().to_string()),
+            &format!("redis_password_file = {:?}", pw_file.display().to_string()),
+        ],
+    );
+    let mut conn = connect(&env, &a);
+    let (s, _, call) = invite(&mut conn, &a, "tls1");
+    assert_eq!(s, 200);
+    assert_eq!(
+        redis.cli(&["--no-auth-warning", "-a", password, "HLEN", "sbc:calls:a"]),
+        "1"
+    );
+    assert!(
+        !a.sbc.log().contains(password),
+        "the password is never logged"
+    );
+    bye(&mut conn, &call);
 }

@@ -540,4 +540,94 @@ mod tests {
             "redis://127.0.0.1"
         );
     }
+
+    const MINIMAL: &str = r#"
+[tls]
+dev_self_signed = true
+[sip]
+listen = ["127.0.0.1:5061"]
+[[carriers]]
+name = "lo"
+source_cidrs = ["127.0.0.0/8"]
+[media]
+advertise_address = "127.0.0.1"
+[agent]
+[[agent.routes]]
+default = true
+url = "builtin:echo"
+[audit]
+path = "-"
+"#;
+
+    fn parse(cluster: &str) -> Result<crate::config::Config, String> {
+        crate::config::Config::parse_str(
+            &format!("{MINIMAL}{cluster}"),
+            std::path::Path::new("/etc/sbc/t.toml"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn without_cluster_section_there_is_no_cluster() {
+        assert!(parse("").unwrap().cluster.is_none());
+    }
+
+    #[test]
+    fn cluster_section_gets_the_documented_defaults() {
+        let c = parse(
+            "[cluster]\nredis_url = \"rediss://r.example:6380/0\"\ninstance_id = \"sbc-a\"\n\
+             api_address = \"10.0.0.5:8443\"\ncarrier_limits = { lo = 50 }\n",
+        )
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(c.heartbeat, Duration::from_millis(1000));
+        assert_eq!(c.ttl, Duration::from_millis(5000));
+        assert_eq!(c.redis_timeout, Duration::from_millis(500));
+        assert_eq!(c.degraded_share, 0.5);
+        assert!(!c.readyz_requires_redis);
+        assert_eq!(c.api_server_name, "10.0.0.5");
+        assert_eq!(c.carrier_limits, vec![("lo".to_string(), 50)]);
+        assert!(c.account_limits.is_empty());
+    }
+
+    #[test]
+    fn cluster_section_refuses_what_cannot_work() {
+        let base = "[cluster]\ninstance_id = \"a\"\napi_address = \"10.0.0.5:8443\"\n";
+        for (extra, why) in [
+            ("redis_url = \"http://r\"", "redis_url must be"),
+            ("redis_url = \"redis://:pw@r\"", "must not hold credentials"),
+            (
+                "redis_url = \"redis://r\"\nttl_ms = 1500\nheartbeat_ms = 1000",
+                "at least twice",
+            ),
+            ("redis_url = \"redis://r\"\ndegraded_share = 0.0", "degraded_share"),
+            ("redis_url = \"redis://r\"\ndegraded_share = 1.5", "degraded_share"),
+            (
+                "redis_url = \"redis://r\"\ncarrier_limits = { nope = 5 }",
+                "not one of [[carriers]]",
+            ),
+            (
+                "redis_url = \"redis://r\"\ncarrier_limits = { lo = 0 }",
+                "greater than 0",
+            ),
+            (
+                "redis_url = \"redis://r\"\naccount_limits = { AC00000000000000000000000000000000 = 5 }",
+                "not one of [[api.accounts]]",
+            ),
+            ("redis_url = \"redis://r\"\nredis_pasword_file = \"x\"", "unknown field"),
+        ] {
+            let err = parse(&format!("{base}{extra}\n")).unwrap_err();
+            assert!(err.contains(why), "{extra}: {err}");
+        }
+        let err = parse(
+            "[cluster]\nredis_url = \"redis://r\"\ninstance_id = \"a b\"\napi_address = \"10.0.0.5:8443\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("instance_id"), "{err}");
+        assert!(
+            err.contains("t.toml:"),
+            "errors name file, line and column: {err}"
+        );
+    }
 }

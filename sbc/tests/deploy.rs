@@ -16,7 +16,11 @@ fn exported() -> BTreeSet<String> {
     src.split('"')
         .skip(1)
         .step_by(2)
-        .filter(|s| s.starts_with("sbc_") && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+        .filter(|s| {
+            s.starts_with("sbc_")
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
         .map(str::to_string)
         .collect()
 }

@@ -91,6 +91,9 @@ pub struct Core {
     by_dialog: HashMap<String, String>,
     /// Redis may not hold all of `calls` (a failure, a timeout, an expired registration).
     needs_resync: bool,
+    /// Calls taken so far: a resync whose snapshot is older than a call taken meanwhile (its
+    /// `acquire` may have run in Redis before the resync rewrote the hash) must run again.
+    taken_count: u64,
     next_beat: Option<Instant>,
 }
 
@@ -105,6 +108,7 @@ impl Core {
             calls: HashMap::new(),
             by_dialog: HashMap::new(),
             needs_resync: true,
+            taken_count: 0,
             next_beat: Some(now),
         }
     }
@@ -167,6 +171,12 @@ impl Core {
             self.calls.remove(&old);
         }
         self.calls.insert(sid, slot);
+        self.taken_count += 1;
+    }
+
+    /// What [`Core::resynced`] needs to know of the snapshot a resync writes.
+    pub fn snapshot_mark(&self) -> u64 {
+        self.taken_count
     }
 
     /// The call of task `dialog` ended: the CallSid whose slots it held, if any.
@@ -199,9 +209,12 @@ impl Core {
         self.needs_resync = true;
     }
 
-    /// A resync went through.
-    pub fn resynced(&mut self) {
-        self.needs_resync = false;
+    /// A resync of the snapshot taken at `mark` ([`Core::snapshot_mark`]) went through; if a
+    /// call was taken since, the next beat resyncs again.
+    pub fn resynced(&mut self, mark: u64) {
+        if mark == self.taken_count {
+            self.needs_resync = false;
+        }
     }
 
     /// When the heartbeat is due next.
@@ -253,7 +266,7 @@ mod tests {
         assert_eq!(c.handle_timeout(t0), Some(Beat::Resync));
         assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(1)));
         assert!(c.redis_ok(t0));
-        c.resynced();
+        c.resynced(c.snapshot_mark());
         assert!(!c.is_degraded());
         assert_eq!(c.handle_timeout(t0 + Duration::from_millis(999)), None);
         assert_eq!(
@@ -268,7 +281,7 @@ mod tests {
         let mut c = Core::new(t0, limits(), Duration::from_secs(1));
         c.handle_timeout(t0);
         c.redis_ok(t0);
-        c.resynced();
+        c.resynced(c.snapshot_mark());
         let t1 = t0 + Duration::from_secs(3);
         assert!(c.redis_failed(t1));
         assert!(!c.redis_failed(t1 + Duration::from_secs(1)));
@@ -283,7 +296,7 @@ mod tests {
             c.handle_timeout(t1 + Duration::from_secs(3)),
             Some(Beat::Resync)
         );
-        c.resynced();
+        c.resynced(c.snapshot_mark());
         assert_eq!(
             c.handle_timeout(t1 + Duration::from_secs(4)),
             Some(Beat::Refresh)
@@ -292,6 +305,26 @@ mod tests {
         assert_eq!(
             c.handle_timeout(t1 + Duration::from_secs(5)),
             Some(Beat::Resync)
+        );
+    }
+
+    #[test]
+    fn a_call_taken_during_a_resync_asks_for_another() {
+        let t0 = Instant::now();
+        let mut c = Core::new(t0, limits(), Duration::from_secs(1));
+        assert_eq!(c.handle_timeout(t0), Some(Beat::Resync));
+        let mark = c.snapshot_mark();
+        c.taken("CA1".into(), "d1".into(), slot("twilio", None));
+        c.redis_ok(t0);
+        c.resynced(mark);
+        assert_eq!(
+            c.handle_timeout(t0 + Duration::from_secs(1)),
+            Some(Beat::Resync)
+        );
+        c.resynced(c.snapshot_mark());
+        assert_eq!(
+            c.handle_timeout(t0 + Duration::from_secs(2)),
+            Some(Beat::Refresh)
         );
     }
 

@@ -344,19 +344,19 @@ impl Cluster {
                     .arg(&ttl)
                     .arg(&api)
                     .arg(&self.cfg.api_server_name);
-                let n = {
+                let (n, mark) = {
                     let core = self.core();
                     for (sid, slot) in core.calls() {
                         inv.arg(sid)
                             .arg(&slot.carrier)
                             .arg(slot.account.as_deref().unwrap_or(""));
                     }
-                    core.calls().count()
+                    (core.calls().count(), core.snapshot_mark())
                 };
                 if self.invoke_prepared::<i64>("resync", &inv).await.is_ok() {
                     let back = {
                         let mut core = self.core();
-                        core.resynced();
+                        core.resynced(mark);
                         core.redis_ok(Instant::now())
                     };
                     if back {

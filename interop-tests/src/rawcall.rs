@@ -36,6 +36,16 @@ impl SipConn {
     /// Connects to sbc at `127.0.0.1:port` from `local_ip` (another address in 127.0.0.0/8, so
     /// that sbc sees another source, e.g. another carrier), trusting the test CA.
     pub fn connect_from(pki: &TestPki, port: u16, local_ip: std::net::Ipv4Addr) -> SipConn {
+        SipConn::connect_from_to(pki, local_ip, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// Connects to sbc at `dest` (an instance on another loopback address) from `local_ip`,
+    /// trusting the test CA and verifying sbc's certificate for 127.0.0.1.
+    pub fn connect_from_to(
+        pki: &TestPki,
+        local_ip: std::net::Ipv4Addr,
+        dest: SocketAddr,
+    ) -> SipConn {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -44,15 +54,12 @@ impl SipConn {
             .block_on(async {
                 let sock = tokio::net::TcpSocket::new_v4()?;
                 sock.bind(SocketAddr::from((local_ip, 0)))?;
-                let s = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    sock.connect(SocketAddr::from(([127, 0, 0, 1], port))),
-                )
-                .await
-                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+                let s = tokio::time::timeout(Duration::from_secs(10), sock.connect(dest))
+                    .await
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
                 s.into_std()
             })
-            .unwrap_or_else(|e| panic!("connect to sbc 127.0.0.1:{port} from {local_ip}: {e}"));
+            .unwrap_or_else(|e| panic!("connect to sbc {dest} from {local_ip}: {e}"));
         tcp.set_nonblocking(false).expect("blocking");
         tcp.set_read_timeout(Some(Duration::from_millis(200))).ok();
         let mut roots = rustls::RootCertStore::empty();

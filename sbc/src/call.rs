@@ -101,6 +101,12 @@ impl Drop for Release {
             .unregister(&self.carrier.config.name, &self.sip_call_id);
         self.carrier.active().fetch_sub(1, Ordering::SeqCst);
         self.shared.active_calls.fetch_sub(1, Ordering::SeqCst);
+        if let Some(c) = &self.shared.cluster {
+            c.release(&crate::cluster::Cluster::dialog_key(
+                &self.carrier.config.name,
+                &self.sip_call_id,
+            ));
+        }
     }
 }
 
@@ -525,7 +531,22 @@ impl Call {
         };
         self.route = chosen;
         let sid = self.call_sid_for_stream();
-        self.call_sid = Some(sid);
+        self.call_sid = Some(sid.clone());
+        crate::admission::admit_cluster(
+            &self.shared,
+            &sid,
+            &self.carrier.config.name,
+            &self.record.sip_call_id,
+            self.route.as_ref().and_then(|r| r.account_sid.as_deref()),
+        )
+        .await
+        .map_err(|r| Refuse {
+            status: r.status,
+            reason: r.reason,
+            warning: None,
+            retry_after: r.retry_after,
+            why: r.why.into(),
+        })?;
         self.status_callback(crate::config::CallbackEvent::Initiated, "initiated");
         let Some(media) = self.shared.ports.allocate() else {
             return Err(Refuse {

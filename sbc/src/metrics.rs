@@ -21,10 +21,24 @@ pub const MEDIA_PACKET_LATENCY_SECONDS: &str = "sbc_media_packet_latency_seconds
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "sbc_connections_refused_total";
 pub const CONNECTIONS_CLOSED_TOTAL: &str = "sbc_connections_closed_total";
 
-/// Starts the HTTP scrape endpoint. Must run inside the tokio runtime.
+/// What `/readyz` asks: `Ok(())` when this instance takes new calls, else why not.
+pub type Readiness = Box<dyn Fn() -> Result<(), &'static str> + Send + Sync>;
+
+static READINESS: std::sync::OnceLock<Readiness> = std::sync::OnceLock::new();
+
+/// Sets what `/readyz` reports (once, when the daemon's state exists; until then it is 503).
+pub fn set_readiness(f: Readiness) {
+    let _ = READINESS.set(f);
+}
+
+/// Starts the HTTP endpoint on the metrics listener. Must run inside the tokio runtime.
+///
+/// Our own small HTTP/1.1 server instead of the exporter's, so that it can also answer
+/// `/healthz` (200 while the process runs) and `/readyz` (200, or 503 while draining or, with
+/// `cluster.readyz_requires_redis`, while Redis is unreachable). Every other path answers the
+/// Prometheus text, exactly as the exporter's own listener does (`/health` says `OK`).
 pub fn install(listen: SocketAddr) -> Result<(), String> {
-    PrometheusBuilder::new()
-        .with_http_listener(listen)
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(AGENT_CONNECT_SECONDS.to_string()),
             &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
@@ -37,8 +51,84 @@ pub fn install(listen: SocketAddr) -> Result<(), String> {
                 ],
             )
         })
-        .and_then(|b| b.install())
-        .map_err(|e| format!("metrics listener on {listen}: {e}"))
+        .and_then(|b| b.install_recorder())
+        .map_err(|e| format!("metrics listener on {listen}: {e}"))?;
+    let std_listener = std::net::TcpListener::bind(listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| format!("metrics listener on {listen}: {e}"))?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)
+        .map_err(|e| format!("metrics listener on {listen}: {e}"))?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    tokio::spawn(serve(listener, handle));
+    Ok(())
+}
+
+/// Connections served at once on the metrics listener; more wait in the kernel's backlog.
+const MAX_HTTP_CONNECTIONS: usize = 32;
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(permit) = std::sync::Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let handle = handle.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(answer(req.uri().path(), handle).await)
+                    }
+                });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
+            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+        });
+    }
+}
+
+async fn answer(
+    path: &str,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let (status, body) = match path {
+        "/healthz" => (200, "ok\n".to_string()),
+        "/readyz" => match READINESS.get().map_or(Err("starting"), |f| f()) {
+            Ok(()) => (200, "ready\n".to_string()),
+            Err(why) => (503, format!("not ready: {why}\n")),
+        },
+        "/health" => (200, "OK".to_string()),
+        _ => (
+            200,
+            tokio::task::spawn_blocking(move || handle.render())
+                .await
+                .unwrap_or_default(),
+        ),
+    };
+    let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    resp
 }
 
 pub fn call_started() {
@@ -111,4 +201,19 @@ pub fn status_callback_failed(why: &'static str) {
 /// passed `limits.write_timeout_secs`), `write_queue_full` (`limits.write_queue_bytes` overflowed).
 pub fn connection_closed(reason: &'static str) {
     counter!(CONNECTIONS_CLOSED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// 1 while this instance cannot reach Redis (`[cluster]` degraded mode), else 0.
+pub fn cluster_degraded(degraded: bool) {
+    gauge!("sbc_cluster_degraded").set(if degraded { 1.0 } else { 0.0 });
+}
+
+/// One Redis command of the cluster driver, by operation and `ok`/`error`.
+pub fn cluster_redis_command(op: &'static str, result: &'static str) {
+    counter!("sbc_cluster_redis_commands_total", "op" => op, "result" => result).increment(1);
+}
+
+/// One API request forwarded to the instance that owns the call, by `result` (`ok`, `error`).
+pub fn cluster_forwarded(result: &'static str) {
+    counter!("sbc_cluster_forwarded_requests_total", "result" => result).increment(1);
 }

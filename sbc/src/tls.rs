@@ -363,6 +363,27 @@ pub fn callback_client_config(
     Ok(Arc::new(config))
 }
 
+/// Requests one instance forwards to another's API (`[cluster]`): TLS 1.3 only (every sbc API
+/// offers it), the peer verified against `cluster.ca` (the cluster's own CA; else the webpki
+/// roots) for its `api_server_name`, ALPN `http/1.1`.
+pub fn cluster_client_config(
+    cluster: &crate::config::ClusterConfig,
+) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+    let provider = provider(TlsVersion::Tls13, &[]);
+    let roots = match &cluster.ca {
+        Some(ca) => load_roots(ca)?,
+        None => webpki_roots(),
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(TlsVersion::Tls13))
+        .map_err(|e| ConfigError(format!("TLS policy: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.enable_early_data = false;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 fn versions(min: TlsVersion) -> &'static [&'static SupportedProtocolVersion] {
     static BOTH: [&SupportedProtocolVersion; 2] =
         [&rustls::version::TLS13, &rustls::version::TLS12];

@@ -22,7 +22,8 @@
 //! recv + SRTP unprotect + TLS record write) and 50 x (TLS record read + SRTP protect + UDP send).
 //!
 //! Loopback only; every run is bounded in time and call count. `SBC` names the sbc binary
-//! (default `target/release/sbc`), `SBC_CPU` the core it is pinned to with taskset (default 0);
+//! (default `target/release/sbc`), `SBC_CPU` the cores it is pinned to with taskset (default 0;
+//! e.g. `0,1`), `SBC_WORKERS` its `[limits] worker_threads` (default: one per core it may use);
 //! pin loadgen itself with `taskset -c 1`.
 
 use std::collections::HashMap;
@@ -137,11 +138,15 @@ impl Env {
             .tempdir()
             .map_err(|e| format!("tempdir: {e}"))?;
         let pki = interop_tests::TestPki::generate(dir.path());
-        std::fs::write(
-            dir.path().join("sbc.toml"),
-            include_str!("../../configs/loadgen.toml"),
-        )
-        .map_err(|e| format!("write config: {e}"))?;
+        let mut config = include_str!("../../configs/loadgen.toml").to_string();
+        if let Ok(n) = std::env::var("SBC_WORKERS") {
+            let n: u32 = n
+                .parse()
+                .map_err(|_| format!("SBC_WORKERS={n}: not a number"))?;
+            config = config.replace("[limits]\n", &format!("[limits]\nworker_threads = {n}\n"));
+        }
+        std::fs::write(dir.path().join("sbc.toml"), config)
+            .map_err(|e| format!("write config: {e}"))?;
         let sbc_bin = std::env::var_os("SBC")
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace_root().join("target/release/sbc"));

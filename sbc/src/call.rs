@@ -782,6 +782,7 @@ impl Call {
         let mut rtcp_buf = vec![0u8; 2048];
         let mut stopped = false;
         let mut last_stats = srtp_bridge::BridgeStats::default();
+        let media_metrics = m::CallMedia::new();
         let hard_stop_after = self.shared.uas.t1 * 64 + Duration::from_secs(2);
         let mut hard_stop: Option<Instant> = None;
         // Arrival times for the latency histograms (packet in to frame out, both ways).
@@ -949,10 +950,10 @@ impl Call {
                 rtp_sent += send_datagrams(&mut bridge, &media);
             }
             if let Some(t) = carrier_in.take().filter(|_| texts > 0) {
-                m::media_latency("carrier_to_agent", t.elapsed());
+                media_metrics.latency_carrier_to_agent(t.elapsed());
             }
             if let Some(t) = agent_in.take().filter(|_| rtp_sent > 0) {
-                m::media_latency("agent_to_carrier", t.elapsed());
+                media_metrics.latency_agent_to_carrier(t.elapsed());
             }
             if stopped {
                 if let Some(w) = writer.take() {
@@ -968,7 +969,7 @@ impl Call {
                 self.uas.hangup(Instant::now(), HangupCause::AgentHangup);
                 continue;
             }
-            self.report_stats(&bridge, &mut last_stats);
+            report_stats(&media_metrics, &bridge, &mut last_stats);
             if self.uas.state() == CallState::Terminated && stopped {
                 break;
             }
@@ -1043,7 +1044,7 @@ impl Call {
         }
 
         let stats = bridge.stats();
-        self.report_stats(&bridge, &mut last_stats);
+        report_stats(&media_metrics, &bridge, &mut last_stats);
         self.record.media = crate::audit::MediaAudit {
             rtp_in: stats.rtp_in,
             rtp_out: stats.rtp_out,
@@ -1182,14 +1183,6 @@ impl Call {
     }
 
     /// Pushes counter deltas to Prometheus.
-    fn report_stats(&self, bridge: &Bridge, last: &mut srtp_bridge::BridgeStats) {
-        let s = bridge.stats();
-        m::rtp_packets("carrier_to_agent", s.rtp_in.saturating_sub(last.rtp_in));
-        m::rtp_packets("agent_to_carrier", s.rtp_out.saturating_sub(last.rtp_out));
-        m::srtp_auth_failures(s.auth_failures.saturating_sub(last.auth_failures));
-        *last = s;
-    }
-
     fn stream_info(&mut self) -> StreamInfo {
         let cfg = &self.live.config;
         let h = &self.invite.headers;
@@ -1286,6 +1279,17 @@ async fn drain_agent(mut rx: WsRx) {
         Ok(frames) => trace!(frames, "agent WebSocket closed"),
         Err(_) => debug!("agent did not answer our WebSocket Close in time"),
     }
+}
+
+/// Adds what the bridge counted since `last` to the call's metric handles.
+fn report_stats(metrics: &m::CallMedia, bridge: &Bridge, last: &mut srtp_bridge::BridgeStats) {
+    let s = bridge.stats();
+    metrics.packets(
+        s.rtp_in.saturating_sub(last.rtp_in),
+        s.rtp_out.saturating_sub(last.rtp_out),
+        s.auth_failures.saturating_sub(last.auth_failures),
+    );
+    *last = s;
 }
 
 async fn sleep_opt(deadline: Option<Instant>) {

@@ -469,6 +469,9 @@ pub struct LimitsConfig {
     /// Deadline for each write to a carrier connection (and for its close): a peer that does not
     /// read for this long loses its connection.
     pub write_timeout: Duration,
+    /// Runtime worker threads; `None`: one per CPU sbc may run on (its affinity mask). Read at
+    /// start only: a reload does not change the running count.
+    pub worker_threads: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(Clone, Debug)]

@@ -157,27 +157,57 @@ pub fn srtp_suite(suite: &str) {
     counter!(SRTP_SUITE_TOTAL, "suite" => suite.to_string()).increment(1);
 }
 
-pub fn srtp_auth_failures(n: u64) {
-    if n > 0 {
-        counter!(SRTP_AUTH_FAILURES_TOTAL, "side" => "carrier").increment(n);
+/// One call's media metric handles, resolved once when its media starts: the packet path then
+/// increments atomics instead of looking up a metric by name and labels on every packet.
+pub struct CallMedia {
+    rtp_carrier_to_agent: metrics::Counter,
+    rtp_agent_to_carrier: metrics::Counter,
+    auth_failures: metrics::Counter,
+    latency_carrier_to_agent: metrics::Histogram,
+    latency_agent_to_carrier: metrics::Histogram,
+}
+
+impl CallMedia {
+    pub fn new() -> CallMedia {
+        CallMedia {
+            rtp_carrier_to_agent: counter!(RTP_PACKETS_TOTAL, "direction" => "carrier_to_agent"),
+            rtp_agent_to_carrier: counter!(RTP_PACKETS_TOTAL, "direction" => "agent_to_carrier"),
+            auth_failures: counter!(SRTP_AUTH_FAILURES_TOTAL, "side" => "carrier"),
+            latency_carrier_to_agent: histogram!(MEDIA_PACKET_LATENCY_SECONDS, "direction" => "carrier_to_agent"),
+            latency_agent_to_carrier: histogram!(MEDIA_PACKET_LATENCY_SECONDS, "direction" => "agent_to_carrier"),
+        }
+    }
+
+    /// RTP packets relayed and SRTP auth failures since the last report.
+    pub fn packets(&self, carrier_to_agent: u64, agent_to_carrier: u64, auth_failures: u64) {
+        if carrier_to_agent > 0 {
+            self.rtp_carrier_to_agent.increment(carrier_to_agent);
+        }
+        if agent_to_carrier > 0 {
+            self.rtp_agent_to_carrier.increment(agent_to_carrier);
+        }
+        if auth_failures > 0 {
+            self.auth_failures.increment(auth_failures);
+        }
+    }
+
+    pub fn latency_carrier_to_agent(&self, elapsed: Duration) {
+        self.latency_carrier_to_agent.record(elapsed.as_secs_f64());
+    }
+
+    pub fn latency_agent_to_carrier(&self, elapsed: Duration) {
+        self.latency_agent_to_carrier.record(elapsed.as_secs_f64());
     }
 }
 
-/// `direction`: `carrier_to_agent` or `agent_to_carrier`.
-pub fn rtp_packets(direction: &'static str, n: u64) {
-    if n > 0 {
-        counter!(RTP_PACKETS_TOTAL, "direction" => direction).increment(n);
+impl Default for CallMedia {
+    fn default() -> CallMedia {
+        CallMedia::new()
     }
 }
 
 pub fn agent_connect(elapsed: Duration) {
     histogram!(AGENT_CONNECT_SECONDS).record(elapsed.as_secs_f64());
-}
-
-/// `direction`: `carrier_to_agent` or `agent_to_carrier`.
-pub fn media_latency(direction: &'static str, elapsed: Duration) {
-    histogram!(MEDIA_PACKET_LATENCY_SECONDS, "direction" => direction)
-        .record(elapsed.as_secs_f64());
 }
 
 /// `reason`: `source_not_allowed`, `per_ip_limit`, `handshake_timeout`, `handshake_failed`.

@@ -1571,6 +1571,14 @@ fn limits(ctx: &Ctx, r: raw::RawLimits) -> Result<LimitsConfig, ConfigError> {
             "limits.write_queue_bytes",
         )?,
         write_timeout: secs(ctx, &r.write_timeout_secs, 10, "limits.write_timeout_secs")?,
+        worker_threads: match &r.worker_threads {
+            None => None,
+            Some(_) => {
+                let n = positive(ctx, &r.worker_threads, 1, "limits.worker_threads")?;
+                // u32 always fits a usize on the platforms sbc builds for (64-bit Linux).
+                std::num::NonZeroUsize::new(n as usize)
+            }
+        },
     };
     // The reader pauses at half the queue; the other half holds the responses to what one read
     // completed (at most a whole message, echoed headers included).

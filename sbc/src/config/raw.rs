@@ -205,6 +205,7 @@ pub(crate) struct RawLimits {
     pub drain_timeout_secs: Option<S<u64>>,
     pub write_queue_bytes: Option<S<u64>>,
     pub write_timeout_secs: Option<S<u64>>,
+    pub worker_threads: Option<S<u32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -592,11 +592,9 @@ impl CodecName {
     }
 }
 
+/// The smallest valid configuration, for the unit tests of any module that parses one.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MINIMAL: &str = r#"
+pub(crate) const TEST_MINIMAL: &str = r#"
 [tls]
 dev_self_signed = true
 [sip]
@@ -613,6 +611,12 @@ url = "builtin:echo"
 [audit]
 path = "-"
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = TEST_MINIMAL;
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse_str(text, Path::new("/etc/sbc/t.toml")).map_err(|e| e.to_string())

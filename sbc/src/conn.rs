@@ -886,23 +886,7 @@ mod tests {
         assert_eq!(tx.queue.warn_reason(), Some("write_stuck"));
     }
 
-    const MINIMAL: &str = r#"
-[tls]
-dev_self_signed = true
-[sip]
-listen = ["127.0.0.1:5061"]
-[[carriers]]
-name = "lo"
-source_cidrs = ["127.0.0.0/8"]
-[media]
-advertise_address = "127.0.0.1"
-[agent]
-[[agent.routes]]
-default = true
-url = "builtin:echo"
-[audit]
-path = "-"
-"#;
+    const MINIMAL: &str = crate::config::TEST_MINIMAL;
 
     fn parse(text: &str) -> Result<crate::config::Config, String> {
         crate::config::Config::parse_str(text, std::path::Path::new("/etc/sbc/t.toml"))

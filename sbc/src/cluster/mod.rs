@@ -541,23 +541,7 @@ mod tests {
         );
     }
 
-    const MINIMAL: &str = r#"
-[tls]
-dev_self_signed = true
-[sip]
-listen = ["127.0.0.1:5061"]
-[[carriers]]
-name = "lo"
-source_cidrs = ["127.0.0.0/8"]
-[media]
-advertise_address = "127.0.0.1"
-[agent]
-[[agent.routes]]
-default = true
-url = "builtin:echo"
-[audit]
-path = "-"
-"#;
+    const MINIMAL: &str = crate::config::TEST_MINIMAL;
 
     fn parse(cluster: &str) -> Result<crate::config::Config, String> {
         crate::config::Config::parse_str(

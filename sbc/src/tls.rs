@@ -88,26 +88,36 @@ pub fn sip_server_config(
     sip: &SipConfig,
 ) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
     let provider = provider(tls.min_version, &tls.tls12_suites);
-    let (chain, key) = match &tls.identity {
+    let (chain, key) = load_identity(&provider, &tls.identity, || {
+        match sip.listen.iter().find(|a| !a.ip().is_loopback()) {
+            Some(a) => Err(ConfigError(format!(
+                "tls.dev_self_signed is refused: sip.listen has {a}, which is not a loopback address"
+            ))),
+            None => dev_self_signed(&sip.host),
+        }
+    })?;
+    server_config(tls, provider, chain, key)
+}
+
+/// A listener's certificate chain and key: from files (the key checked against the
+/// certificate), or the development certificate `dev` makes (after its loopback check).
+fn load_identity(
+    provider: &Arc<CryptoProvider>,
+    identity: &TlsIdentity,
+    dev: impl FnOnce() -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ConfigError>,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ConfigError> {
+    match identity {
         TlsIdentity::Files {
             certificate,
             private_key,
         } => {
             let chain = load_chain(certificate)?;
             let key = load_key(private_key)?;
-            check_key_matches(&provider, &chain, &key, certificate, private_key)?;
-            (chain, key)
+            check_key_matches(provider, &chain, &key, certificate, private_key)?;
+            Ok((chain, key))
         }
-        TlsIdentity::DevSelfSigned => {
-            if let Some(a) = sip.listen.iter().find(|a| !a.ip().is_loopback()) {
-                return Err(ConfigError(format!(
-                    "tls.dev_self_signed is refused: sip.listen has {a}, which is not a loopback address"
-                )));
-            }
-            dev_self_signed(&sip.host)?
-        }
-    };
-    server_config(tls, provider, chain, key)
+        TlsIdentity::DevSelfSigned => dev(),
+    }
 }
 
 /// The API listener's server config: the SIP listener's rules (TLS 1.3, plus TLS 1.2 with
@@ -125,26 +135,15 @@ pub fn api_server_config(
         require_client_certificate: false,
     };
     let provider = provider(rules.min_version, &rules.tls12_suites);
-    let (chain, key) = match &rules.identity {
-        TlsIdentity::Files {
-            certificate,
-            private_key,
-        } => {
-            let chain = load_chain(certificate)?;
-            let key = load_key(private_key)?;
-            check_key_matches(&provider, &chain, &key, certificate, private_key)?;
-            (chain, key)
+    let (chain, key) = load_identity(&provider, &rules.identity, || {
+        if !api.listen.ip().is_loopback() {
+            return Err(ConfigError(format!(
+                "api.dev_self_signed is refused: api.listen {} is not a loopback address",
+                api.listen
+            )));
         }
-        TlsIdentity::DevSelfSigned => {
-            if !api.listen.ip().is_loopback() {
-                return Err(ConfigError(format!(
-                    "api.dev_self_signed is refused: api.listen {} is not a loopback address",
-                    api.listen
-                )));
-            }
-            dev_self_signed(&api.listen.ip().to_string())?
-        }
-    };
+        dev_self_signed(&api.listen.ip().to_string())
+    })?;
     let config = server_config(&rules, provider, chain, key)?;
     let mut config = Arc::unwrap_or_clone(config);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

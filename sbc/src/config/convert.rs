@@ -123,6 +123,28 @@ fn usize_of(ctx: &Ctx, v: &Option<S<u64>>, default: u64, key: &str) -> Result<us
         .map_err(|_| ctx.at_opt(v.as_ref().map(|s| s.span()), format!("{key} is too large")))
 }
 
+/// A list of Twilio Account SIDs: each one well-formed, none twice. `owner` starts the error
+/// ("carrier \"twilio\"", "trunk \"out\"").
+fn account_sid_list(
+    ctx: &Ctx,
+    sids: &[S<String>],
+    owner: &str,
+) -> Result<Vec<String>, ConfigError> {
+    for sid in sids {
+        if !is_account_sid(sid.get_ref()) {
+            return Err(ctx.at(
+                sid.span(),
+                format!(
+                    "{owner}: {:?} is not a Twilio Account SID (\"AC\" followed by 32 hex digits)",
+                    sid.get_ref()
+                ),
+            ));
+        }
+    }
+    no_duplicates(ctx, sids, "account SID", |s| s.to_string())?;
+    Ok(sids.iter().map(|s| s.get_ref().clone()).collect())
+}
+
 /// Refuses duplicates in a list of spanned strings (compared as `key` maps them).
 fn no_duplicates(
     ctx: &Ctx,
@@ -550,19 +572,7 @@ fn carriers(
                         format!("carrier {name:?}: twilio_account_sids needs twilio = true"),
                     ));
                 }
-                for sid in l.get_ref() {
-                    if !is_account_sid(sid.get_ref()) {
-                        return Err(ctx.at(
-                            sid.span(),
-                            format!(
-                                "carrier {name:?}: {:?} is not a Twilio Account SID (\"AC\" followed by 32 hex digits)",
-                                sid.get_ref()
-                            ),
-                        ));
-                    }
-                }
-                no_duplicates(ctx, l.get_ref(), "account SID", |s| s.to_string())?;
-                l.get_ref().iter().map(|s| s.get_ref().clone()).collect()
+                account_sid_list(ctx, l.get_ref(), &format!("carrier {name:?}"))?
             }
         };
         out.push(CarrierConfig {
@@ -619,21 +629,7 @@ fn trunks(ctx: &Ctx, r: Option<S<Vec<S<raw::RawTrunk>>>>) -> Result<Vec<TrunkCon
         let password_file = ctx.resolve(&t.password_file, "trunks.password_file")?;
         let account_sids = match &t.account_sids {
             None => Vec::new(),
-            Some(l) => {
-                for sid in l.get_ref() {
-                    if !is_account_sid(sid.get_ref()) {
-                        return Err(ctx.at(
-                            sid.span(),
-                            format!(
-                                "trunk {name:?}: {:?} is not a Twilio Account SID (\"AC\" followed by 32 hex digits)",
-                                sid.get_ref()
-                            ),
-                        ));
-                    }
-                }
-                no_duplicates(ctx, l.get_ref(), "account SID", |s| s.to_string())?;
-                l.get_ref().iter().map(|s| s.get_ref().clone()).collect()
-            }
+            Some(l) => account_sid_list(ctx, l.get_ref(), &format!("trunk {name:?}"))?,
         };
         if t.caller_ids.get_ref().is_empty() {
             return Err(ctx.at(

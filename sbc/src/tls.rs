@@ -327,17 +327,35 @@ impl rustls::client::danger::ServerCertVerifier for PinnedSpkiVerifier {
 /// the carrier's connection dropped): same version and suite policy as the listener, carrier
 /// certificate verified against `client_ca` if set, else the webpki roots.
 pub fn carrier_client_config(tls: &TlsConfig) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
-    let provider = provider(tls.min_version, &tls.tls12_suites);
-    let roots = match &tls.client_ca {
+    plain_client_config(
+        tls.min_version,
+        &tls.tls12_suites,
+        tls.client_ca.as_deref(),
+        None,
+    )
+}
+
+/// A client config under sbc's version and suite policy, no client certificate, no early data:
+/// servers verified against the CA bundle at `ca` (else the webpki roots); `alpn` if given.
+fn plain_client_config(
+    min: TlsVersion,
+    tls12: &[Tls12Suite],
+    ca: Option<&Path>,
+    alpn: Option<&[u8]>,
+) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+    let roots = match ca {
         Some(ca) => load_roots(ca)?,
         None => webpki_roots(),
     };
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions(tls.min_version))
+    let mut config = rustls::ClientConfig::builder_with_provider(provider(min, tls12))
+        .with_protocol_versions(versions(min))
         .map_err(|e| ConfigError(format!("TLS policy: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.enable_early_data = false;
+    if let Some(alpn) = alpn {
+        config.alpn_protocols = vec![alpn.to_vec()];
+    }
     Ok(Arc::new(config))
 }
 
@@ -347,19 +365,12 @@ pub fn callback_client_config(
     api: &crate::config::ApiConfig,
     tls: &TlsConfig,
 ) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
-    let provider = provider(api.min_version, &tls.tls12_suites);
-    let roots = match &api.callback_ca_bundle {
-        Some(ca) => load_roots(ca)?,
-        None => webpki_roots(),
-    };
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions(api.min_version))
-        .map_err(|e| ConfigError(format!("TLS policy: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.enable_early_data = false;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    plain_client_config(
+        api.min_version,
+        &tls.tls12_suites,
+        api.callback_ca_bundle.as_deref(),
+        Some(b"http/1.1"),
+    )
 }
 
 /// Requests one instance forwards to another's API (`[cluster]`): TLS 1.3 only (every sbc API
@@ -368,19 +379,12 @@ pub fn callback_client_config(
 pub fn cluster_client_config(
     cluster: &crate::config::ClusterConfig,
 ) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
-    let provider = provider(TlsVersion::Tls13, &[]);
-    let roots = match &cluster.ca {
-        Some(ca) => load_roots(ca)?,
-        None => webpki_roots(),
-    };
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions(TlsVersion::Tls13))
-        .map_err(|e| ConfigError(format!("TLS policy: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.enable_early_data = false;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    plain_client_config(
+        TlsVersion::Tls13,
+        &[],
+        cluster.ca.as_deref(),
+        Some(b"http/1.1"),
+    )
 }
 
 fn versions(min: TlsVersion) -> &'static [&'static SupportedProtocolVersion] {

@@ -113,6 +113,39 @@ impl SipConn {
         }
     }
 
+    /// Reads until the final response to `dialog`'s INVITE (CSeq 1), skipping provisionals and
+    /// others; on 200 records sbc's To tag in `dialog`; ACKs it. Returns the status and the
+    /// response.
+    pub fn finish_invite(&mut self, dialog: &mut Dialog, timeout: Duration) -> (u16, String) {
+        let via_port = self.local_addr().port();
+        let deadline = Instant::now() + timeout;
+        while let Some(m) = self.recv(deadline.saturating_duration_since(Instant::now())) {
+            let status = tlsclient::status_code(&m).unwrap_or(0);
+            if header(&m, "CSeq") != Some("1 INVITE") || status < 200 {
+                continue;
+            }
+            if status == 200 {
+                dialog.to_tag = header(&m, "To")
+                    .and_then(tag)
+                    .expect("200 OK without a To tag")
+                    .to_string();
+            }
+            self.send(&dialog.ack(via_port));
+            return (status, m);
+        }
+        panic!(
+            "no final response to INVITE {} within {timeout:?}",
+            dialog.call_id
+        );
+    }
+
+    /// Sends `dialog`'s BYE (CSeq 2) and waits for its 200.
+    pub fn bye(&mut self, dialog: &Dialog, timeout: Duration) {
+        let via_port = self.local_addr().port();
+        self.send(&dialog.bye(via_port, 2));
+        self.expect_response(200, "2 BYE", timeout);
+    }
+
     /// Reads until a response with `status` for `cseq` (e.g. `"1 INVITE"`), skipping others.
     pub fn expect_response(&mut self, status: u16, cseq: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
@@ -316,6 +349,33 @@ impl Dialog {
             len = body.len(),
         )
     }
+}
+
+/// Places a call by hand on a new TLS connection to sbc at `127.0.0.1:sbc_port`: INVITE with
+/// SDES-SRTP (Contact port `contact_port`), 200 OK, ACK. Returns the connection, the dialog and
+/// the running media (sending to sbc, decrypting what comes back).
+pub fn place_call(
+    pki: &TestPki,
+    sbc_port: u16,
+    contact_port: u16,
+    name: &str,
+    timeout: Duration,
+) -> (SipConn, Dialog, Media) {
+    let mut conn = SipConn::connect(pki, sbc_port);
+    let via_port = conn.local_addr().port();
+    let mut dialog = Dialog::new(sbc_port, contact_port, name);
+    let (sock, rtp_port) = Media::bind();
+    let our_key = test_key(7);
+    conn.send(&dialog.invite(via_port, rtp_port, &our_key));
+    let ok = conn.expect_response(200, "1 INVITE", timeout);
+    dialog.to_tag = header(&ok, "To")
+        .and_then(tag)
+        .unwrap_or_else(|| panic!("200 OK without To tag:\n{ok}"))
+        .to_string();
+    conn.send(&dialog.ack(via_port));
+    let answer = parse_answer(body(&ok));
+    let media = Media::start(sock, our_key, answer);
+    (conn, dialog, media)
 }
 
 /// A response to `request` (Via, From, To, Call-ID, CSeq copied), without a body.

@@ -378,6 +378,15 @@ impl SbcProcess {
     }
 
     /// `GET /metrics` over a plain TCP connection; the body.
+    /// The value of `sbc_calls_active` in sbc's metrics (0 when absent).
+    pub fn calls_active(&self) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("sbc_calls_active "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     pub fn metrics(&self) -> String {
         let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port))
             .unwrap_or_else(|e| panic!("connect metrics 127.0.0.1:{}: {e}", self.metrics_port));

@@ -174,28 +174,8 @@ fn invite(conn: &mut SipConn, n: &Node, tag: &str) -> (u16, String, Dialog) {
             1,
         );
     conn.send(&msg);
-    let deadline = Instant::now() + SECS10;
-    while let Some(m) = conn.recv(deadline.saturating_duration_since(Instant::now())) {
-        let status = interop_tests::tlsclient::status_code(&m).unwrap_or(0);
-        if rawcall::header(&m, "CSeq") != Some("1 INVITE") || status < 200 {
-            continue;
-        }
-        if status == 200 {
-            dialog.to_tag = rawcall::header(&m, "To")
-                .and_then(rawcall::tag)
-                .expect("To tag")
-                .to_string();
-        }
-        conn.send(&dialog.ack(via_port));
-        return (status, m, dialog);
-    }
-    panic!("no final response to INVITE {tag}");
-}
-
-fn bye(conn: &mut SipConn, dialog: &Dialog) {
-    let via_port = conn.local_addr().port();
-    conn.send(&dialog.bye(via_port, 2));
-    conn.expect_response(200, "2 BYE", SECS10);
+    let (status, m) = conn.finish_invite(&mut dialog, SECS10);
+    (status, m, dialog)
 }
 
 /// `curl` against `n`'s API; (status, JSON body, seconds curl took).
@@ -318,7 +298,7 @@ fn carrier_limit_is_cluster_wide() {
     // A call ended on instance 1 frees a slot for instance 2.
     let (k, d) = up.remove(1);
     assert_eq!(k, 1);
-    bye(&mut conns[1], &d);
+    conns[1].bye(&d, SECS10);
     wait_until(SECS10, "slot released in Redis", || {
         redis.cli(&["HLEN", "sbc:calls:b"]) == "16"
     });
@@ -326,7 +306,7 @@ fn carrier_limit_is_cluster_wide() {
     assert_eq!(status, 200, "a freed slot is taken by another instance");
     up.push((2, d));
     for (k, d) in up {
-        bye(&mut conns[k], &d);
+        conns[k].bye(&d, SECS10);
     }
     wait_until(SECS10, "all slots released", || {
         ["a", "b", "c"]
@@ -454,7 +434,7 @@ fn killed_instance_slots_expire_within_ttl() {
     let (code, body, _) = api(&env, &b, &[], &call_path(&call_sid("kb1")));
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["status"], "in-progress");
-    bye(&mut conn_b, &b_call);
+    conn_b.bye(&b_call, SECS10);
 }
 
 /// Redis stopped mid-test: calls go on, instances turn degraded (metric, log), new calls are
@@ -544,7 +524,7 @@ fn drain_refuses_new_invites_and_fails_readiness() {
     let (s, resp, _) = invite(&mut conn, &a, "d2");
     assert_eq!(s, 503, "{resp}");
     assert!(rawcall::header(&resp, "Retry-After").is_some(), "{resp}");
-    bye(&mut conn, &call);
+    conn.bye(&call, SECS10);
     assert!(a.sbc.wait_exit(SECS10).is_some(), "sbc exits once drained");
 }
 
@@ -625,5 +605,5 @@ fn redis_over_tls_with_auth() {
         !a.sbc.log().contains(password),
         "the password is never logged"
     );
-    bye(&mut conn, &call);
+    conn.bye(&call, SECS10);
 }

@@ -11,6 +11,7 @@ pub mod carrier;
 pub mod pki;
 pub mod ports;
 pub mod rawcall;
+pub mod redis;
 pub mod sbc;
 pub mod sipp;
 pub mod tlsclient;

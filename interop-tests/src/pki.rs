@@ -42,6 +42,9 @@ pub struct TestPki {
     pub client: Identity,
     /// A server certificate for 127.0.0.1 from a different CA that sbc does not trust.
     pub untrusted_agent: Identity,
+    /// A server certificate for 127.0.0.1, 127.0.0.2 and 127.0.0.3 (the cluster tests'
+    /// instances' APIs), from the test CA.
+    pub cluster: Identity,
 }
 
 /// A test CA (root or intermediate) that issues certificates.
@@ -161,6 +164,12 @@ impl TestPki {
             agent: ca.issue(dir, "agent", &LOCAL, true),
             client: ca.issue(dir, "client", &LOCAL, false),
             untrusted_agent: other.issue(dir, "untrusted-agent", &LOCAL, true),
+            cluster: ca.issue(
+                dir,
+                "cluster",
+                &["127.0.0.1", "127.0.0.2", "127.0.0.3"],
+                true,
+            ),
         }
     }
 }

@@ -36,6 +36,16 @@ impl SipConn {
     /// Connects to sbc at `127.0.0.1:port` from `local_ip` (another address in 127.0.0.0/8, so
     /// that sbc sees another source, e.g. another carrier), trusting the test CA.
     pub fn connect_from(pki: &TestPki, port: u16, local_ip: std::net::Ipv4Addr) -> SipConn {
+        SipConn::connect_from_to(pki, local_ip, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// Connects to sbc at `dest` (an instance on another loopback address) from `local_ip`,
+    /// trusting the test CA and verifying sbc's certificate for 127.0.0.1.
+    pub fn connect_from_to(
+        pki: &TestPki,
+        local_ip: std::net::Ipv4Addr,
+        dest: SocketAddr,
+    ) -> SipConn {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -44,15 +54,12 @@ impl SipConn {
             .block_on(async {
                 let sock = tokio::net::TcpSocket::new_v4()?;
                 sock.bind(SocketAddr::from((local_ip, 0)))?;
-                let s = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    sock.connect(SocketAddr::from(([127, 0, 0, 1], port))),
-                )
-                .await
-                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+                let s = tokio::time::timeout(Duration::from_secs(10), sock.connect(dest))
+                    .await
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
                 s.into_std()
             })
-            .unwrap_or_else(|e| panic!("connect to sbc 127.0.0.1:{port} from {local_ip}: {e}"));
+            .unwrap_or_else(|e| panic!("connect to sbc {dest} from {local_ip}: {e}"));
         tcp.set_nonblocking(false).expect("blocking");
         tcp.set_read_timeout(Some(Duration::from_millis(200))).ok();
         let mut roots = rustls::RootCertStore::empty();
@@ -104,6 +111,39 @@ impl SipConn {
             Got::Message(m) => Some(m),
             Got::Timeout | Got::Closed => None,
         }
+    }
+
+    /// Reads until the final response to `dialog`'s INVITE (CSeq 1), skipping provisionals and
+    /// others; on 200 records sbc's To tag in `dialog`; ACKs it. Returns the status and the
+    /// response.
+    pub fn finish_invite(&mut self, dialog: &mut Dialog, timeout: Duration) -> (u16, String) {
+        let via_port = self.local_addr().port();
+        let deadline = Instant::now() + timeout;
+        while let Some(m) = self.recv(deadline.saturating_duration_since(Instant::now())) {
+            let status = tlsclient::status_code(&m).unwrap_or(0);
+            if header(&m, "CSeq") != Some("1 INVITE") || status < 200 {
+                continue;
+            }
+            if status == 200 {
+                dialog.to_tag = header(&m, "To")
+                    .and_then(tag)
+                    .expect("200 OK without a To tag")
+                    .to_string();
+            }
+            self.send(&dialog.ack(via_port));
+            return (status, m);
+        }
+        panic!(
+            "no final response to INVITE {} within {timeout:?}",
+            dialog.call_id
+        );
+    }
+
+    /// Sends `dialog`'s BYE (CSeq 2) and waits for its 200.
+    pub fn bye(&mut self, dialog: &Dialog, timeout: Duration) {
+        let via_port = self.local_addr().port();
+        self.send(&dialog.bye(via_port, 2));
+        self.expect_response(200, "2 BYE", timeout);
     }
 
     /// Reads until a response with `status` for `cseq` (e.g. `"1 INVITE"`), skipping others.
@@ -309,6 +349,33 @@ impl Dialog {
             len = body.len(),
         )
     }
+}
+
+/// Places a call by hand on a new TLS connection to sbc at `127.0.0.1:sbc_port`: INVITE with
+/// SDES-SRTP (Contact port `contact_port`), 200 OK, ACK. Returns the connection, the dialog and
+/// the running media (sending to sbc, decrypting what comes back).
+pub fn place_call(
+    pki: &TestPki,
+    sbc_port: u16,
+    contact_port: u16,
+    name: &str,
+    timeout: Duration,
+) -> (SipConn, Dialog, Media) {
+    let mut conn = SipConn::connect(pki, sbc_port);
+    let via_port = conn.local_addr().port();
+    let mut dialog = Dialog::new(sbc_port, contact_port, name);
+    let (sock, rtp_port) = Media::bind();
+    let our_key = test_key(7);
+    conn.send(&dialog.invite(via_port, rtp_port, &our_key));
+    let ok = conn.expect_response(200, "1 INVITE", timeout);
+    dialog.to_tag = header(&ok, "To")
+        .and_then(tag)
+        .unwrap_or_else(|| panic!("200 OK without To tag:\n{ok}"))
+        .to_string();
+    conn.send(&dialog.ack(via_port));
+    let answer = parse_answer(body(&ok));
+    let media = Media::start(sock, our_key, answer);
+    (conn, dialog, media)
 }
 
 /// A response to `request` (Via, From, To, Call-ID, CSeq copied), without a body.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::TestEnv;
+use crate::{Ports, TestEnv};
 
 /// What a test may change in sbc's config; everything else is fixed (see `config_toml`).
 #[derive(Debug, Clone)]
@@ -50,6 +50,9 @@ pub struct SbcOptions {
     pub extra_default_route: Vec<String>,
     /// Extra TOML at the end of the file (whole sections, e.g. `[api]`).
     pub extra_toml: Vec<String>,
+    /// The address sbc's SIP listener binds and names itself by (another 127.0.0.0/8 address
+    /// for a second instance in one test); media and metrics stay on 127.0.0.1.
+    pub listen_ip: String,
 }
 
 impl SbcOptions {
@@ -77,6 +80,7 @@ impl SbcOptions {
             extra_agent: Vec::new(),
             extra_default_route: Vec::new(),
             extra_toml: Vec::new(),
+            listen_ip: "127.0.0.1".into(),
         }
     }
 
@@ -90,7 +94,11 @@ fn toml_str(p: &Path) -> String {
 }
 
 pub fn config_toml(env: &TestEnv, o: &SbcOptions, audit: &Path) -> String {
-    let p = &env.ports;
+    config_toml_with(env, &env.ports, o, audit)
+}
+
+/// [`config_toml`] with ports other than the test's own (a second instance in one test).
+pub fn config_toml_with(env: &TestEnv, p: &Ports, o: &SbcOptions, audit: &Path) -> String {
     let cidrs: Vec<String> = o.source_cidrs.iter().map(|c| format!("{c:?}")).collect();
     let client = if o.agent_client_cert {
         format!(
@@ -103,8 +111,8 @@ pub fn config_toml(env: &TestEnv, o: &SbcOptions, audit: &Path) -> String {
     };
     format!(
         r#"[sip]
-listen = ["127.0.0.1:{sip}"]
-host = "127.0.0.1"
+listen = ["{ip}:{sip}"]
+host = "{ip}"
 t1_ms = 500
 ringing_after_ms = {ringing}
 
@@ -163,6 +171,7 @@ level = {level:?}
 {extra_toml}
 "#,
         sip = p.sip,
+        ip = o.listen_ip,
         ringing = o.ringing_after_ms,
         cert = toml_str(&env.pki.sbc.cert_pem_path),
         key = toml_str(&env.pki.sbc.key_pem_path),
@@ -228,6 +237,8 @@ pub fn sbc_binary() -> PathBuf {
 
 pub struct SbcProcess {
     child: Option<Child>,
+    /// Where its SIP listener is (`SbcOptions::listen_ip`).
+    pub ip: std::net::IpAddr,
     pub sip_port: u16,
     pub metrics_port: u16,
     pub config_path: PathBuf,
@@ -238,12 +249,22 @@ pub struct SbcProcess {
 
 impl SbcProcess {
     pub fn start(env: &TestEnv, opts: SbcOptions) -> SbcProcess {
-        let dir = env.dir();
+        SbcProcess::start_at(env, env.dir(), &env.ports, opts)
+    }
+
+    /// One more sbc in the same test: its files in `dir`, its ports `ports`
+    /// (`Ports::allocate()`), its SIP listener on `opts.listen_ip`.
+    pub fn start_at(env: &TestEnv, dir: &Path, ports: &Ports, opts: SbcOptions) -> SbcProcess {
         let config_path = dir.join("sbc.toml");
         let audit_path = dir.join("audit.jsonl");
         let stdout_path = dir.join("sbc.stdout");
         let stderr_path = dir.join("sbc.stderr");
-        std::fs::write(&config_path, config_toml(env, &opts, &audit_path)).expect("write config");
+        let ip: std::net::IpAddr = opts.listen_ip.parse().expect("listen_ip");
+        std::fs::write(
+            &config_path,
+            config_toml_with(env, ports, &opts, &audit_path),
+        )
+        .expect("write config");
         let child = Command::new(sbc_binary())
             .arg("run")
             .arg("--config")
@@ -257,8 +278,9 @@ impl SbcProcess {
             .expect("spawn sbc");
         let mut sbc = SbcProcess {
             child: Some(child),
-            sip_port: env.ports.sip,
-            metrics_port: env.ports.metrics,
+            ip,
+            sip_port: ports.sip,
+            metrics_port: ports.metrics,
             config_path,
             audit_path,
             stdout_path,
@@ -284,7 +306,7 @@ impl SbcProcess {
                 );
             }
             if TcpStream::connect_timeout(
-                &([127, 0, 0, 1], self.sip_port).into(),
+                &(self.ip, self.sip_port).into(),
                 Duration::from_millis(200),
             )
             .is_ok()
@@ -356,6 +378,15 @@ impl SbcProcess {
     }
 
     /// `GET /metrics` over a plain TCP connection; the body.
+    /// The value of `sbc_calls_active` in sbc's metrics (0 when absent).
+    pub fn calls_active(&self) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("sbc_calls_active "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     pub fn metrics(&self) -> String {
         let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port))
             .unwrap_or_else(|e| panic!("connect metrics 127.0.0.1:{}: {e}", self.metrics_port));

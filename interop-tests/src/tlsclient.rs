@@ -101,9 +101,10 @@ pub fn sip_exchange(
 
 /// The length of the first complete SIP message in `buf` (headers plus `Content-Length` body).
 pub fn complete_message(buf: &[u8]) -> Option<usize> {
-    let text = String::from_utf8_lossy(buf);
-    let head_end = text.find("\r\n\r\n")? + 4;
-    let len = text[..head_end]
+    // The head is located in bytes: a lossy UTF-8 view would move offsets after invalid bytes.
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..head_end]);
+    let len = head
         .lines()
         .find_map(|l| {
             let (name, value) = l.split_once(':')?;

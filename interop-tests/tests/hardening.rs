@@ -5,21 +5,12 @@
 
 use std::time::Duration;
 
-use interop_tests::rawcall::{self, CarrierListener, Dialog, Media, SipConn};
+use interop_tests::rawcall::{self, CarrierListener, Dialog, SipConn};
 use interop_tests::{AgentBehaviour, SbcOptions, SbcProcess, TestEnv};
 use serde_json::Value;
 
 const SECS10: Duration = Duration::from_secs(10);
 const SECS20: Duration = Duration::from_secs(20);
-
-/// The value of `sbc_calls_active` in sbc's metrics (0 when absent).
-fn calls_active(sbc: &SbcProcess) -> f64 {
-    sbc.metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix("sbc_calls_active "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
 
 /// Waits until sbc's log says it saw the connection from `peer` end (a read error: no
 /// close_notify; or a clean end of stream).
@@ -43,31 +34,6 @@ fn wait_log_line(sbc: &SbcProcess, timeout: Duration, pred: impl Fn(&str) -> boo
     false
 }
 
-/// Places a call by hand on a new TLS connection: INVITE with SDES-SRTP, 200 OK, ACK. Returns
-/// the connection, the dialog and the running media (sending to sbc, decrypting sbc's echo).
-fn place_call(
-    env: &TestEnv,
-    sbc: &SbcProcess,
-    contact_port: u16,
-    tag: &str,
-) -> (SipConn, Dialog, Media) {
-    let mut conn = SipConn::connect(&env.pki, sbc.sip_port);
-    let via_port = conn.local_addr().port();
-    let mut dialog = Dialog::new(sbc.sip_port, contact_port, tag);
-    let (sock, rtp_port) = Media::bind();
-    let our_key = rawcall::test_key(7);
-    conn.send(&dialog.invite(via_port, rtp_port, &our_key));
-    let ok = conn.expect_response(200, "1 INVITE", SECS20);
-    dialog.to_tag = rawcall::header(&ok, "To")
-        .and_then(rawcall::tag)
-        .unwrap_or_else(|| panic!("200 OK without To tag:\n{ok}"))
-        .to_string();
-    conn.send(&dialog.ack(via_port));
-    let answer = rawcall::parse_answer(rawcall::body(&ok));
-    let media = Media::start(sock, our_key, answer);
-    (conn, dialog, media)
-}
-
 /// The carrier's TLS connection drops mid-call (no BYE, no close_notify). The call stays up and
 /// SRTP keeps flowing both ways (sbc's builtin echo returns our packets under its own key); the
 /// carrier's BYE, arriving later on a new TLS connection, is matched to the dialog: 200 OK on
@@ -81,7 +47,8 @@ fn carrier_connection_drop_keeps_call_and_later_bye_on_new_connection_ends_it() 
     opts.carrier_ca = true;
     opts.rtp_timeout_secs = 30;
     let sbc = env.start_sbc(opts);
-    let (conn, dialog, media) = place_call(&env, &sbc, carrier.port, "drop1");
+    let (conn, dialog, media) =
+        rawcall::place_call(&env.pki, sbc.sip_port, carrier.port, "drop1", SECS20);
     assert!(
         media.wait_received(25, SECS20),
         "no SRTP echo before the drop: sent {}, authenticated {}, failed {}",
@@ -104,7 +71,7 @@ fn carrier_connection_drop_keeps_call_and_later_bye_on_new_connection_ends_it() 
         after_drop,
         media.received()
     );
-    assert_eq!(calls_active(&sbc), 1.0, "the call must still be active");
+    assert_eq!(sbc.calls_active(), 1.0, "the call must still be active");
     assert!(
         !sbc.audit().iter().any(|v| v["event"] == "call.end"),
         "the call ended when the connection dropped: {:?}",
@@ -151,7 +118,8 @@ fn agent_hangs_up_after_carrier_drop(
     opts.carrier_ca = true;
     opts.rtp_timeout_secs = 30;
     let sbc = env.start_sbc(opts);
-    let (conn, dialog, media) = place_call(&env, &sbc, carrier.port, tag);
+    let (conn, dialog, media) =
+        rawcall::place_call(&env.pki, sbc.sip_port, carrier.port, tag, SECS20);
     assert!(
         media.wait_received(10, SECS20),
         "no SRTP through the agent before the drop"
@@ -347,8 +315,8 @@ fn sigkill_and_restart_leave_no_partial_audit_line() {
         .run_expect(sbc.sip_port, 0);
     let done = o.first_call_id();
     sbc.wait_event("call.end", &done, SECS10);
-    let (_c1, d1, m1) = place_call(&env, &sbc, 5999, "kill1");
-    let (_c2, d2, m2) = place_call(&env, &sbc, 5999, "kill2");
+    let (_c1, d1, m1) = rawcall::place_call(&env.pki, sbc.sip_port, 5999, "kill1", SECS20);
+    let (_c2, d2, m2) = rawcall::place_call(&env.pki, sbc.sip_port, 5999, "kill2", SECS20);
     sbc.wait_event("call.start", &d1.call_id, SECS10);
     sbc.wait_event("call.start", &d2.call_id, SECS10);
     sbc.kill();

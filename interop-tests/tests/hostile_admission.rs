@@ -54,36 +54,8 @@ fn invite(conn: &mut SipConn, sbc: &SbcProcess, tag: &str, extra_header: &str) -
         );
     }
     conn.send(&msg);
-    let deadline = Instant::now() + SECS10;
-    while let Some(m) = conn.recv(deadline.saturating_duration_since(Instant::now())) {
-        let status = interop_tests::tlsclient::status_code(&m).unwrap_or(0);
-        if rawcall::header(&m, "CSeq") != Some("1 INVITE") || status < 200 {
-            continue;
-        }
-        if status == 200 {
-            dialog.to_tag = rawcall::header(&m, "To")
-                .and_then(rawcall::tag)
-                .expect("To tag")
-                .to_string();
-        }
-        conn.send(&dialog.ack(via_port));
-        return (status, dialog);
-    }
-    panic!("no final response to INVITE {tag}");
-}
-
-fn bye(conn: &mut SipConn, dialog: &Dialog) {
-    let via_port = conn.local_addr().port();
-    conn.send(&dialog.bye(via_port, 2));
-    conn.expect_response(200, "2 BYE", SECS10);
-}
-
-fn calls_active(sbc: &SbcProcess) -> f64 {
-    sbc.metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix("sbc_calls_active "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    let (status, _) = conn.finish_invite(&mut dialog, SECS10);
+    (status, dialog)
 }
 
 /// A carrier removed by SIGHUP places no new call on the connection it has open: 403 and a
@@ -115,8 +87,8 @@ fn reload_that_removes_a_carrier_applies_to_open_connections() {
     });
     assert_eq!(rec["decision"]["status"], 403, "{rec}");
     // The call from before the reload goes on; its BYE still works on this connection.
-    assert_eq!(calls_active(&sbc), 1.0);
-    bye(&mut conn, &up);
+    assert_eq!(sbc.calls_active(), 1.0);
+    conn.bye(&up, SECS10);
     // Then sbc closes the connection: nothing more is read from it.
     let deadline = Instant::now() + SECS10;
     let closed = loop {
@@ -186,13 +158,13 @@ fn per_carrier_limit_is_exact_across_reloads() {
     let (status, _) = invite(&mut conn2, &sbc, "b-over", "");
     assert_eq!(status, 503, "13th call while 12 are up");
     for d in up.drain(..) {
-        bye(&mut conn, &d);
+        conn.bye(&d, SECS10);
     }
     for d in up2.drain(..) {
-        bye(&mut conn2, &d);
+        conn2.bye(&d, SECS10);
     }
     let deadline = Instant::now() + SECS10;
-    while calls_active(&sbc) > 0.0 {
+    while sbc.calls_active() > 0.0 {
         assert!(Instant::now() < deadline, "calls did not end");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -207,7 +179,7 @@ fn per_carrier_limit_is_exact_across_reloads() {
     let (status, _) = invite(&mut conn2, &sbc, "c-over", "");
     assert_eq!(status, 503, "13th call after the reloads");
     for d in up2.drain(..) {
-        bye(&mut conn2, &d);
+        conn2.bye(&d, SECS10);
     }
 }
 
@@ -235,7 +207,7 @@ fn twilio_account_sids_refuse_other_accounts() {
         let (status, d) = invite(&mut conn, &sbc, tag, &header);
         assert_eq!(status, expected, "account {tag}");
         if status == 200 {
-            bye(&mut conn, &d);
+            conn.bye(&d, SECS10);
         } else {
             let rec = sbc.wait_audit(SECS10, |v| {
                 v["event"] == "call.refused"

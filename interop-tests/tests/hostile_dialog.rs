@@ -240,26 +240,6 @@ fn strangers_cannot_take_over_a_call_by_call_id() {
     drop(media);
 }
 
-/// Places a call by hand on a new TLS connection: INVITE with SDES-SRTP, 200 OK, ACK. Returns
-/// the connection, its Via port, the dialog and the running media.
-fn place_call(env: &TestEnv, sbc_port: u16, tag: &str) -> (SipConn, u16, Dialog, Media) {
-    let mut conn = SipConn::connect(&env.pki, sbc_port);
-    let via_port = conn.local_addr().port();
-    let mut dialog = Dialog::new(sbc_port, 9, tag);
-    let (sock, rtp_port) = Media::bind();
-    let our_key = rawcall::test_key(7);
-    conn.send(&dialog.invite(via_port, rtp_port, &our_key));
-    let ok = conn.expect_response(200, "1 INVITE", SECS20);
-    dialog.to_tag = rawcall::header(&ok, "To")
-        .and_then(rawcall::tag)
-        .unwrap_or_else(|| panic!("200 OK without To tag:\n{ok}"))
-        .to_string();
-    conn.send(&dialog.ack(via_port));
-    let answer = rawcall::parse_answer(rawcall::body(&ok));
-    let media = Media::start(sock, our_key, answer);
-    (conn, via_port, dialog, media)
-}
-
 /// The next request on `conn` within `timeout` whose request line starts with `prefix`.
 fn wait_request(conn: &mut SipConn, prefix: &str, timeout: Duration) -> Option<String> {
     let deadline = Instant::now() + timeout;
@@ -292,8 +272,14 @@ fn a_stuck_agent_cannot_freeze_its_call() {
             "send_buffer_bytes = 4096".into(),
         ];
         let sbc = env.start_sbc(opts);
-        let (mut conn, via_port, dialog, media) =
-            place_call(&env, sbc.sip_port, &format!("stuck{carrier_bye}"));
+        let (mut conn, dialog, media) = rawcall::place_call(
+            &env.pki,
+            sbc.sip_port,
+            9,
+            &format!("stuck{carrier_bye}"),
+            SECS20,
+        );
+        let via_port = conn.local_addr().port();
         assert!(
             media.wait_received(10, SECS20),
             "no SRTP through the agent before the stall"

@@ -8,7 +8,7 @@
 //!   `v=1`) each get their own answer (415 with Accept / Accept-Encoding, 488 with a Warning),
 //!   and the call goes on: a BYE afterwards is answered 200.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use interop_tests::agent::AgentBehaviour;
@@ -59,22 +59,8 @@ fn invite(sbc: &SbcProcess, env: &TestEnv, tag: &str) -> (SipConn, u16, Dialog) 
     let mut dialog = Dialog::new(sbc.sip_port, 5999, tag);
     let (_sock, rtp_port) = Media::bind();
     conn.send(&dialog.invite(via_port, rtp_port, &rawcall::test_key(5)));
-    let deadline = Instant::now() + SECS10;
-    while let Some(m) = conn.recv(deadline.saturating_duration_since(Instant::now())) {
-        let status = interop_tests::tlsclient::status_code(&m).unwrap_or(0);
-        if rawcall::header(&m, "CSeq") != Some("1 INVITE") || status < 200 {
-            continue;
-        }
-        if status == 200 {
-            dialog.to_tag = rawcall::header(&m, "To")
-                .and_then(rawcall::tag)
-                .expect("To tag")
-                .to_string();
-        }
-        conn.send(&dialog.ack(via_port));
-        return (conn, status, dialog);
-    }
-    panic!("no final response to INVITE {tag}");
+    let (status, _) = conn.finish_invite(&mut dialog, SECS10);
+    (conn, status, dialog)
 }
 
 #[test]

@@ -81,6 +81,31 @@ impl Drop for Admitted {
     }
 }
 
+/// Cluster-wide limits (`[cluster]`): takes the call's carrier and account slots for CallSid
+/// `sid` (one Redis round trip; alone under `cluster.degraded_share` while Redis is away), or
+/// refuses with 503 and `Retry-After` when the cluster is full. Always admits without
+/// `[cluster]`. The slots go back when the call task ends (`call::Release`).
+pub async fn admit_cluster(
+    shared: &Shared,
+    sid: &str,
+    carrier: &str,
+    sip_call_id: &str,
+    account: Option<&str>,
+) -> Result<(), Refusal> {
+    let Some(cluster) = &shared.cluster else {
+        return Ok(());
+    };
+    let slot = crate::cluster::Slot {
+        carrier: carrier.to_string(),
+        account: account.map(str::to_string),
+    };
+    let dialog = crate::cluster::Cluster::dialog_key(carrier, sip_call_id);
+    cluster
+        .acquire(sid, dialog, slot)
+        .await
+        .map_err(|full| Refusal::busy(full.why(), 5))
+}
+
 /// Decides on a new INVITE (one without a To tag and for no known call).
 pub fn admit(
     shared: &Arc<Shared>,

@@ -125,6 +125,12 @@ impl Drop for Release {
             .unregister(&self.carrier.config.name, &self.sip_call_id);
         self.carrier.active().fetch_sub(1, Ordering::SeqCst);
         self.shared.active_calls.fetch_sub(1, Ordering::SeqCst);
+        if let Some(c) = &self.shared.cluster {
+            c.release(&crate::cluster::Cluster::dialog_key(
+                &self.carrier.config.name,
+                &self.sip_call_id,
+            ));
+        }
     }
 }
 
@@ -589,7 +595,22 @@ impl Call {
         };
         self.route = chosen;
         let sid = self.call_sid_for_stream();
-        self.call_sid = Some(sid);
+        self.call_sid = Some(sid.clone());
+        crate::admission::admit_cluster(
+            &self.shared,
+            &sid,
+            &self.carrier.config.name,
+            &self.record.sip_call_id,
+            self.route.as_ref().and_then(|r| r.account_sid.as_deref()),
+        )
+        .await
+        .map_err(|r| Refuse {
+            status: r.status,
+            reason: r.reason,
+            warning: None,
+            retry_after: r.retry_after,
+            why: r.why.into(),
+        })?;
         self.status_callback(crate::config::CallbackEvent::Initiated, "initiated");
         let Some(media) = self.shared.ports.allocate() else {
             return Err(Refuse {
@@ -812,6 +833,7 @@ impl Call {
         let mut rtcp_buf = vec![0u8; 2048];
         let mut stopped = false;
         let mut last_stats = srtp_bridge::BridgeStats::default();
+        let media_metrics = m::CallMedia::new();
         let hard_stop_after = self.shared.uas.t1 * 64 + Duration::from_secs(2);
         let mut hard_stop: Option<Instant> = None;
         // Arrival times for the latency histograms (packet in to frame out, both ways).
@@ -979,10 +1001,10 @@ impl Call {
                 rtp_sent += send_datagrams(&mut bridge, &media);
             }
             if let Some(t) = carrier_in.take().filter(|_| texts > 0) {
-                m::media_latency("carrier_to_agent", t.elapsed());
+                media_metrics.latency_carrier_to_agent(t.elapsed());
             }
             if let Some(t) = agent_in.take().filter(|_| rtp_sent > 0) {
-                m::media_latency("agent_to_carrier", t.elapsed());
+                media_metrics.latency_agent_to_carrier(t.elapsed());
             }
             if stopped {
                 if let Some(w) = writer.take() {
@@ -998,7 +1020,7 @@ impl Call {
                 self.sip.hangup(Instant::now(), HangupCause::AgentHangup);
                 continue;
             }
-            self.report_stats(&bridge, &mut last_stats);
+            report_stats(&media_metrics, &bridge, &mut last_stats);
             if self.sip.state() == CallState::Terminated && stopped {
                 break;
             }
@@ -1073,7 +1095,7 @@ impl Call {
         }
 
         let stats = bridge.stats();
-        self.report_stats(&bridge, &mut last_stats);
+        report_stats(&media_metrics, &bridge, &mut last_stats);
         self.record.media = crate::audit::MediaAudit {
             rtp_in: stats.rtp_in,
             rtp_out: stats.rtp_out,
@@ -1226,14 +1248,6 @@ impl Call {
     }
 
     /// Pushes counter deltas to Prometheus.
-    fn report_stats(&self, bridge: &Bridge, last: &mut srtp_bridge::BridgeStats) {
-        let s = bridge.stats();
-        m::rtp_packets("carrier_to_agent", s.rtp_in.saturating_sub(last.rtp_in));
-        m::rtp_packets("agent_to_carrier", s.rtp_out.saturating_sub(last.rtp_out));
-        m::srtp_auth_failures(s.auth_failures.saturating_sub(last.auth_failures));
-        *last = s;
-    }
-
     fn stream_info(&mut self) -> StreamInfo {
         if let Some(info) = &self.outbound {
             // The `<Parameter>`s of the TwiML, then the marker that sbc placed this call.
@@ -1491,6 +1505,17 @@ async fn drain_agent(mut rx: WsRx) {
         Ok(frames) => trace!(frames, "agent WebSocket closed"),
         Err(_) => debug!("agent did not answer our WebSocket Close in time"),
     }
+}
+
+/// Adds what the bridge counted since `last` to the call's metric handles.
+fn report_stats(metrics: &m::CallMedia, bridge: &Bridge, last: &mut srtp_bridge::BridgeStats) {
+    let s = bridge.stats();
+    metrics.packets(
+        s.rtp_in.saturating_sub(last.rtp_in),
+        s.rtp_out.saturating_sub(last.rtp_out),
+        s.auth_failures.saturating_sub(last.auth_failures),
+    );
+    *last = s;
 }
 
 async fn sleep_opt(deadline: Option<Instant>) {

@@ -37,6 +37,43 @@ pub struct Config {
     pub log: LogConfig,
     /// The call-control API (`[api]`); off when absent.
     pub api: Option<ApiConfig>,
+    /// Several instances as one service on Redis (`[cluster]`); off when absent.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: the shared state of several instances (call registry, cluster-wide limits) in
+/// Redis; see `docs/scaling.md`.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// `redis://` or `rediss://` (TLS) URL, without a password (that comes from a file).
+    pub redis_url: String,
+    /// Redis AUTH password, read from a file only sbc can read.
+    pub redis_password: Option<AuthToken>,
+    /// CA bundle that verifies a `rediss://` server (else the system roots).
+    pub redis_ca: Option<PathBuf>,
+    /// This instance's id: unique in the cluster, `[A-Za-z0-9_.-]{1,64}`.
+    pub instance_id: String,
+    /// Where the other instances reach this instance's API (`host:port`).
+    pub api_address: SocketAddr,
+    /// The name (or IP) the other instances verify this instance's API certificate for.
+    pub api_server_name: String,
+    /// CA bundle that verifies the other instances' API certificates (else the webpki roots).
+    pub ca: Option<PathBuf>,
+    /// How often this instance refreshes its registration.
+    pub heartbeat: Duration,
+    /// How long an instance's registry entries and slots outlive its last heartbeat.
+    pub ttl: Duration,
+    /// Deadline of one Redis command (connect included); past it the instance is degraded.
+    pub redis_timeout: Duration,
+    /// The share (0 < share <= 1) of each cluster-wide limit this instance applies alone
+    /// while Redis is unreachable.
+    pub degraded_share: f64,
+    /// `/readyz` answers 503 while Redis is unreachable.
+    pub readyz_requires_redis: bool,
+    /// Cluster-wide concurrent calls per carrier name.
+    pub carrier_limits: Vec<(String, u32)>,
+    /// Cluster-wide concurrent calls per API account SID (the route's `account_sid`).
+    pub account_limits: Vec<(String, u32)>,
 }
 
 /// `[api]`: the Twilio-compatible call-control API over HTTPS (see `docs/api.md`).
@@ -432,6 +469,9 @@ pub struct LimitsConfig {
     /// Deadline for each write to a carrier connection (and for its close): a peer that does not
     /// read for this long loses its connection.
     pub write_timeout: Duration,
+    /// Runtime worker threads; `None`: one per CPU sbc may run on (its affinity mask). Read at
+    /// start only: a reload does not change the running count.
+    pub worker_threads: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(Clone, Debug)]
@@ -552,11 +592,9 @@ impl CodecName {
     }
 }
 
+/// The smallest valid configuration, for the unit tests of any module that parses one.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MINIMAL: &str = r#"
+pub(crate) const TEST_MINIMAL: &str = r#"
 [tls]
 dev_self_signed = true
 [sip]
@@ -573,6 +611,12 @@ url = "builtin:echo"
 [audit]
 path = "-"
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = TEST_MINIMAL;
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse_str(text, Path::new("/etc/sbc/t.toml")).map_err(|e| e.to_string())
@@ -931,6 +975,7 @@ path = "-"
             keys::<raw::RawLog>("log"),
             keys::<raw::RawApi>("api"),
             keys::<raw::RawApiAccount>("api.accounts"),
+            keys::<raw::RawCluster>("cluster"),
         ]
     }
 

@@ -34,6 +34,8 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 /// The reader's read size: its buffer never grows beyond it (the framer holds at most
 /// `max_message_bytes` plus one read).
 const READ_CHUNK: usize = 8192;
+/// The writer's batch buffer keeps at most this much capacity between bursts.
+const WRITE_BATCH_KEEP: usize = 64 * 1024;
 
 /// The sending half of a carrier connection. Responses go back on the connection the request came
 /// on (RFC 3261 §18.2.2); the call task keeps the latest one for its in-dialog requests.
@@ -113,6 +115,14 @@ impl WriteQueue {
     /// the responses to what one read completed.
     fn has_room(&self) -> bool {
         self.queued() <= self.limit / 2
+    }
+
+    /// A quarter of the budget is queued: the writer is behind (the peer reads slowly, or sbc's
+    /// workers are busy with call setups whose responses all land here). New INVITEs are then
+    /// refused with 503 + Retry-After, so that the calls already admitted keep the other three
+    /// quarters for their responses and the connection is not given up.
+    fn overloaded(&self) -> bool {
+        self.queued() > self.limit / 4
     }
 
     /// Gives the connection up; the first reason sticks.
@@ -476,6 +486,7 @@ async fn run_connection<S>(
         let live = shared.live();
         let limits = &live.config.limits;
         let write_timeout = limits.write_timeout;
+        let write_queue_bytes = limits.write_queue_bytes;
         let (mut rd, mut wr) = tokio::io::split(tls);
         let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
         let queue = Arc::new(WriteQueue::new(limits.write_queue_bytes));
@@ -485,6 +496,7 @@ async fn run_connection<S>(
             let queue = Arc::clone(&queue);
             tokio::spawn(async move {
                 let mut reader_stopped = false;
+                let mut batch_buf: Vec<u8> = Vec::new();
                 loop {
                     let next = tokio::select! {
                         biased;
@@ -502,16 +514,48 @@ async fn run_connection<S>(
                         }
                     };
                     let Some(b) = next else { break };
+                    // Everything already queued goes out together: one TLS record and one
+                    // syscall for a burst of responses instead of one each, and one release
+                    // (one wake-up of the paused reader) per batch. Under a burst of call
+                    // setups this is what keeps the writer ahead of the call tasks.
+                    let mut len = b.len();
+                    // Whatever is queued at once, bounded by the queue's own byte budget: when
+                    // sbc's workers are saturated the writer is one task among hundreds of call
+                    // tasks, and what it takes per turn must keep up with all of them.
+                    let batch = if len < write_queue_bytes {
+                        match rx.try_recv() {
+                            Ok(more) => {
+                                batch_buf.clear();
+                                batch_buf.extend_from_slice(&b);
+                                batch_buf.extend_from_slice(&more);
+                                while batch_buf.len() < write_queue_bytes {
+                                    match rx.try_recv() {
+                                        Ok(more) => batch_buf.extend_from_slice(&more),
+                                        Err(_) => break,
+                                    }
+                                }
+                                len = batch_buf.len();
+                                None
+                            }
+                            Err(_) => Some(b),
+                        }
+                    } else {
+                        Some(b)
+                    };
+                    let out: &[u8] = batch.as_deref().unwrap_or(&batch_buf);
                     let written = tokio::select! {
                         biased;
                         _ = queue.wait_until(WriteQueue::is_closed) => break,
                         r = tokio::time::timeout(write_timeout, async {
-                            wr.write_all(&b).await?;
+                            wr.write_all(out).await?;
                             // Out of rustls's buffer too, not only into it.
                             wr.flush().await
                         }) => r,
                     };
-                    queue.release(b.len());
+                    queue.release(len);
+                    if batch_buf.capacity() > WRITE_BATCH_KEEP {
+                        batch_buf = Vec::new();
+                    }
                     match written {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
@@ -602,7 +646,12 @@ async fn run_connection<S>(
                         let _ = ctx.handle.tx.try_send(Bytes::from_static(b"\r\n"));
                     }
                     Ok(Some(Frame::Pong)) => {}
-                    Ok(Some(Frame::Message(msg))) => ctx.handle_message(&msg),
+                    Ok(Some(Frame::Message(msg))) => {
+                        if queue.overloaded() && refuse_new_invite(&ctx, &msg) {
+                            continue;
+                        }
+                        ctx.handle_message(&msg)
+                    }
                     Err(e) => {
                         warn!(error = %e, "SIP framing error: closing the connection");
                         let head = match &e {
@@ -676,6 +725,37 @@ async fn run_connection<S>(
     }
     .instrument(span)
     .await;
+}
+
+/// Seconds a carrier is asked to wait before retrying an INVITE refused for write pressure.
+const OVERLOAD_RETRY_AFTER_SECS: u32 = 1;
+
+/// Answers `msg` with 503 + Retry-After when it is a new INVITE (no To tag); true when it did.
+/// In-dialog requests (BYE, ACK, re-INVITE, ...) and responses are left to the dispatcher, so
+/// every call already admitted is still answered past saturation.
+fn refuse_new_invite(ctx: &ConnCtx, msg: &[u8]) -> bool {
+    if !msg.starts_with(b"INVITE ") {
+        return false;
+    }
+    let Ok(SipMessage::Request(req)) = SipMessage::parse_head(msg) else {
+        return false;
+    };
+    let has_to_tag = req
+        .headers
+        .get("To")
+        .is_some_and(|t| t.contains(";tag=") || t.contains("; tag="));
+    if req.method != Method::Invite || has_to_tag {
+        return false;
+    }
+    debug!("write queue a quarter full: new INVITE refused with 503");
+    ctx.reply(
+        &req,
+        503,
+        "Service Unavailable",
+        &[("Retry-After", OVERLOAD_RETRY_AFTER_SECS.to_string())],
+    );
+    m::call_outcome("refused");
+    true
 }
 
 /// True when the (already chain-verified) client certificate is valid for one of `names`
@@ -828,23 +908,7 @@ mod tests {
         assert_eq!(tx.queue.warn_reason(), Some("write_stuck"));
     }
 
-    const MINIMAL: &str = r#"
-[tls]
-dev_self_signed = true
-[sip]
-listen = ["127.0.0.1:5061"]
-[[carriers]]
-name = "lo"
-source_cidrs = ["127.0.0.0/8"]
-[media]
-advertise_address = "127.0.0.1"
-[agent]
-[[agent.routes]]
-default = true
-url = "builtin:echo"
-[audit]
-path = "-"
-"#;
+    const MINIMAL: &str = crate::config::TEST_MINIMAL;
 
     fn parse(text: &str) -> Result<crate::config::Config, String> {
         crate::config::Config::parse_str(text, std::path::Path::new("/etc/sbc/t.toml"))
@@ -884,6 +948,21 @@ path = "-"
             let err = parse(&format!("{MINIMAL}[limits]\n{limits}\n")).unwrap_err();
             assert!(err.contains(expected), "{limits}: {err}");
         }
+    }
+
+    #[test]
+    fn worker_threads_default_to_the_cpu_count_and_are_checked() {
+        // Unset: main.rs leaves tokio's default (one worker per CPU in the affinity mask).
+        assert_eq!(parse(MINIMAL).unwrap().limits.worker_threads, None);
+        let c = parse(&format!("{MINIMAL}[limits]\nworker_threads = 3\n")).unwrap();
+        assert_eq!(c.limits.worker_threads.map(|n| n.get()), Some(3));
+        let err = parse(&format!("{MINIMAL}[limits]\nworker_threads = 0\n")).unwrap_err();
+        assert!(
+            err.contains("limits.worker_threads must be greater than 0"),
+            "{err}"
+        );
+        let err = parse(&format!("{MINIMAL}[limits]\nworker_threads = -1\n")).unwrap_err();
+        assert!(err.contains("t.toml:"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod api;
 pub mod audit;
 pub mod call;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod dispatch;

@@ -113,10 +113,13 @@ fn run(path: PathBuf) -> ExitCode {
     // tokio-tungstenite and anything else that asks rustls for the process default gets
     // aws-lc-rs. Err means one is installed already, which is fine.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // Unset: tokio's default, one worker per CPU in the affinity mask.
+    if let Some(n) = loaded.config.limits.worker_threads {
+        builder.worker_threads(n.get());
+    }
+    let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sbc: cannot start the tokio runtime: {e}");

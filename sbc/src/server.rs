@@ -62,6 +62,12 @@ pub async fn run(loaded: Loaded) -> Result<(), ServerError> {
         session_expires: config.sip.session_expires,
         min_se: config.sip.min_se,
     };
+    // `[cluster]` is read at start only (a reload does not change it).
+    let cluster = config
+        .cluster
+        .clone()
+        .map(crate::cluster::Cluster::new)
+        .transpose()?;
     let shared = Arc::new(Shared {
         live: std::sync::RwLock::new(Arc::new(live)),
         audit,
@@ -81,8 +87,32 @@ pub async fn run(loaded: Loaded) -> Result<(), ServerError> {
         counters,
         active_calls: AtomicU32::new(0),
         draining: AtomicBool::new(false),
+        cluster,
         next_id: AtomicU64::new(1),
     });
+
+    if let Some(c) = &shared.cluster {
+        info!(
+            instance = c.instance_id(),
+            "cluster member (Redis); degraded until Redis answers"
+        );
+        c.spawn();
+    }
+    let ready = Arc::downgrade(&shared);
+    m::set_readiness(Box::new(move || {
+        let Some(shared) = ready.upgrade() else {
+            return Err("stopping");
+        };
+        if shared.draining.load(Ordering::SeqCst) {
+            return Err("draining");
+        }
+        match &shared.cluster {
+            Some(c) if c.config().readyz_requires_redis && c.is_degraded() => {
+                Err("Redis unreachable")
+            }
+            _ => Ok(()),
+        }
+    }));
 
     let mut listeners = Vec::new();
     for addr in &config.sip.listen {

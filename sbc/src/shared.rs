@@ -169,6 +169,8 @@ pub struct Shared {
     pub counters: CounterTable,
     pub active_calls: AtomicU32,
     pub draining: AtomicBool,
+    /// Membership of a cluster of instances (`[cluster]`); `None` when sbc runs alone.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub(crate) next_id: AtomicU64,
 }
 

@@ -88,26 +88,36 @@ pub fn sip_server_config(
     sip: &SipConfig,
 ) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
     let provider = provider(tls.min_version, &tls.tls12_suites);
-    let (chain, key) = match &tls.identity {
+    let (chain, key) = load_identity(&provider, &tls.identity, || {
+        match sip.listen.iter().find(|a| !a.ip().is_loopback()) {
+            Some(a) => Err(ConfigError(format!(
+                "tls.dev_self_signed is refused: sip.listen has {a}, which is not a loopback address"
+            ))),
+            None => dev_self_signed(&sip.host),
+        }
+    })?;
+    server_config(tls, provider, chain, key)
+}
+
+/// A listener's certificate chain and key: from files (the key checked against the
+/// certificate), or the development certificate `dev` makes (after its loopback check).
+fn load_identity(
+    provider: &Arc<CryptoProvider>,
+    identity: &TlsIdentity,
+    dev: impl FnOnce() -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ConfigError>,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ConfigError> {
+    match identity {
         TlsIdentity::Files {
             certificate,
             private_key,
         } => {
             let chain = load_chain(certificate)?;
             let key = load_key(private_key)?;
-            check_key_matches(&provider, &chain, &key, certificate, private_key)?;
-            (chain, key)
+            check_key_matches(provider, &chain, &key, certificate, private_key)?;
+            Ok((chain, key))
         }
-        TlsIdentity::DevSelfSigned => {
-            if let Some(a) = sip.listen.iter().find(|a| !a.ip().is_loopback()) {
-                return Err(ConfigError(format!(
-                    "tls.dev_self_signed is refused: sip.listen has {a}, which is not a loopback address"
-                )));
-            }
-            dev_self_signed(&sip.host)?
-        }
-    };
-    server_config(tls, provider, chain, key)
+        TlsIdentity::DevSelfSigned => dev(),
+    }
 }
 
 /// The API listener's server config: the SIP listener's rules (TLS 1.3, plus TLS 1.2 with
@@ -125,26 +135,15 @@ pub fn api_server_config(
         require_client_certificate: false,
     };
     let provider = provider(rules.min_version, &rules.tls12_suites);
-    let (chain, key) = match &rules.identity {
-        TlsIdentity::Files {
-            certificate,
-            private_key,
-        } => {
-            let chain = load_chain(certificate)?;
-            let key = load_key(private_key)?;
-            check_key_matches(&provider, &chain, &key, certificate, private_key)?;
-            (chain, key)
+    let (chain, key) = load_identity(&provider, &rules.identity, || {
+        if !api.listen.ip().is_loopback() {
+            return Err(ConfigError(format!(
+                "api.dev_self_signed is refused: api.listen {} is not a loopback address",
+                api.listen
+            )));
         }
-        TlsIdentity::DevSelfSigned => {
-            if !api.listen.ip().is_loopback() {
-                return Err(ConfigError(format!(
-                    "api.dev_self_signed is refused: api.listen {} is not a loopback address",
-                    api.listen
-                )));
-            }
-            dev_self_signed(&api.listen.ip().to_string())?
-        }
-    };
+        dev_self_signed(&api.listen.ip().to_string())
+    })?;
     let config = server_config(&rules, provider, chain, key)?;
     let mut config = Arc::unwrap_or_clone(config);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -328,17 +327,35 @@ impl rustls::client::danger::ServerCertVerifier for PinnedSpkiVerifier {
 /// the carrier's connection dropped): same version and suite policy as the listener, carrier
 /// certificate verified against `client_ca` if set, else the webpki roots.
 pub fn carrier_client_config(tls: &TlsConfig) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
-    let provider = provider(tls.min_version, &tls.tls12_suites);
-    let roots = match &tls.client_ca {
+    plain_client_config(
+        tls.min_version,
+        &tls.tls12_suites,
+        tls.client_ca.as_deref(),
+        None,
+    )
+}
+
+/// A client config under sbc's version and suite policy, no client certificate, no early data:
+/// servers verified against the CA bundle at `ca` (else the webpki roots); `alpn` if given.
+fn plain_client_config(
+    min: TlsVersion,
+    tls12: &[Tls12Suite],
+    ca: Option<&Path>,
+    alpn: Option<&[u8]>,
+) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+    let roots = match ca {
         Some(ca) => load_roots(ca)?,
         None => webpki_roots(),
     };
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions(tls.min_version))
+    let mut config = rustls::ClientConfig::builder_with_provider(provider(min, tls12))
+        .with_protocol_versions(versions(min))
         .map_err(|e| ConfigError(format!("TLS policy: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.enable_early_data = false;
+    if let Some(alpn) = alpn {
+        config.alpn_protocols = vec![alpn.to_vec()];
+    }
     Ok(Arc::new(config))
 }
 
@@ -348,19 +365,26 @@ pub fn callback_client_config(
     api: &crate::config::ApiConfig,
     tls: &TlsConfig,
 ) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
-    let provider = provider(api.min_version, &tls.tls12_suites);
-    let roots = match &api.callback_ca_bundle {
-        Some(ca) => load_roots(ca)?,
-        None => webpki_roots(),
-    };
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions(api.min_version))
-        .map_err(|e| ConfigError(format!("TLS policy: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.enable_early_data = false;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    plain_client_config(
+        api.min_version,
+        &tls.tls12_suites,
+        api.callback_ca_bundle.as_deref(),
+        Some(b"http/1.1"),
+    )
+}
+
+/// Requests one instance forwards to another's API (`[cluster]`): TLS 1.3 only (every sbc API
+/// offers it), the peer verified against `cluster.ca` (the cluster's own CA; else the webpki
+/// roots) for its `api_server_name`, ALPN `http/1.1`.
+pub fn cluster_client_config(
+    cluster: &crate::config::ClusterConfig,
+) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+    plain_client_config(
+        TlsVersion::Tls13,
+        &[],
+        cluster.ca.as_deref(),
+        Some(b"http/1.1"),
+    )
 }
 
 fn versions(min: TlsVersion) -> &'static [&'static SupportedProtocolVersion] {

@@ -69,7 +69,7 @@ fn exchange(
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
         // Drop complete provisional responses; return the first final one.
-        while let Some(end) = message_end(&got) {
+        while let Some(end) = interop_tests::tlsclient::complete_message(&got) {
             let m = String::from_utf8_lossy(&got[..end]).into_owned();
             got.drain(..end);
             if !m.starts_with("SIP/2.0 1") {
@@ -89,17 +89,6 @@ fn exchange(
         "no final response and no close within 20 s; got {:?}",
         String::from_utf8_lossy(&got)
     );
-}
-
-fn message_end(buf: &[u8]) -> Option<usize> {
-    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let len = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or(0);
-    (buf.len() >= head_end + len).then_some(head_end + len)
 }
 
 fn status(r: &Reply) -> Option<u16> {
@@ -304,7 +293,7 @@ fn idle_timeout_spares_connections_with_calls() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
-    while message_end(&got).is_none() && Instant::now() < deadline {
+    while interop_tests::tlsclient::complete_message(&got).is_none() && Instant::now() < deadline {
         match tls.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => got.extend_from_slice(&buf[..n]),

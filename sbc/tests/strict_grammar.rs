@@ -69,7 +69,7 @@ fn final_response(pki: &Pki, port: u16, msg: &[u8]) -> Option<String> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
-        while let Some(end) = message_end(&got) {
+        while let Some(end) = interop_tests::tlsclient::complete_message(&got) {
             let m = String::from_utf8_lossy(&got[..end]).into_owned();
             got.drain(..end);
             if !m.starts_with("SIP/2.0 1") {
@@ -86,17 +86,6 @@ fn final_response(pki: &Pki, port: u16, msg: &[u8]) -> Option<String> {
         }
     }
     panic!("no final response within 15 s");
-}
-
-fn message_end(buf: &[u8]) -> Option<usize> {
-    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let len = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or(0);
-    (buf.len() >= head_end + len).then_some(head_end + len)
 }
 
 fn header<'a>(m: &'a str, name: &str) -> Option<&'a str> {

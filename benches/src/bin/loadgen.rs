@@ -22,7 +22,8 @@
 //! recv + SRTP unprotect + TLS record write) and 50 x (TLS record read + SRTP protect + UDP send).
 //!
 //! Loopback only; every run is bounded in time and call count. `SBC` names the sbc binary
-//! (default `target/release/sbc`), `SBC_CPU` the core it is pinned to with taskset (default 0);
+//! (default `target/release/sbc`), `SBC_CPU` the cores it is pinned to with taskset (default 0;
+//! e.g. `0,1`), `SBC_WORKERS` its `[limits] worker_threads` (default: one per core it may use);
 //! pin loadgen itself with `taskset -c 1`.
 
 use std::collections::HashMap;
@@ -137,11 +138,15 @@ impl Env {
             .tempdir()
             .map_err(|e| format!("tempdir: {e}"))?;
         let pki = interop_tests::TestPki::generate(dir.path());
-        std::fs::write(
-            dir.path().join("sbc.toml"),
-            include_str!("../../configs/loadgen.toml"),
-        )
-        .map_err(|e| format!("write config: {e}"))?;
+        let mut config = include_str!("../../configs/loadgen.toml").to_string();
+        if let Ok(n) = std::env::var("SBC_WORKERS") {
+            let n: u32 = n
+                .parse()
+                .map_err(|_| format!("SBC_WORKERS={n}: not a number"))?;
+            config = config.replace("[limits]\n", &format!("[limits]\nworker_threads = {n}\n"));
+        }
+        std::fs::write(dir.path().join("sbc.toml"), config)
+            .map_err(|e| format!("write config: {e}"))?;
         let sbc_bin = std::env::var_os("SBC")
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace_root().join("target/release/sbc"));
@@ -866,11 +871,12 @@ async fn run_setup(env: &Env, opts: SetupOpts) -> Res<()> {
         opts.secs
     );
     println!(
-        "{:>6} {:>6} {:>8} {:>6} {:>12} {:>12} {:>10} {:>12} {:>6} {:>10}",
+        "{:>6} {:>6} {:>8} {:>6} {:>6} {:>12} {:>12} {:>10} {:>12} {:>6} {:>10}",
         "rate/s",
         "calls",
         "done/s",
         "failed",
+        "503",
         "setup p50 ms",
         "setup p99 ms",
         "sbc CPU %",
@@ -904,10 +910,13 @@ async fn run_setup(env: &Env, opts: SetupOpts) -> Res<()> {
         }
         let mut hist = Histogram::default();
         let mut failed = 0u32;
+        // 503 to the INVITE: sbc shedding load as it should past saturation, not a failure.
+        let mut refused = 0u32;
         let mut first_error = None;
         for c in calls {
             match c.await.map_err(|e| e.to_string()).and_then(|r| r) {
                 Ok(d) => hist.record_us(d.as_micros() as u64),
+                Err(e) if e.starts_with("INVITE answered 503") => refused += 1,
                 Err(e) => {
                     failed += 1;
                     first_error.get_or_insert(e);
@@ -916,7 +925,7 @@ async fn run_setup(env: &Env, opts: SetupOpts) -> Res<()> {
         }
         let elapsed = t0.elapsed().as_secs_f64();
         // Calls completed per second, from the first INVITE to the last BYE's 200.
-        let achieved = f64::from(total - failed) / elapsed;
+        let achieved = f64::from(total - failed - refused) / elapsed;
         let cpu = proc::cpu_us(sbc.pid())
             .map_err(|e| e.to_string())?
             .saturating_sub(cpu0) as f64;
@@ -931,11 +940,12 @@ async fn run_setup(env: &Env, opts: SetupOpts) -> Res<()> {
                 .map_or("-".into(), |u| format!("{:.1}", u as f64 / 1000.0))
         };
         println!(
-            "{:>6} {:>6} {:>8.0} {:>6} {:>12} {:>12} {:>10.0} {:>12.0} {:>6.0} {:>10.0}",
+            "{:>6} {:>6} {:>8.0} {:>6} {:>6} {:>12} {:>12} {:>10.0} {:>12.0} {:>6.0} {:>10.0}",
             rate,
             total,
             achieved,
             failed,
+            refused,
             ms(50.0),
             ms(99.0),
             cpu / (elapsed * 1e6) * 100.0,

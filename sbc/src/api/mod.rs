@@ -8,6 +8,7 @@
 //! mailbox is a 503, never a wait).
 
 pub mod callbacks;
+pub mod forward;
 pub mod registry;
 pub mod twiml;
 
@@ -65,6 +66,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
+        // The response head and body go out as separate TLS records: without this, Nagle holds
+        // the second until the client's delayed ACK (~40 ms), twice for a forwarded request.
+        let _ = tcp.set_nodelay(true);
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
@@ -255,8 +259,26 @@ async fn route_request(
         return (route, Some(account), Answer::not_found(&sanitize(&path)));
     }
     let answer = match (route, rest) {
-        (Route::CallsList, _) => list_calls(shared, &account, req.uri().query().unwrap_or("")),
         (Route::CallCreate, _) => create_call(shared, &account, req).await,
+        // `[cluster]`: another instance's call is forwarded to it; the list gathers them all.
+        (Route::CallFetch | Route::CallUpdate, Rest::Call(sid))
+            if shared.calls.get(&sid).is_none() && forward::cluster_for(shared, &req).is_some() =>
+        {
+            match forward::cluster_for(shared, &req) {
+                Some(c) => forward::call(c, &sid, &path, req).await,
+                None => Answer::not_found(&sanitize(&path)),
+            }
+        }
+        (Route::CallsList, _) => {
+            let remote = match forward::cluster_for(shared, &req) {
+                Some(c) => forward::remote_calls(c, &req).await,
+                None => Ok(Vec::new()),
+            };
+            match remote {
+                Ok(remote) => list_calls(shared, &account, req.uri().query().unwrap_or(""), remote),
+                Err(a) => a,
+            }
+        }
         (Route::CallFetch, Rest::Call(sid)) => match owned_call(shared, &account, &sid) {
             Some(e) => Answer::ok(call_json(&e)),
             None => Answer::not_found(&sanitize(&path)),
@@ -320,7 +342,8 @@ fn owned_call(shared: &Shared, account: &str, sid: &str) -> Option<CallEntry> {
         .filter(|e| e.account_sid.as_deref() == Some(account))
 }
 
-fn list_calls(shared: &Shared, account: &str, query: &str) -> Answer {
+/// `remote`: other instances' calls (`forward::remote_calls`), merged by start time.
+fn list_calls(shared: &Shared, account: &str, query: &str, remote: Vec<Value>) -> Answer {
     let params: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
     let param = |name: &str| {
         params
@@ -383,12 +406,12 @@ fn list_calls(shared: &Shared, account: &str, query: &str) -> Answer {
         .collect();
     let page_uri = |p: usize| format!("{base}?PageSize={page_size}&Page={p}{filters}");
     let start = page.saturating_mul(page_size);
-    let calls: Vec<Value> = all
-        .iter()
-        .skip(start)
-        .take(page_size)
-        .map(call_json)
-        .collect();
+    let mut all: Vec<Value> = all.iter().map(call_json).collect();
+    if !remote.is_empty() {
+        all.extend(remote);
+        all.sort_by_key(|c| std::cmp::Reverse(forward::start_time(c)));
+    }
+    let calls: Vec<Value> = all.iter().skip(start).take(page_size).cloned().collect();
     let has_next = all.len() > start.saturating_add(page_size);
     Answer::ok(json!({
         "calls": calls,

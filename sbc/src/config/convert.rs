@@ -123,6 +123,28 @@ fn usize_of(ctx: &Ctx, v: &Option<S<u64>>, default: u64, key: &str) -> Result<us
         .map_err(|_| ctx.at_opt(v.as_ref().map(|s| s.span()), format!("{key} is too large")))
 }
 
+/// A list of Twilio Account SIDs: each one well-formed, none twice. `owner` starts the error
+/// ("carrier \"twilio\"", "trunk \"out\"").
+fn account_sid_list(
+    ctx: &Ctx,
+    sids: &[S<String>],
+    owner: &str,
+) -> Result<Vec<String>, ConfigError> {
+    for sid in sids {
+        if !is_account_sid(sid.get_ref()) {
+            return Err(ctx.at(
+                sid.span(),
+                format!(
+                    "{owner}: {:?} is not a Twilio Account SID (\"AC\" followed by 32 hex digits)",
+                    sid.get_ref()
+                ),
+            ));
+        }
+    }
+    no_duplicates(ctx, sids, "account SID", |s| s.to_string())?;
+    Ok(sids.iter().map(|s| s.get_ref().clone()).collect())
+}
+
 /// Refuses duplicates in a list of spanned strings (compared as `key` maps them).
 fn no_duplicates(
     ctx: &Ctx,
@@ -170,6 +192,21 @@ pub(crate) fn convert(ctx: &Ctx, raw: raw::RawConfig) -> Result<Config, ConfigEr
     let limits = limits(ctx, raw.limits.unwrap_or_default())?;
     let log = log(ctx, raw.log.unwrap_or_default())?;
     let api = raw.api.map(|a| api(ctx, a, &tls)).transpose()?;
+    let cluster = raw.cluster.map(|c| cluster(ctx, c)).transpose()?;
+    for (name, _) in cluster.iter().flat_map(|c| &c.carrier_limits) {
+        if !carriers.iter().any(|c| &c.name == name) {
+            return Err(ctx.file(format!(
+                "cluster.carrier_limits names {name:?}, which is not one of [[carriers]]"
+            )));
+        }
+    }
+    for (sid, _) in cluster.iter().flat_map(|c| &c.account_limits) {
+        if !api.iter().flat_map(|a| &a.accounts).any(|a| &a.sid == sid) {
+            return Err(ctx.file(format!(
+                "cluster.account_limits names {sid:?}, which is not one of [[api.accounts]]"
+            )));
+        }
+    }
     for r in &agent.routes {
         if let (Some(sid), Some(api)) = (&r.account_sid, &api) {
             if !api.accounts.iter().any(|a| &a.sid == sid) {
@@ -201,6 +238,7 @@ pub(crate) fn convert(ctx: &Ctx, raw: raw::RawConfig) -> Result<Config, ConfigEr
         limits,
         log,
         api,
+        cluster,
     })
 }
 
@@ -534,19 +572,7 @@ fn carriers(
                         format!("carrier {name:?}: twilio_account_sids needs twilio = true"),
                     ));
                 }
-                for sid in l.get_ref() {
-                    if !is_account_sid(sid.get_ref()) {
-                        return Err(ctx.at(
-                            sid.span(),
-                            format!(
-                                "carrier {name:?}: {:?} is not a Twilio Account SID (\"AC\" followed by 32 hex digits)",
-                                sid.get_ref()
-                            ),
-                        ));
-                    }
-                }
-                no_duplicates(ctx, l.get_ref(), "account SID", |s| s.to_string())?;
-                l.get_ref().iter().map(|s| s.get_ref().clone()).collect()
+                account_sid_list(ctx, l.get_ref(), &format!("carrier {name:?}"))?
             }
         };
         out.push(CarrierConfig {
@@ -603,21 +629,7 @@ fn trunks(ctx: &Ctx, r: Option<S<Vec<S<raw::RawTrunk>>>>) -> Result<Vec<TrunkCon
         let password_file = ctx.resolve(&t.password_file, "trunks.password_file")?;
         let account_sids = match &t.account_sids {
             None => Vec::new(),
-            Some(l) => {
-                for sid in l.get_ref() {
-                    if !is_account_sid(sid.get_ref()) {
-                        return Err(ctx.at(
-                            sid.span(),
-                            format!(
-                                "trunk {name:?}: {:?} is not a Twilio Account SID (\"AC\" followed by 32 hex digits)",
-                                sid.get_ref()
-                            ),
-                        ));
-                    }
-                }
-                no_duplicates(ctx, l.get_ref(), "account SID", |s| s.to_string())?;
-                l.get_ref().iter().map(|s| s.get_ref().clone()).collect()
-            }
+            Some(l) => account_sid_list(ctx, l.get_ref(), &format!("trunk {name:?}"))?,
         };
         if t.caller_ids.get_ref().is_empty() {
             return Err(ctx.at(
@@ -1367,6 +1379,123 @@ fn api(ctx: &Ctx, r: raw::RawApi, tls: &TlsConfig) -> Result<ApiConfig, ConfigEr
     })
 }
 
+fn cluster(ctx: &Ctx, r: raw::RawCluster) -> Result<ClusterConfig, ConfigError> {
+    let url = r.redis_url.get_ref();
+    let scheme_ok = url.starts_with("redis://") || url.starts_with("rediss://");
+    let host_part = url.split_once("://").map_or("", |(_, rest)| rest);
+    if !scheme_ok || host_part.is_empty() {
+        return Err(ctx.at(
+            r.redis_url.span(),
+            "cluster.redis_url must be redis://host[:port][/db] or rediss://host[:port][/db] (TLS)",
+        ));
+    }
+    if host_part.split('/').next().is_some_and(|a| a.contains('@')) {
+        return Err(ctx.at(
+            r.redis_url.span(),
+            "cluster.redis_url must not hold credentials: put the password in cluster.redis_password_file",
+        ));
+    }
+    let redis_password = match &r.redis_password_file {
+        None => None,
+        Some(p) => {
+            let path = ctx.resolve(p, "cluster.redis_password_file")?;
+            Some(read_token(&path).map_err(|why| {
+                ctx.at(
+                    p.span(),
+                    format!("cluster.redis_password_file {}: {why}", path.display()),
+                )
+            })?)
+        }
+    };
+    let redis_ca = r
+        .redis_ca
+        .as_ref()
+        .map(|p| ctx.resolve(p, "cluster.redis_ca"))
+        .transpose()?;
+    let id = r.instance_id.get_ref();
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(ctx.at(
+            r.instance_id.span(),
+            "cluster.instance_id must be 1 to 64 of A-Z a-z 0-9 _ . -",
+        ));
+    }
+    let api_address: SocketAddr = r.api_address.get_ref().parse().map_err(|_| {
+        ctx.at(
+            r.api_address.span(),
+            format!(
+                "cluster.api_address: {:?} is not an IP address and port (e.g. \"10.0.0.7:8443\")",
+                r.api_address.get_ref()
+            ),
+        )
+    })?;
+    let api_server_name = match &r.api_server_name {
+        None => api_address.ip().to_string(),
+        Some(n) => {
+            if !valid_host(n.get_ref()) {
+                return Err(ctx.at(n.span(), "cluster.api_server_name is not a host name or IP"));
+            }
+            n.get_ref().clone()
+        }
+    };
+    let ca =
+        r.ca.as_ref()
+            .map(|p| ctx.resolve(p, "cluster.ca"))
+            .transpose()?;
+    let heartbeat = ms(ctx, &r.heartbeat_ms, 1000, "cluster.heartbeat_ms")?;
+    let ttl = ms(ctx, &r.ttl_ms, 5000, "cluster.ttl_ms")?;
+    if ttl < heartbeat * 2 {
+        return Err(ctx.at_opt(
+            r.ttl_ms.as_ref().map(|s| s.span()),
+            "cluster.ttl_ms must be at least twice cluster.heartbeat_ms",
+        ));
+    }
+    let redis_timeout = ms(ctx, &r.redis_timeout_ms, 500, "cluster.redis_timeout_ms")?;
+    let (share, share_span) = val(&r.degraded_share, 0.5);
+    if !(share > 0.0 && share <= 1.0) {
+        return Err(ctx.at_opt(
+            share_span,
+            "cluster.degraded_share must be greater than 0 and at most 1",
+        ));
+    }
+    let (readyz_requires_redis, _) = val(&r.readyz_requires_redis, false);
+    let limits = |v: &Option<S<std::collections::BTreeMap<String, u32>>>, key: &str| {
+        let Some(v) = v else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (name, n) in v.get_ref() {
+            if *n == 0 {
+                return Err(ctx.at(v.span(), format!("{key}.{name} must be greater than 0")));
+            }
+            out.push((name.clone(), *n));
+        }
+        Ok(out)
+    };
+    let carrier_limits = limits(&r.carrier_limits, "cluster.carrier_limits")?;
+    let account_limits = limits(&r.account_limits, "cluster.account_limits")?;
+    Ok(ClusterConfig {
+        redis_url: url.clone(),
+        redis_password,
+        redis_ca,
+        instance_id: id.clone(),
+        api_address,
+        api_server_name,
+        ca,
+        heartbeat,
+        ttl,
+        redis_timeout,
+        degraded_share: share,
+        readyz_requires_redis,
+        carrier_limits,
+        account_limits,
+    })
+}
+
 /// Reads an auth token file: refused unless only its owner may read it (mode 0600 or 0400),
 /// and unless it holds at least 16 characters of printable ASCII (surrounding whitespace
 /// trimmed).
@@ -1438,6 +1567,14 @@ fn limits(ctx: &Ctx, r: raw::RawLimits) -> Result<LimitsConfig, ConfigError> {
             "limits.write_queue_bytes",
         )?,
         write_timeout: secs(ctx, &r.write_timeout_secs, 10, "limits.write_timeout_secs")?,
+        worker_threads: match &r.worker_threads {
+            None => None,
+            Some(_) => {
+                let n = positive(ctx, &r.worker_threads, 1, "limits.worker_threads")?;
+                // u32 always fits a usize on the platforms sbc builds for (64-bit Linux).
+                std::num::NonZeroUsize::new(n as usize)
+            }
+        },
     };
     // The reader pauses at half the queue; the other half holds the responses to what one read
     // completed (at most a whole message, echoed headers included).

@@ -24,6 +24,27 @@ pub(crate) struct RawConfig {
     pub limits: Option<RawLimits>,
     pub log: Option<RawLog>,
     pub api: Option<RawApi>,
+    pub cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`: several instances as one service on Redis (issue 17).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    pub redis_url: S<String>,
+    pub redis_password_file: Option<S<String>>,
+    pub redis_ca: Option<S<String>>,
+    pub instance_id: S<String>,
+    pub api_address: S<String>,
+    pub api_server_name: Option<S<String>>,
+    pub ca: Option<S<String>>,
+    pub heartbeat_ms: Option<S<u64>>,
+    pub ttl_ms: Option<S<u64>>,
+    pub redis_timeout_ms: Option<S<u64>>,
+    pub degraded_share: Option<S<f64>>,
+    pub readyz_requires_redis: Option<S<bool>>,
+    pub carrier_limits: Option<S<std::collections::BTreeMap<String, u32>>>,
+    pub account_limits: Option<S<std::collections::BTreeMap<String, u32>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,6 +205,7 @@ pub(crate) struct RawLimits {
     pub drain_timeout_secs: Option<S<u64>>,
     pub write_queue_bytes: Option<S<u64>>,
     pub write_timeout_secs: Option<S<u64>>,
+    pub worker_threads: Option<S<u32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -5,7 +5,8 @@
 //! with its own MD5 computation (the system's `md5sum`, independent of sbc's digest code), and
 //! then behaves as the test asks: answer with SDES-SRTP and run media (PCMU every 20 ms under
 //! its own key, counting the packets from sbc that authenticate under sbc's key), answer busy,
-//! ring forever, answer with plain RTP.
+//! ring forever, answer with plain RTP, or send the SDES answer and media in a 183 first and
+//! the 200 later (early media).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -30,7 +31,13 @@ pub enum TrunkBehaviour {
     Ring,
     /// 200 with `RTP/AVP` and no crypto line.
     PlainRtp,
+    /// 183 with the SDES answer and media at once, then [`EARLY_MEDIA_FOR`] later the 200 with
+    /// the same SDP (early media, RFC 3960 gateway model).
+    EarlyMedia,
 }
+
+/// How long [`TrunkBehaviour::EarlyMedia`] plays media before its 200.
+pub const EARLY_MEDIA_FOR: Duration = Duration::from_secs(2);
 
 pub const REALM: &str = "trunk.test";
 const NONCE: &str = "5f1e4b9a0c7d";
@@ -43,6 +50,8 @@ pub struct TrunkLog {
     /// INVITEs whose `Proxy-Authorization` checked out / did not.
     pub auth_ok: usize,
     pub auth_bad: usize,
+    /// When each 200 to an INVITE went out.
+    pub answers: Vec<Instant>,
 }
 
 impl TrunkLog {
@@ -296,6 +305,8 @@ fn serve(
     let mut buf = Vec::new();
     let hard_stop = Instant::now() + Duration::from_secs(60);
     let mut invite: Option<String> = None;
+    // EarlyMedia: the 200 due after the 183.
+    let mut pending_answer: Option<(Instant, String)> = None;
     let to_tag = format!("trk{}", port);
     let send = |tls: &mut rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>,
                 m: String| {
@@ -303,7 +314,21 @@ fn serve(
         let _ = tls.flush();
     };
     while !stop.load(Ordering::SeqCst) && Instant::now() < hard_stop {
-        let msg = match rawcall::read_message(&mut tls, &mut buf, Duration::from_millis(200)) {
+        if pending_answer
+            .as_ref()
+            .is_some_and(|(at, _)| Instant::now() >= *at)
+        {
+            if let Some((_, ok)) = pending_answer.take() {
+                send(&mut tls, ok);
+                state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .log
+                    .answers
+                    .push(Instant::now());
+            }
+        }
+        let msg = match rawcall::read_message(&mut tls, &mut buf, Duration::from_millis(50)) {
             Got::Message(m) => m,
             Got::Timeout => continue,
             Got::Closed => return,
@@ -366,7 +391,7 @@ fn serve(
                             respond(&msg, 200, "OK", Some(&to_tag), &contact, sdp),
                         );
                     }
-                    TrunkBehaviour::Answer => {
+                    TrunkBehaviour::Answer | TrunkBehaviour::EarlyMedia => {
                         let Some((sbc_rtp, sbc_key)) = offer_tag1(rawcall::body(&msg)) else {
                             send(
                                 &mut tls,
@@ -386,10 +411,29 @@ fn serve(
                              a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=sendrecv\r\n\
                              a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{b64}\r\n"
                         );
-                        send(
-                            &mut tls,
-                            respond(&msg, 200, "OK", Some(&to_tag), &contact, &sdp),
-                        );
+                        let ok = respond(&msg, 200, "OK", Some(&to_tag), &contact, &sdp);
+                        if behaviour == TrunkBehaviour::EarlyMedia {
+                            send(
+                                &mut tls,
+                                respond(
+                                    &msg,
+                                    183,
+                                    "Session Progress",
+                                    Some(&to_tag),
+                                    &contact,
+                                    &sdp,
+                                ),
+                            );
+                            pending_answer = Some((Instant::now() + EARLY_MEDIA_FOR, ok));
+                        } else {
+                            send(&mut tls, ok);
+                            state
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .log
+                                .answers
+                                .push(Instant::now());
+                        }
                         let media = Media::start(
                             sock,
                             our_key,
@@ -407,6 +451,7 @@ fn serve(
                 }
             }
             "CANCEL" => {
+                pending_answer = None;
                 send(&mut tls, respond(&msg, 200, "OK", Some(&to_tag), "", ""));
                 if let Some(inv) = invite.take() {
                     send(

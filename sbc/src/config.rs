@@ -89,8 +89,12 @@ pub struct ApiConfig {
     /// Ended calls the API still answers for (oldest forgotten first).
     pub recent_calls: usize,
     pub accounts: Vec<ApiAccount>,
-    /// CA bundle that verifies status callback receivers (else the webpki roots).
+    /// CA bundle that verifies status callback receivers and `Url=` TwiML servers (else the
+    /// webpki roots).
     pub callback_ca_bundle: Option<PathBuf>,
+    /// `https://host[:port]/path/` prefixes a create request's `Url=` must start with; empty:
+    /// `Url=` is refused (`api/fetch.rs`).
+    pub twiml_url_prefixes: Vec<String>,
 }
 
 /// A route's status callback: where sbc POSTs Twilio's call progress events.
@@ -228,11 +232,10 @@ pub struct TrunkConfig {
     pub name: String,
     /// `sip:example.pstn.twilio.com;transport=tls`: the Request-URI host of every call.
     pub uri: crate::resolve::TerminationUri,
-    /// Digest username (Twilio: a credential list's username).
-    pub username: String,
-    /// File holding the digest password, readable by sbc alone (mode 0600 or 0400); read by
-    /// [`TrunkConfig::load_password`] (at `Config::load`, so `check-config` checks it).
-    pub password_file: PathBuf,
+    /// Digest credentials, when the trunk challenges (Twilio: a credential list). `None`: the
+    /// trunk admits sbc by its address or certificate (Twilio: an IP access list), and a
+    /// 401/407 fails the call.
+    pub credentials: Option<TrunkCredentials>,
     /// Accounts that may place calls through the trunk; empty: any account the API accepts.
     pub account_sids: Vec<String>,
     /// `From` must be one of these (numbers, or prefixes ending in `*`).
@@ -252,6 +255,17 @@ pub struct TrunkConfig {
     pub ring_timeout: Duration,
 }
 
+/// A trunk's digest credentials: `username` and `password_file` in `[[trunks]]`, both or
+/// neither.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrunkCredentials {
+    /// Digest username (Twilio: a credential list's username).
+    pub username: String,
+    /// File holding the digest password, readable by sbc alone (mode 0600 or 0400); read by
+    /// [`TrunkConfig::load_password`] (at `Config::load`, so `check-config` checks it).
+    pub password_file: PathBuf,
+}
+
 impl TrunkConfig {
     /// The trunk's pure policy (caller IDs, destinations, accounts, concurrency).
     pub fn policy(&self) -> crate::trunk::TrunkPolicy {
@@ -267,9 +281,13 @@ impl TrunkConfig {
     /// Reads the digest password: the file must be a regular file that neither group nor
     /// others can read or write, and hold a non-empty first line (a trailing newline is not
     /// part of the password).
-    pub fn load_password(&self) -> Result<crate::sip::digest::Password, ConfigError> {
+    /// `None` for a trunk without credentials.
+    pub fn load_password(&self) -> Result<Option<crate::sip::digest::Password>, ConfigError> {
         use std::os::unix::fs::PermissionsExt;
-        let path = &self.password_file;
+        let Some(creds) = &self.credentials else {
+            return Ok(None);
+        };
+        let path = &creds.password_file;
         let meta = std::fs::metadata(path).map_err(|e| {
             ConfigError::in_file(
                 path,
@@ -311,7 +329,7 @@ impl TrunkConfig {
                 format!("trunk {:?}: password_file is empty", self.name),
             ));
         }
-        Ok(crate::sip::digest::Password::new(password))
+        Ok(Some(crate::sip::digest::Password::new(password)))
     }
 }
 

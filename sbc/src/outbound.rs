@@ -174,6 +174,8 @@ pub struct CreateCall {
     pub from: String,
     pub timeout: Option<Duration>,
     pub twiml: String,
+    /// The CallSid, when the API chose it already (it signed a `Url=` fetch with it).
+    pub call_sid: Option<String>,
     pub status_callback: Option<String>,
     pub status_callback_events: Option<String>,
 }
@@ -292,7 +294,9 @@ pub fn create(
         })?;
     let mut rng = rand::rngs::StdRng::from_entropy();
     let info = OutboundInfo {
-        call_sid: format!("CA{}", crate::call::hex32(&mut rng)),
+        call_sid: req
+            .call_sid
+            .unwrap_or_else(|| format!("CA{}", crate::call::hex32(&mut rng))),
         account: account.to_string(),
         trunk: trunk.name.clone(),
         from: req.from,
@@ -545,12 +549,14 @@ async fn dial(
         from: format!("<{scheme}:{}@{host}>", task.info.from),
         to: format!("<{scheme}:{}@{host}>", task.info.to),
         sdp: offer.sdp.clone(),
-        credentials: Some(Credentials {
-            username: task.trunk.username.clone(),
-            password,
-        }),
+        credentials: password
+            .zip(task.trunk.credentials.as_ref())
+            .map(|(password, c)| Credentials {
+                username: c.username.clone(),
+                password,
+            }),
         ring_timeout: task.ring_timeout,
-        early_media: false,
+        early_media: task.trunk.early_media,
         headers: vec![],
     };
     let slot = shared.trunks.invite_at(&task.trunk.name, Instant::now());
@@ -578,20 +584,30 @@ async fn dial(
     // timeout, the CANCEL timeout); the hard stop is a backstop.
     let hard_stop = invite_at + task.ring_timeout + shared.uas.t1 * 64 * 2 + Duration::from_secs(5);
     let mut rung = false;
+    // With `early_media`, a 183 with SDP is the answer the media starts on (`early`); the core
+    // checks that a later 2xx repeats it (RFC 3264 §5: one answer per offer).
+    let mut early = false;
     let answer = loop {
         let mut answer = None;
         let mut failure = None;
         while let Some(ev) = uac.poll_event() {
+            let ringing = matches!(ev, UacEvent::Ringing | UacEvent::EarlyMedia { .. });
+            if ringing && !rung {
+                rung = true;
+                shared
+                    .calls
+                    .update(&task.info.call_sid, |e| e.status = CallStatus::Ringing);
+                task.info
+                    .status_callback(&shared, CallbackEvent::Ringing, "ringing", None);
+            }
             match ev {
-                UacEvent::Ringing | UacEvent::EarlyMedia { .. } if !rung => {
-                    rung = true;
-                    shared
-                        .calls
-                        .update(&task.info.call_sid, |e| e.status = CallStatus::Ringing);
-                    task.info
-                        .status_callback(&shared, CallbackEvent::Ringing, "ringing", None);
+                UacEvent::Ringing => {}
+                UacEvent::EarlyMedia { sdp } if answer.is_none() => {
+                    info!("early media: the 183's SDP starts the call's media");
+                    early = true;
+                    answer = Some(sdp);
                 }
-                UacEvent::Answered { sdp } => answer = Some(sdp),
+                UacEvent::Answered { sdp } if answer.is_none() => answer = Some(sdp),
                 UacEvent::Failed {
                     status,
                     reason,
@@ -643,8 +659,11 @@ async fn dial(
             _ = tokio::time::sleep_until(deadline.into()) => uac.handle_timeout(Instant::now()),
         }
     };
+    // The status the media started on: 183 for early media (the later 200 goes to the media
+    // loop's core), else 200.
+    let answer_status = if early { 183 } else { 200 };
     if let Some(o) = record.outbound.as_mut() {
-        o.final_sip_status = Some(200);
+        o.final_sip_status = Some(answer_status);
     }
 
     // 6. The answer: SRTP with a crypto line we offered, or BYE (never media in the clear).
@@ -675,7 +694,7 @@ async fn dial(
             finish_sip(&mut uac, &conn, &mut task.rx, hard_stop).await;
             return Err(Failure {
                 status: TwilioStatus::Failed,
-                sip_status: Some(200),
+                sip_status: Some(answer_status),
                 reason: format!("unusable answer: {why}"),
             });
         }
@@ -704,7 +723,7 @@ async fn dial(
             finish_sip(&mut uac, &conn, &mut task.rx, hard_stop).await;
             return Err(Failure {
                 status: TwilioStatus::Failed,
-                sip_status: Some(200),
+                sip_status: Some(answer_status),
                 reason: format!("agent {}: {e}", e.kind()),
             });
         }
@@ -795,8 +814,10 @@ mod tests {
         TrunkConfig {
             name: "t".into(),
             uri: crate::resolve::TerminationUri::parse("sip:127.0.0.1:5061;transport=tls").unwrap(),
-            username: "u".into(),
-            password_file: "/nonexistent".into(),
+            credentials: Some(crate::config::TrunkCredentials {
+                username: "u".into(),
+                password_file: "/nonexistent".into(),
+            }),
             account_sids: vec!["AC1".into()],
             caller_ids: vec![crate::trunk::NumberPattern::parse("+14155550100").unwrap()],
             allow_destinations: vec!["+1".into()],

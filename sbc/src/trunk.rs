@@ -399,7 +399,19 @@ mod tests {
                 t.uri.to_string(),
                 "sip:example.pstn.twilio.com;transport=tls"
             );
-            assert_eq!(t.password_file, Path::new("/etc/sbc/trunk.password"));
+            assert_eq!(
+                t.credentials.as_ref().unwrap().password_file,
+                Path::new("/etc/sbc/trunk.password")
+            );
+            // Without credentials (a trunk that admits sbc by address or certificate).
+            let bare: String = MIN
+                .lines()
+                .filter(|l| !l.starts_with("username") && !l.starts_with("password_file"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let c = parse(&bare).unwrap();
+            assert!(c.trunks[0].credentials.is_none());
+            assert!(c.trunks[0].load_password().unwrap().is_none());
             assert_eq!(t.max_calls_per_second.get(), 1);
             assert_eq!(t.queue, 10);
             assert_eq!(t.max_concurrent_calls, 10);
@@ -448,6 +460,10 @@ mod tests {
             assert!(e.contains("caller_ids is empty"), "{e}");
             let e = parse(&MIN.replace("+14155550100", "4155550100")).unwrap_err();
             assert!(e.contains("not an E.164 number"), "{e}");
+            let e = parse(&MIN.replace("password_file = \"trunk.password\"\n", "")).unwrap_err();
+            assert!(e.contains("username without password_file"), "{e}");
+            let e = parse(&MIN.replace("username = \"sbc\"\n", "")).unwrap_err();
+            assert!(e.contains("password_file without username"), "{e}");
             let e = parse(&format!("{MIN}\n[[trunks]]\n{MIN}")).unwrap_err();
             assert!(e.contains("used twice"), "{e}");
         }
@@ -459,7 +475,10 @@ mod tests {
             let file = dir.path().join("trunk.password");
             std::fs::write(&file, "s3cret\n").unwrap();
             let mut t = parse(MIN).unwrap().trunks.remove(0);
-            t.password_file = file.clone();
+            t.credentials = Some(crate::config::TrunkCredentials {
+                username: "sbc".into(),
+                password_file: file.clone(),
+            });
             for (mode, ok) in [(0o600, true), (0o400, true), (0o640, false), (0o604, false)] {
                 std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
                 let r = t.load_password();
@@ -472,7 +491,7 @@ mod tests {
             assert!(!format!("{:?}", t.load_password().unwrap()).contains("s3cret"));
             std::fs::write(&file, "\n").unwrap();
             assert!(t.load_password().unwrap_err().to_string().contains("empty"));
-            t.password_file = dir.path().join("missing");
+            t.credentials.as_mut().unwrap().password_file = dir.path().join("missing");
             assert!(t
                 .load_password()
                 .unwrap_err()

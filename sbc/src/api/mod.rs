@@ -8,6 +8,7 @@
 //! mailbox is a 503, never a wait).
 
 pub mod callbacks;
+pub mod fetch;
 pub mod forward;
 pub mod registry;
 pub mod twiml;
@@ -23,6 +24,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
+use rand::SeedableRng;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
@@ -475,20 +477,44 @@ async fn create_call(shared: &Arc<Shared>, account: &str, req: Request<Incoming>
     if param("MachineDetection").is_some() || param("AsyncAmd").is_some() {
         return bad(21626, "MachineDetection is not implemented by sbc");
     }
-    if param("Url").is_some() {
-        return bad(
-            21205,
-            "Url is not implemented yet: sbc does not fetch TwiML; send Twiml=<Response><Connect><Stream url=...>",
-        );
-    }
     let (Some(to), Some(from)) = (param("To"), param("From")) else {
         return bad(21201, "To and From are required");
     };
-    let Some(twiml) = param("Twiml") else {
-        return bad(
-            21205,
-            "Twiml is required (<Response><Connect><Stream url=...>)",
-        );
+    let post = match param("Method") {
+        None | Some("POST") => true,
+        Some("GET") => false,
+        Some(_) => return bad(21205, "Method must be GET or POST"),
+    };
+    let mut call_sid = None;
+    let twiml = match (param("Twiml"), param("Url")) {
+        (Some(t), None) => t.to_string(),
+        (None, Some(url)) => {
+            // Fetched before the 201, so that a bad document is this request's 400.
+            let sid = format!(
+                "CA{}",
+                crate::call::hex32(&mut rand::rngs::StdRng::from_entropy())
+            );
+            match fetch_twiml(shared, account, url, post, &sid, to, from).await {
+                Ok(doc) => {
+                    call_sid = Some(sid);
+                    doc
+                }
+                Err(e) => {
+                    let code = match e {
+                        fetch::FetchError::Refused(_) => 21205,
+                        _ => 11200,
+                    };
+                    return bad(code, &e.to_string());
+                }
+            }
+        }
+        (Some(_), Some(_)) => return bad(21205, "send Twiml or Url, not both"),
+        (None, None) => {
+            return bad(
+                21205,
+                "Twiml or Url is required (<Response><Connect><Stream url=...>)",
+            )
+        }
     };
     let timeout = match param("Timeout").map(str::parse::<u64>) {
         None => None,
@@ -499,7 +525,8 @@ async fn create_call(shared: &Arc<Shared>, account: &str, req: Request<Incoming>
         to: to.to_string(),
         from: from.to_string(),
         timeout,
-        twiml: twiml.to_string(),
+        twiml,
+        call_sid,
         status_callback: param("StatusCallback").map(str::to_string),
         status_callback_events: param("StatusCallbackEvent").map(str::to_string),
     };
@@ -514,6 +541,54 @@ async fn create_call(shared: &Arc<Shared>, account: &str, req: Request<Incoming>
             e.message,
         ),
     }
+}
+
+/// Fetches the TwiML at `url` (`fetch.rs`): Twilio's call parameters, signed with the
+/// account's auth token.
+async fn fetch_twiml(
+    shared: &Shared,
+    account: &str,
+    url: &str,
+    post: bool,
+    call_sid: &str,
+    to: &str,
+    from: &str,
+) -> Result<String, fetch::FetchError> {
+    let live = shared.live();
+    let Some(api) = live.config.api.as_ref() else {
+        return Err(fetch::FetchError::Refused(
+            "is not accepted: no [api]".into(),
+        ));
+    };
+    let target = fetch::target(url, &api.twiml_url_prefixes)?;
+    let (Some(tls), Some(acc)) = (
+        live.callback_tls.clone(),
+        api.accounts.iter().find(|a| a.sid == account),
+    ) else {
+        return Err(fetch::FetchError::Refused(
+            "is not accepted: no client TLS config".into(),
+        ));
+    };
+    let params: Vec<(String, String)> = if post {
+        [
+            ("AccountSid", account),
+            ("ApiVersion", VERSION),
+            ("CallSid", call_sid),
+            ("CallStatus", "queued"),
+            ("Called", to),
+            ("Caller", from),
+            ("Direction", "outbound-api"),
+            ("From", from),
+            ("To", to),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    } else {
+        Vec::new()
+    };
+    let signature = callbacks::signature(acc.auth_token.expose(), url, &params);
+    fetch::fetch(&target, post, &params, &signature, tls).await
 }
 
 async fn update_call(shared: &Shared, account: &str, sid: &str, req: Request<Incoming>) -> Answer {
@@ -718,6 +793,7 @@ mod tests {
             requests_per_second: 1,
             recent_calls: 10,
             callback_ca_bundle: None,
+            twiml_url_prefixes: vec![],
             accounts: vec![ApiAccount {
                 sid: format!("AC{}", "a".repeat(32)),
                 auth_token: AuthToken::new("0123456789abcdef".into()),

@@ -619,14 +619,34 @@ fn trunks(ctx: &Ctx, r: Option<S<Vec<S<raw::RawTrunk>>>>) -> Result<Vec<TrunkCon
         }
         let uri = crate::resolve::TerminationUri::parse(t.uri.get_ref().trim())
             .map_err(|e| ctx.at(t.uri.span(), format!("trunk {name:?}: uri: {e}")))?;
-        let username = t.username.get_ref().clone();
-        if username.is_empty() || username.chars().any(|c| c.is_control()) {
-            return Err(ctx.at(
-                t.username.span(),
-                format!("trunk {name:?}: username must be non-empty printable text"),
-            ));
-        }
-        let password_file = ctx.resolve(&t.password_file, "trunks.password_file")?;
+        let credentials = match (&t.username, &t.password_file) {
+            (None, None) => None,
+            (Some(u), Some(p)) => {
+                let username = u.get_ref().clone();
+                if username.is_empty() || username.chars().any(|c| c.is_control()) {
+                    return Err(ctx.at(
+                        u.span(),
+                        format!("trunk {name:?}: username must be non-empty printable text"),
+                    ));
+                }
+                Some(crate::config::TrunkCredentials {
+                    username,
+                    password_file: ctx.resolve(p, "trunks.password_file")?,
+                })
+            }
+            (Some(u), None) => {
+                return Err(ctx.at(
+                    u.span(),
+                    format!("trunk {name:?}: username without password_file; give both, or neither for a trunk that does not challenge"),
+                ))
+            }
+            (None, Some(p)) => {
+                return Err(ctx.at(
+                    p.span(),
+                    format!("trunk {name:?}: password_file without username; give both, or neither for a trunk that does not challenge"),
+                ))
+            }
+        };
         let account_sids = match &t.account_sids {
             None => Vec::new(),
             Some(l) => account_sid_list(ctx, l.get_ref(), &format!("trunk {name:?}"))?,
@@ -700,8 +720,7 @@ fn trunks(ctx: &Ctx, r: Option<S<Vec<S<raw::RawTrunk>>>>) -> Result<Vec<TrunkCon
         out.push(TrunkConfig {
             name,
             uri,
-            username,
-            password_file,
+            credentials,
             account_sids,
             caller_ids,
             allow_destinations,
@@ -1368,6 +1387,16 @@ fn api(ctx: &Ctx, r: raw::RawApi, tls: &TlsConfig) -> Result<ApiConfig, ConfigEr
         .as_ref()
         .map(|p| ctx.resolve(p, "api.callback_ca_bundle"))
         .transpose()?;
+    let mut twiml_url_prefixes = Vec::new();
+    for p in r.twiml_url_prefixes.iter().flat_map(|v| v.get_ref().iter()) {
+        if !crate::api::fetch::valid_prefix(p.get_ref()) {
+            return Err(ctx.at(
+                p.span(),
+                "api.twiml_url_prefixes: each entry must be https://host[:port]/ followed by an optional path",
+            ));
+        }
+        twiml_url_prefixes.push(p.get_ref().clone());
+    }
     Ok(ApiConfig {
         listen,
         identity,
@@ -1376,6 +1405,7 @@ fn api(ctx: &Ctx, r: raw::RawApi, tls: &TlsConfig) -> Result<ApiConfig, ConfigEr
         recent_calls,
         accounts,
         callback_ca_bundle,
+        twiml_url_prefixes,
     })
 }
 

@@ -59,6 +59,7 @@ pub(crate) struct RawApi {
     pub recent_calls: Option<S<u64>>,
     pub accounts: Option<Vec<S<RawApiAccount>>>,
     pub callback_ca_bundle: Option<S<String>>,
+    pub twiml_url_prefixes: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,8 +113,8 @@ pub(crate) struct RawCarrier {
 pub(crate) struct RawTrunk {
     pub name: S<String>,
     pub uri: S<String>,
-    pub username: S<String>,
-    pub password_file: S<String>,
+    pub username: Option<S<String>>,
+    pub password_file: Option<S<String>>,
     pub account_sids: Option<S<Vec<S<String>>>>,
     pub caller_ids: S<Vec<S<String>>>,
     pub allow_destinations: Option<S<Vec<S<String>>>>,

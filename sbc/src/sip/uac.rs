@@ -213,6 +213,9 @@ pub struct UacCall {
     trying_seen: bool,
     ringing_seen: bool,
     early_seen: bool,
+    /// The SDP of the 183 that started early media: the answer to our offer (RFC 3264 §5), which
+    /// a later 2xx may only repeat.
+    early_sdp: Option<Body>,
     dialog: Option<Dialog>,
     /// The ACK of our 2xx, sent again for each retransmitted 2xx.
     ack: Option<Request>,
@@ -303,6 +306,7 @@ impl UacCall {
             trying_seen: false,
             ringing_seen: false,
             early_seen: false,
+            early_sdp: None,
             dialog: None,
             ack: None,
             bye_cseq: None,
@@ -617,6 +621,7 @@ impl UacCall {
                 } else if status == 183 && self.dial.early_media && !resp.body.is_empty() {
                     if !self.early_seen {
                         self.early_seen = true;
+                        self.early_sdp = Some(resp.body.clone());
                         self.events
                             .push_back(UacEvent::EarlyMedia { sdp: resp.body });
                     }
@@ -719,6 +724,21 @@ impl UacCall {
             self.state = UacState::Confirmed;
             self.send_bye(now);
             return;
+        }
+        if let Some(early) = &self.early_sdp {
+            if !resp.body.is_empty() && resp.body != *early {
+                // The media runs on the 183's answer; a different one in the 2xx cannot be
+                // followed (no second answer to one offer): end the call rather than guess.
+                let status = 200;
+                self.events.push_back(UacEvent::Failed {
+                    status,
+                    reason: "the 2xx's SDP differs from the early media's 183".into(),
+                    twilio_status: TwilioStatus::Failed,
+                });
+                self.state = UacState::Confirmed;
+                self.send_bye(now);
+                return;
+            }
         }
         self.state = UacState::Confirmed;
         self.events.push_back(UacEvent::Answered {
@@ -1357,6 +1377,52 @@ mod tests {
             assert_eq!(call.state(), UacState::Proceeding);
             // A provisional response stops Timer B: the next deadline is the ring timeout.
             assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+        }
+    }
+
+    /// Early media: the 183's SDP is the answer; a 2xx repeating it (or without SDP) confirms
+    /// the call, a 2xx with another SDP is ACKed and sent BYE.
+    #[test]
+    fn early_media_answer_must_be_repeated() {
+        for (body, confirmed) in [
+            ("v=0\r\nearly\r\n", true),
+            ("", true),
+            ("v=0\r\nother\r\n", false),
+        ] {
+            let mut d = dial();
+            d.early_media = true;
+            let (mut call, t0, invite) = start_with(d);
+            call.handle_response(t0, reply(&invite, 183, &[CONTACT], "v=0\r\nearly\r\n"));
+            assert_eq!(
+                events(&mut call),
+                [UacEvent::EarlyMedia {
+                    sdp: Body::from_static(b"v=0\r\nearly\r\n")
+                }]
+            );
+            call.handle_response(t0 + ms(500), reply(&invite, 200, &[CONTACT], body));
+            let sent = requests(&mut call);
+            assert_eq!(sent[0].method, Method::Ack, "{body:?}");
+            let ev = events(&mut call);
+            if confirmed {
+                assert_eq!(sent.len(), 1, "{body:?}");
+                assert_eq!(call.state(), UacState::Confirmed);
+                assert!(matches!(ev[..], [UacEvent::Answered { .. }]), "{ev:?}");
+            } else {
+                assert_eq!(sent.len(), 2, "{body:?}");
+                assert_eq!(sent[1].method, Method::Bye);
+                assert_eq!(call.state(), UacState::Terminating);
+                assert!(
+                    matches!(
+                        &ev[..],
+                        [UacEvent::Failed {
+                            status: 200,
+                            twilio_status: TwilioStatus::Failed,
+                            ..
+                        }]
+                    ),
+                    "{ev:?}"
+                );
+            }
         }
     }
 

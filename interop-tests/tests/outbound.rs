@@ -1311,7 +1311,7 @@ fn outbound_status_callbacks_are_signed() {
         .collect();
     assert_eq!(
         statuses,
-        vec!["queued", "ringing", "in-progress", "completed"],
+        vec!["initiated", "ringing", "in-progress", "completed"],
         "{got:#?}\n{}",
         sbc.log()
     );

@@ -324,7 +324,6 @@ pub fn create(
         seq: 0,
     };
     shared.calls.register(entry.clone());
-    info.status_callback(shared, CallbackEvent::Initiated, "queued", None);
     let span = info_span!("outbound", call_sid = %info.call_sid, trunk = %trunk.name);
     tokio::spawn(
         run(Task {
@@ -579,6 +578,10 @@ async fn dial(
     // UacCall::new queues the INVITE: it is the first message.
     let invite = invite.ok_or_else(|| failed("the UAC core queued no INVITE"))?;
     info!(%sip_call_id, peer = %conn.peer, "INVITE sent to the trunk");
+    // Twilio's `initiated`: the call request went to the network (the resource stays `queued`
+    // until it rings; a call that fails before its INVITE never reports `initiated`).
+    task.info
+        .status_callback(&shared, CallbackEvent::Initiated, "initiated", None);
 
     // 5. Until the answer or the end. Bounded by the core's timers (Timer B, the ring
     // timeout, the CANCEL timeout); the hard stop is a backstop.

@@ -825,10 +825,26 @@ fn url_fetches_twiml_over_https() {
             "{name}: {v}"
         );
     }
+    // A request the trunk policy refuses anyway is refused before the fetch.
+    let refused_url = format!("Url={}", hooks.url("/twiml/ok?refused=1"));
+    let (status, v) = curl(
+        &env,
+        &[
+            "--data-urlencode",
+            "To=+15105550123",
+            "--data-urlencode",
+            "From=+14155550199",
+            "--data-urlencode",
+            &refused_url,
+        ],
+        &format!("/2010-04-01/Accounts/{ACCOUNT}/Calls.json"),
+    );
+    assert_eq!((status, v["code"].as_u64()), (400, Some(21212)), "{v}");
     let seen = hooks.requests();
     assert!(
-        seen.iter()
-            .all(|r| r["path"] != "/elsewhere/ok" && r["path"] != "/twiml/ok"),
+        seen.iter().all(|r| r["path"] != "/elsewhere/ok"
+            && r["path"] != "/twiml/ok"
+            && r["path"] != "/twiml/ok?refused=1"),
         "{seen:#?}"
     );
     // The GET carried the signature over the URL alone; the POSTs signed their parameters.

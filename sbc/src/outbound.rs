@@ -223,20 +223,17 @@ pub fn agent_url_allowed(routes: &[crate::config::Route], url: &str) -> bool {
     })
 }
 
-/// Checks a create request and, when it passes, registers the call (`queued`) and starts its
-/// task. Nothing goes out on the network before every check passed.
-pub fn create(
-    shared: &Arc<Shared>,
+/// The trunk `account` places calls through, or why it cannot place any now.
+fn usable_trunk<'a>(
+    shared: &Shared,
+    cfg: &'a crate::config::Config,
     account: &str,
-    req: CreateCall,
-) -> Result<CallEntry, CreateError> {
+) -> Result<&'a TrunkConfig, CreateError> {
     if shared.draining.load(Ordering::SeqCst) {
         return Err(err(503, 20503, "sbc is shutting down: no new calls"));
     }
-    let live = shared.live();
-    let cfg = &live.config;
-    let Some(trunk) = trunk_for(&cfg.trunks, account) else {
-        return Err(if cfg.trunks.is_empty() {
+    trunk_for(&cfg.trunks, account).ok_or_else(|| {
+        if cfg.trunks.is_empty() {
             err(400, 21210, "sbc has no [[trunks]]: it places no calls")
         } else {
             err(
@@ -244,8 +241,42 @@ pub fn create(
                 20403,
                 format!("account {account} may not use any trunk"),
             )
-        });
+        }
+    })
+}
+
+/// The checks of [`create`] that need no TwiML: draining, the account's trunk, and the trunk's
+/// policy for `from` and `to` (not its concurrency or pacing, which [`create`] takes atomically).
+/// The API runs them before it fetches a `Url=` document, so a request refused anyway makes no
+/// connection.
+pub fn precheck(shared: &Shared, account: &str, from: &str, to: &str) -> Result<(), CreateError> {
+    let live = shared.live();
+    let trunk = usable_trunk(shared, &live.config, account)?;
+    trunk
+        .policy()
+        .check(account, from, to, 0)
+        .map_err(refusal_error)
+}
+
+fn refusal_error(r: Refusal) -> CreateError {
+    let code = match r.http_status() {
+        400 => 21212,
+        403 => 21215,
+        _ => 20429,
     };
+    err(r.http_status(), code, r.to_string())
+}
+
+/// Checks a create request and, when it passes, registers the call (`queued`) and starts its
+/// task. Nothing goes out on the network before every check passed.
+pub fn create(
+    shared: &Arc<Shared>,
+    account: &str,
+    req: CreateCall,
+) -> Result<CallEntry, CreateError> {
+    let live = shared.live();
+    let cfg = &live.config;
+    let trunk = usable_trunk(shared, cfg, account)?;
     let stream = crate::api::twiml::parse_stream(&req.twiml).map_err(|m| err(400, 12100, m))?;
     if !agent_url_allowed(&cfg.agent.routes, &stream.url) {
         return Err(err(
@@ -285,12 +316,7 @@ pub fn create(
         .admit(trunk, account, &req.from, &req.to, now)
         .map_err(|r| {
             m::outbound_call("refused");
-            let code = match r.http_status() {
-                400 => 21212,
-                403 => 21215,
-                _ => 20429,
-            };
-            err(r.http_status(), code, r.to_string())
+            refusal_error(r)
         })?;
     let mut rng = rand::rngs::StdRng::from_entropy();
     let info = OutboundInfo {

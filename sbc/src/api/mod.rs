@@ -489,6 +489,15 @@ async fn create_call(shared: &Arc<Shared>, account: &str, req: Request<Incoming>
     let twiml = match (param("Twiml"), param("Url")) {
         (Some(t), None) => t.to_string(),
         (None, Some(url)) => {
+            // A request refused anyway (trunk policy) makes no connection.
+            if let Err(e) = crate::outbound::precheck(shared, account, from, to) {
+                crate::metrics::outbound_call("refused");
+                return Answer::error(
+                    StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+                    e.code,
+                    e.message,
+                );
+            }
             // Fetched before the 201, so that a bad document is this request's 400.
             let sid = format!(
                 "CA{}",

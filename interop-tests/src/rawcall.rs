@@ -46,6 +46,18 @@ impl SipConn {
         local_ip: std::net::Ipv4Addr,
         dest: SocketAddr,
     ) -> SipConn {
+        SipConn::connect_with_recv_buffer(pki, local_ip, dest, None)
+    }
+
+    /// As [`SipConn::connect_from_to`], with the socket's receive buffer (`SO_RCVBUF`, set
+    /// before connecting) at `recv_buffer` bytes: a small one makes a slowly reading carrier
+    /// throttle what sbc can hand to the kernel.
+    pub fn connect_with_recv_buffer(
+        pki: &TestPki,
+        local_ip: std::net::Ipv4Addr,
+        dest: SocketAddr,
+        recv_buffer: Option<u32>,
+    ) -> SipConn {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -54,6 +66,9 @@ impl SipConn {
             .block_on(async {
                 let sock = tokio::net::TcpSocket::new_v4()?;
                 sock.bind(SocketAddr::from((local_ip, 0)))?;
+                if let Some(size) = recv_buffer {
+                    sock.set_recv_buffer_size(size)?;
+                }
                 let s = tokio::time::timeout(Duration::from_secs(10), sock.connect(dest))
                     .await
                     .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;

@@ -13,6 +13,9 @@ use crate::audit::SipTls;
 use crate::shared::{CarrierState, Shared};
 use crate::sip::Request;
 
+/// Seconds a carrier is asked to wait before retrying an INVITE refused for write pressure.
+const OVERLOAD_RETRY_AFTER_SECS: u32 = 1;
+
 /// What admission knows about the connection an INVITE came on.
 pub struct ConnFacts<'a> {
     pub peer: SocketAddr,
@@ -21,6 +24,9 @@ pub struct ConnFacts<'a> {
     pub sip_tls: &'a SipTls,
     /// sbc opened this connection itself (to send a BYE): it carries in-dialog requests only.
     pub outbound: bool,
+    /// The connection's write queue has no room for one more call's responses (what is queued
+    /// plus what the calls already in setup will send, `ConnHandle::reserve_setup`).
+    pub write_backlogged: bool,
 }
 
 /// An INVITE admission refused.
@@ -159,6 +165,14 @@ pub fn admit(
         // No call runs unaudited: while the audit writer is behind (a stalled disk), new calls
         // wait. Records of calls in progress are never dropped (`audit` module doc).
         return Err(Refusal::busy("audit log backlogged (writes stalled)", 5));
+    }
+    if conn.write_backlogged {
+        // Past saturation (sbc's workers, or a peer reading slowly): the calls already in setup
+        // keep the connection's write budget for their responses, and the carrier retries.
+        return Err(Refusal::busy(
+            "connection write queue backlogged (calls in setup)",
+            OVERLOAD_RETRY_AFTER_SECS,
+        ));
     }
     // Reserve global and carrier capacity; `Admitted` gives them back unless a call takes them.
     let global = shared.active_calls.fetch_add(1, Ordering::SeqCst);

@@ -2,10 +2,11 @@
 //! frames SIP and hands each message to `dispatch`, the writer, and the connections sbc opens
 //! to a carrier itself.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ipnet::IpNet;
@@ -36,6 +37,16 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 const READ_CHUNK: usize = 8192;
 /// The writer's batch buffer keeps at most this much capacity between bursts.
 const WRITE_BATCH_KEEP: usize = 64 * 1024;
+/// A write that has not completed for this long (or `limits.write_timeout`, if shorter) means
+/// the peer stopped reading: past the byte budget the connection is then given up at once.
+/// Before that, a burst beyond the budget is taken while the writer is making progress.
+const WRITE_STALLED_AFTER: Duration = Duration::from_secs(1);
+/// While the writer makes progress, the queue may hold up to this many times its budget (a
+/// burst of responses of calls already admitted) before the connection is given up anyway.
+const OVERFLOW_FACTOR: usize = 2;
+/// The reservation of a call in setup whose final response never went out on this connection
+/// (its dialog moved to another one) is dropped after this long (64 x T1).
+const SETUP_RESERVATION_TTL: Duration = Duration::from_secs(32);
 
 /// The sending half of a carrier connection. Responses go back on the connection the request came
 /// on (RFC 3261 §18.2.2); the call task keeps the latest one for its in-dialog requests.
@@ -53,10 +64,32 @@ impl ConnHandle {
     /// Queues a message; false when the connection is gone or its peer is not reading (the
     /// message would overflow `limits.write_queue_bytes`: the connection is then closed).
     pub fn send(&self, msg: &SipMessage) -> bool {
+        let mut setup_done = None;
         if let SipMessage::Response(r) = msg {
             m::sip_response(r.status);
+            if r.status >= 200 && matches!(r.cseq(), Some((_, Method::Invite))) {
+                setup_done = msg.call_id();
+            }
         }
-        self.tx.try_send(Bytes::from(msg.to_bytes())).is_ok()
+        let sent = self.tx.try_send(Bytes::from(msg.to_bytes())).is_ok();
+        // After the response is queued: its bytes replace the reservation.
+        if let Some(call_id) = setup_done {
+            self.tx.queue.end_setup(call_id);
+        }
+        sent
+    }
+
+    /// Reserves room in the write queue for what a new call will send on this connection
+    /// before its final response (`100 Trying`, maybe `180`, the `200 OK` with SDP: about
+    /// twice its INVITE, `invite_len`). False (nothing reserved) when the queued bytes and
+    /// the reservations of the calls already in setup leave no room: the INVITE is then
+    /// refused with 503 + Retry-After, so that a burst of setups past what sbc can serve
+    /// cannot overflow the queue and cost the connection, with every call on it. The
+    /// reservation ends with the call's final response (or after `SETUP_RESERVATION_TTL`).
+    pub(crate) fn reserve_setup(&self, call_id: &str, invite_len: usize) -> bool {
+        self.tx
+            .queue
+            .begin_setup(call_id, invite_len, Instant::now())
     }
 
     pub fn is_closed(&self) -> bool {
@@ -81,25 +114,121 @@ struct WriteQueue {
     closed: AtomicU8,
     /// Woken when `closed` is set and when the writer handed bytes to the kernel.
     changed: Notify,
+    /// The clock of `writing_since`.
+    epoch: Instant,
+    /// Milliseconds since `epoch` (plus one) when the writer's current write began; 0 while it
+    /// is not writing.
+    writing_since: AtomicU64,
+    /// How long a write may go on before the writer counts as stalled.
+    stalled_after: Duration,
+    /// Calls in setup on this connection: SIP Call-ID to (bytes reserved, since when).
+    setups: Mutex<HashMap<Box<str>, (usize, Instant)>>,
+    /// The sum of the reservations in `setups`.
+    setup_bytes: AtomicUsize,
 }
 
 impl WriteQueue {
-    fn new(limit: usize) -> WriteQueue {
+    fn new(limit: usize, write_timeout: Duration) -> WriteQueue {
         WriteQueue {
             queued: AtomicUsize::new(0),
             limit,
             closed: AtomicU8::new(OPEN),
             changed: Notify::new(),
+            epoch: Instant::now(),
+            writing_since: AtomicU64::new(0),
+            stalled_after: WRITE_STALLED_AFTER.min(write_timeout),
+            setups: Mutex::new(HashMap::new()),
+            setup_bytes: AtomicUsize::new(0),
         }
     }
 
     /// Takes `len` bytes of the budget; false (nothing taken) when they do not fit.
+    ///
+    /// Beyond the budget, up to `OVERFLOW_FACTOR` times it, bytes are still taken while the
+    /// writer is making progress (not in a write that has lasted `stalled_after`): a burst of
+    /// responses to a peer that reads is queued, not a reason to give the connection up. A
+    /// peer that stopped reading stalls the writer and gets no such credit (and the write
+    /// deadline closes its connection in any case).
     fn reserve(&self, len: usize) -> bool {
+        let cap = if self.writer_stalled(Instant::now()) {
+            self.limit
+        } else {
+            self.limit.saturating_mul(OVERFLOW_FACTOR)
+        };
         self.queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                q.checked_add(len).filter(|&n| n <= self.limit)
+                q.checked_add(len).filter(|&n| n <= cap)
             })
             .is_ok()
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64 + 1
+    }
+
+    /// The writer begins (`true`) or ends (`false`) a write.
+    fn writing(&self, active: bool) {
+        let v = if active {
+            self.now_ms(Instant::now())
+        } else {
+            0
+        };
+        self.writing_since.store(v, Ordering::Release);
+    }
+
+    /// The writer has been in one write for `stalled_after` or more at `now`.
+    fn writer_stalled(&self, now: Instant) -> bool {
+        let since = self.writing_since.load(Ordering::Acquire);
+        since != 0
+            && self.now_ms(now).saturating_sub(since) >= self.stalled_after.as_millis() as u64
+    }
+
+    /// Reserves `2 * invite_len` (at least 1 KiB) for a new call's responses unless the queued
+    /// bytes plus all reservations would pass half the budget (the other half is for the
+    /// responses to in-dialog requests and for what the reader has already read).
+    fn begin_setup(&self, call_id: &str, invite_len: usize, now: Instant) -> bool {
+        let need = invite_len.saturating_mul(2).max(1024);
+        let mut setups = self.setups.lock().unwrap_or_else(|p| p.into_inner());
+        let room = |setup_bytes: usize| {
+            self.queued()
+                .saturating_add(setup_bytes)
+                .saturating_add(need)
+                <= self.limit / 2
+        };
+        if !room(self.setup_bytes.load(Ordering::Acquire)) {
+            // Calls whose final response went out elsewhere hold nothing forever.
+            let before = setups.len();
+            let mut freed = 0;
+            setups.retain(|_, (bytes, since)| {
+                let keep = now.saturating_duration_since(*since) < SETUP_RESERVATION_TTL;
+                if !keep {
+                    freed += *bytes;
+                }
+                keep
+            });
+            if setups.len() != before {
+                self.setup_bytes.fetch_sub(freed, Ordering::AcqRel);
+            }
+            if !room(self.setup_bytes.load(Ordering::Acquire)) {
+                return false;
+            }
+        }
+        if let Some((old, _)) = setups.insert(call_id.into(), (need, now)) {
+            self.setup_bytes.fetch_sub(old, Ordering::AcqRel);
+        }
+        self.setup_bytes.fetch_add(need, Ordering::AcqRel);
+        true
+    }
+
+    /// The call's final response is queued: its reservation ends.
+    fn end_setup(&self, call_id: &str) {
+        if self.setup_bytes.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut setups = self.setups.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((bytes, _)) = setups.remove(call_id) {
+            self.setup_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
     }
 
     fn release(&self, len: usize) {
@@ -115,14 +244,6 @@ impl WriteQueue {
     /// the responses to what one read completed.
     fn has_room(&self) -> bool {
         self.queued() <= self.limit / 2
-    }
-
-    /// A quarter of the budget is queued: the writer is behind (the peer reads slowly, or sbc's
-    /// workers are busy with call setups whose responses all land here). New INVITEs are then
-    /// refused with 503 + Retry-After, so that the calls already admitted keep the other three
-    /// quarters for their responses and the connection is not given up.
-    fn overloaded(&self) -> bool {
-        self.queued() > self.limit / 4
     }
 
     /// Gives the connection up; the first reason sticks.
@@ -170,8 +291,9 @@ pub(crate) struct WriteTx {
 }
 
 impl WriteTx {
-    /// Queues `b` for the writer. A message that would overflow the byte budget is refused and
-    /// the connection given up (its peer is not reading); `Err` also when it is closed.
+    /// Queues `b` for the writer. A message that does not fit (beyond the byte budget while the
+    /// writer is stalled, or beyond `OVERFLOW_FACTOR` times it) is refused and the connection
+    /// given up (its peer is not reading); `Err` also when it is closed.
     pub(crate) fn try_send(&self, b: Bytes) -> Result<(), Bytes> {
         if self.queue.is_closed() {
             return Err(b);
@@ -489,7 +611,7 @@ async fn run_connection<S>(
         let write_queue_bytes = limits.write_queue_bytes;
         let (mut rd, mut wr) = tokio::io::split(tls);
         let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
-        let queue = Arc::new(WriteQueue::new(limits.write_queue_bytes));
+        let queue = Arc::new(WriteQueue::new(limits.write_queue_bytes, write_timeout));
         // Dropped when the reader stops: the connection is gone (or we gave up on it).
         let (reader_done, mut reader_gone) = tokio::sync::oneshot::channel::<()>();
         let mut writer = {
@@ -543,6 +665,7 @@ async fn run_connection<S>(
                         Some(b)
                     };
                     let out: &[u8] = batch.as_deref().unwrap_or(&batch_buf);
+                    queue.writing(true);
                     let written = tokio::select! {
                         biased;
                         _ = queue.wait_until(WriteQueue::is_closed) => break,
@@ -552,6 +675,7 @@ async fn run_connection<S>(
                             wr.flush().await
                         }) => r,
                     };
+                    queue.writing(false);
                     queue.release(len);
                     if batch_buf.capacity() > WRITE_BATCH_KEEP {
                         batch_buf = Vec::new();
@@ -646,12 +770,7 @@ async fn run_connection<S>(
                         let _ = ctx.handle.tx.try_send(Bytes::from_static(b"\r\n"));
                     }
                     Ok(Some(Frame::Pong)) => {}
-                    Ok(Some(Frame::Message(msg))) => {
-                        if queue.overloaded() && refuse_new_invite(&ctx, &msg) {
-                            continue;
-                        }
-                        ctx.handle_message(&msg)
-                    }
+                    Ok(Some(Frame::Message(msg))) => ctx.handle_message(&msg),
                     Err(e) => {
                         warn!(error = %e, "SIP framing error: closing the connection");
                         let head = match &e {
@@ -725,37 +844,6 @@ async fn run_connection<S>(
     }
     .instrument(span)
     .await;
-}
-
-/// Seconds a carrier is asked to wait before retrying an INVITE refused for write pressure.
-const OVERLOAD_RETRY_AFTER_SECS: u32 = 1;
-
-/// Answers `msg` with 503 + Retry-After when it is a new INVITE (no To tag); true when it did.
-/// In-dialog requests (BYE, ACK, re-INVITE, ...) and responses are left to the dispatcher, so
-/// every call already admitted is still answered past saturation.
-fn refuse_new_invite(ctx: &ConnCtx, msg: &[u8]) -> bool {
-    if !msg.starts_with(b"INVITE ") {
-        return false;
-    }
-    let Ok(SipMessage::Request(req)) = SipMessage::parse_head(msg) else {
-        return false;
-    };
-    let has_to_tag = req
-        .headers
-        .get("To")
-        .is_some_and(|t| t.contains(";tag=") || t.contains("; tag="));
-    if req.method != Method::Invite || has_to_tag {
-        return false;
-    }
-    debug!("write queue a quarter full: new INVITE refused with 503");
-    ctx.reply(
-        &req,
-        503,
-        "Service Unavailable",
-        &[("Retry-After", OVERLOAD_RETRY_AFTER_SECS.to_string())],
-    );
-    m::call_outcome("refused");
-    true
 }
 
 /// True when the (already chain-verified) client certificate is valid for one of `names`
@@ -838,8 +926,15 @@ mod tests {
     }
 
     fn write_tx(limit: usize) -> (WriteTx, mpsc::UnboundedReceiver<Bytes>) {
+        write_tx_stalling_after(limit, Duration::from_secs(10))
+    }
+
+    fn write_tx_stalling_after(
+        limit: usize,
+        write_timeout: Duration,
+    ) -> (WriteTx, mpsc::UnboundedReceiver<Bytes>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let queue = Arc::new(WriteQueue::new(limit));
+        let queue = Arc::new(WriteQueue::new(limit, write_timeout));
         (WriteTx { tx, queue }, rx)
     }
 
@@ -859,9 +954,16 @@ mod tests {
         tx.queue.release(b.len());
         assert_eq!(tx.queue.queued(), 400);
         assert!(!tx.is_closed());
-        // A message that would overflow is refused, and the connection is given up.
+        // Past the budget while the writer is not stalled: a burst is queued, up to twice it.
+        assert!(tx.try_send(Bytes::from(vec![0u8; 1000])).is_ok());
+        assert_eq!(tx.queue.queued(), 1400);
+        assert!(
+            !tx.is_closed(),
+            "a burst to a reading peer keeps the connection"
+        );
+        // Beyond twice the budget the connection is given up all the same.
         assert!(tx.try_send(Bytes::from(vec![0u8; 601])).is_err());
-        assert_eq!(tx.queue.queued(), 400, "a refused message takes nothing");
+        assert_eq!(tx.queue.queued(), 1400, "a refused message takes nothing");
         assert!(tx.is_closed());
         assert_eq!(tx.queue.warn_reason(), Some("write_queue_full"));
         // Nothing more is accepted, however small.
@@ -869,6 +971,65 @@ mod tests {
         // The first reason sticks.
         tx.queue.close(WRITE_STUCK);
         assert_eq!(tx.queue.warn_reason(), Some("write_queue_full"));
+    }
+
+    #[test]
+    fn a_stalled_writer_gets_no_credit_past_the_budget() {
+        let (tx, _rx) = write_tx_stalling_after(1000, Duration::from_millis(1));
+        assert!(tx.try_send(Bytes::from(vec![0u8; 900])).is_ok());
+        // The writer is in a write that does not complete: its peer stopped reading.
+        tx.queue.writing(true);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(tx.queue.writer_stalled(Instant::now()));
+        assert!(
+            tx.try_send(Bytes::from(vec![0u8; 50])).is_ok(),
+            "within the budget"
+        );
+        assert!(tx.try_send(Bytes::from(vec![0u8; 51])).is_err());
+        assert_eq!(tx.queue.warn_reason(), Some("write_queue_full"));
+
+        // The same overflow while the writer's write completes is queued.
+        let (tx, _rx) = write_tx_stalling_after(1000, Duration::from_millis(1));
+        assert!(tx.try_send(Bytes::from(vec![0u8; 900])).is_ok());
+        tx.queue.writing(true);
+        tx.queue.writing(false);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!tx.queue.writer_stalled(Instant::now()));
+        assert!(tx.try_send(Bytes::from(vec![0u8; 600])).is_ok());
+        assert!(!tx.is_closed());
+    }
+
+    #[test]
+    fn calls_in_setup_reserve_their_responses_and_new_ones_wait_for_room() {
+        let (tx, mut rx) = write_tx(15_000);
+        let t0 = Instant::now();
+        // Half the budget (7,500 bytes) is for what is queued and what the calls in setup will
+        // send (twice their INVITE each).
+        assert!(tx.queue.begin_setup("a", 2000, t0));
+        assert!(
+            !tx.queue.begin_setup("b", 2000, t0),
+            "4,000 + 4,000 > 7,500"
+        );
+        assert_eq!(tx.queue.setup_bytes.load(Ordering::Acquire), 4000);
+        assert!(tx.queue.begin_setup("b", 1000, t0), "4,000 + 2,000 fit");
+        // Queued bytes count too.
+        assert!(tx.try_send(Bytes::from(vec![0u8; 1500])).is_ok());
+        assert!(
+            !tx.queue.begin_setup("c", 300, t0),
+            "6,000 + 1,500 + 1,024 > 7,500"
+        );
+        // A's final response goes out: its reservation ends (an unknown Call-ID changes nothing).
+        tx.queue.end_setup("zzz");
+        tx.queue.end_setup("a");
+        assert_eq!(tx.queue.setup_bytes.load(Ordering::Acquire), 2000);
+        assert!(tx.queue.begin_setup("c", 300, t0));
+        let b = rx.try_recv().unwrap();
+        tx.queue.release(b.len());
+        // A reservation whose final response never came here lapses after the TTL.
+        let later = t0 + SETUP_RESERVATION_TTL + Duration::from_secs(1);
+        assert!(!tx.queue.begin_setup("d", 3000, t0));
+        assert!(tx.queue.begin_setup("d", 3000, later));
+        assert_eq!(tx.queue.setup_bytes.load(Ordering::Acquire), 6000);
     }
 
     #[test]

@@ -176,11 +176,12 @@ impl ConnCtx {
                     None => debug!(status = resp.status, "response for no known call dropped"),
                 }
             }
-            SipMessage::Request(req) => self.handle_request(req),
+            SipMessage::Request(req) => self.handle_request(req, data.len()),
         }
     }
 
-    fn handle_request(&self, req: Request) {
+    /// `len`: the request's size on the wire.
+    fn handle_request(&self, req: Request, len: usize) {
         if req.headers.0.len() > self.shared.live().config.limits.max_headers {
             warn!(count = req.headers.0.len(), "too many headers");
             if req.method != Method::Ack {
@@ -216,7 +217,7 @@ impl ConnCtx {
                 if has_to_tag {
                     self.reply(&req, 481, "Call/Transaction Does Not Exist", &[]);
                 } else {
-                    self.new_invite(req, call_id);
+                    self.new_invite(req, call_id, len);
                 }
             }
             // Out of any dialog: a keep-alive or capability query. With a To tag it names a
@@ -227,14 +228,17 @@ impl ConnCtx {
         }
     }
 
-    fn new_invite(&self, req: Request, call_id: String) {
+    fn new_invite(&self, req: Request, call_id: String, len: usize) {
         let shared = &self.shared;
         let now = Instant::now();
+        // Ended by the final response, whichever it is (a refusal below included).
+        let write_room = self.handle.reserve_setup(&call_id, len);
         let facts = ConnFacts {
             peer: self.handle.peer,
             carrier: &self.carrier.config.name,
             sip_tls: &self.sip_tls,
             outbound: self.handle.outbound,
+            write_backlogged: !write_room,
         };
         let admitted = match admission::admit(shared, &facts, &req, now) {
             Ok(a) => a,

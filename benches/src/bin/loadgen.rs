@@ -1,7 +1,7 @@
 //! `loadgen`: a carrier trunk and a voice agent in one process, to load a release sbc on loopback.
 //!
 //! ```text
-//! loadgen calls [--n 100,250,500,1000,2000] [--window 10] [--rate 200]
+//! loadgen calls [--n 100,250,500,1000,2000] [--window 10] [--rate 200] [--out FILE.jsonl]
 //! loadgen setup [--transport l1|ln] [--rates 50,100,200,...] [--secs 3]
 //! loadgen floor [--iters 20000]
 //! ```
@@ -24,7 +24,8 @@
 //! Loopback only; every run is bounded in time and call count. `SBC` names the sbc binary
 //! (default `target/release/sbc`), `SBC_CPU` the cores it is pinned to with taskset (default 0;
 //! e.g. `0,1`), `SBC_WORKERS` its `[limits] worker_threads` (default: one per core it may use);
-//! pin loadgen itself with `taskset -c 1`.
+//! pin loadgen itself with `taskset -c 1`. The agent runs on its own runtime,
+//! `LOADGEN_AGENT_THREADS` worker threads (default 1), beside the carrier side's thread.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -609,6 +610,26 @@ struct CallsOpts {
     ns: Vec<u32>,
     window: Duration,
     rate: u32,
+    /// `--out FILE`: one JSON object per N appended (for `scripts/bench-peers` and the plot).
+    out: Option<PathBuf>,
+}
+
+/// Appends `line` and a newline to `path`.
+fn append_line(path: &Path, line: &str) -> Res<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    writeln!(f, "{line}").map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A JSON number, or `null` for what was not measured.
+fn json_num(v: Option<f64>) -> String {
+    match v {
+        Some(x) if x.is_finite() => format!("{x:.3}"),
+        _ => "null".into(),
+    }
 }
 
 struct Live {
@@ -654,13 +675,45 @@ async fn pace(start: tokio::time::Instant, i: u32, rate: u32) {
     tokio::time::sleep_until(at).await;
 }
 
-/// Binds the agent's port and serves it for the rest of the process; returns the run's counters.
+/// The agent's own runtime (`LOADGEN_AGENT_THREADS` worker threads, default 1), apart from the
+/// carrier side's: its TLS server handshakes (one per call) then never delay the carrier's SIP
+/// and RTP, and with a free core the two sides run in parallel.
+static AGENT_RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+
+/// Binds the agent's port and serves it for the rest of the process, on the agent's own
+/// runtime; returns the run's counters.
 async fn start_agent(env: &Env) -> Res<Arc<Stats>> {
     let stats = Arc::new(Stats::default());
-    let listener = TcpListener::bind(AGENT_ADDR)
-        .await
+    let listener = std::net::TcpListener::bind(AGENT_ADDR)
         .map_err(|e| format!("agent listen {AGENT_ADDR}: {e}"))?;
-    tokio::spawn(agent_server(listener, env.agent_tls(), Arc::clone(&stats)));
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("agent listen {AGENT_ADDR}: {e}"))?;
+    let threads = std::env::var("LOADGEN_AGENT_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1);
+    let rt = match AGENT_RT.get() {
+        Some(rt) => rt,
+        None => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("agent")
+                .enable_all()
+                .build()
+                .map_err(|e| format!("agent runtime: {e}"))?;
+            AGENT_RT.get_or_init(|| rt)
+        }
+    };
+    let tls = env.agent_tls();
+    let agent_stats = Arc::clone(&stats);
+    rt.spawn(async move {
+        match TcpListener::from_std(listener) {
+            Ok(l) => agent_server(l, tls, agent_stats).await,
+            Err(e) => eprintln!("loadgen agent: listener: {e}"),
+        }
+    });
     Ok(stats)
 }
 
@@ -788,6 +841,29 @@ async fn run_calls(env: &Env, opts: CallsOpts) -> Res<()> {
                 ms(Some(h.max_us()))
             )
         };
+        if let Some(out) = &opts.out {
+            let p99_ms =
+                |h: &Mutex<Histogram>| lock(h).percentile_us(99.0).map(|us| us as f64 / 1000.0);
+            let p50_ms =
+                |h: &Mutex<Histogram>| lock(h).percentile_us(50.0).map(|us| us as f64 / 1000.0);
+            append_line(
+                out,
+                &format!(
+                    "{{\"relay\":\"sbc\",\"calls\":{n},\"window_s\":{secs:.3},\"failed\":{failed},\
+                     \"lost_c2a\":{lost_c2a},\"lost_a2c\":{lost_a2c},\"c2a_p50_ms\":{},\"c2a_p99_ms\":{},\
+                     \"a2c_p50_ms\":{},\"a2c_p99_ms\":{},\"us_per_call_second\":{},\
+                     \"rss_kib_per_call\":{},\"sbc_wait_pct\":\"{sbc_wait}\"}}",
+                    json_num(p50_ms(&stats.c2a)),
+                    json_num(p99_ms(&stats.c2a)),
+                    json_num(p50_ms(&stats.a2c)),
+                    json_num(p99_ms(&stats.a2c)),
+                    json_num(Some(cpu / call_secs)),
+                    json_num(Some(
+                        (rss_peak.saturating_sub(rss0)) as f64 / f64::from(n)
+                    )),
+                ),
+            )?;
+        }
         let rtt99 = lock(&stats.rtt)
             .percentile_us(99.0)
             .map_or("-".into(), |us| format!("{:.2}", us as f64 / 1000.0));
@@ -1141,6 +1217,7 @@ fn main() -> std::process::ExitCode {
                     ns: list(&get("n", "100,250,500,1000,2000"))?,
                     window: Duration::from_secs(u64::from(list(&get("window", "10"))?[0])),
                     rate: list(&get("rate", "200"))?[0],
+                    out: opts.get("out").map(PathBuf::from),
                 },
             )),
             "setup" => rt.block_on(run_setup(

@@ -417,8 +417,11 @@ fn killed_instance_slots_expire_within_ttl() {
     let b = node(&env, &redis, "b", "127.0.0.2", &limit);
     let mut conn_a = connect(&env, &a);
     let mut conn_b = connect(&env, &b);
-    let (s, _, b_call) = invite(&mut conn_b, &b, "kb1");
-    assert_eq!(s, 200);
+    // B's call carries media (the builtin echo agent): it must flow on through A's death.
+    let (s, b_call) = attempt(&env, &b, "kb1", 11);
+    assert_eq!(s, Outcome::Answered);
+    let (mut b_conn, b_dialog, b_media) = b_call.unwrap();
+    assert!(b_media.wait_received(10, SECS10), "B's call has audio");
     for i in 0..2 {
         assert_eq!(invite(&mut conn_a, &a, &format!("ka{i}")).0, 200);
     }
@@ -454,11 +457,21 @@ fn killed_instance_slots_expire_within_ttl() {
         "{since_kill:?}"
     );
     let _ = admitted;
-    // B's first call is untouched: still in progress, no BYE sent to the carrier.
+    // B's first call is untouched: still in progress, its audio still echoed, no BYE sent to
+    // the carrier.
     let (code, body, _) = api(&env, &b, &[], &call_path(&call_sid("kb1")));
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["status"], "in-progress");
-    conn_b.bye(&b_call, SECS10);
+    let before = b_media.received();
+    assert!(
+        b_media.wait_received(before + 25, SECS10),
+        "B's call lost its audio after A's kill -9"
+    );
+    assert!(
+        b_conn.recv(Duration::from_millis(300)).is_none(),
+        "sbc B sent something on its call"
+    );
+    b_conn.bye(&b_dialog, SECS10);
 }
 
 /// Redis stopped mid-test: calls go on, instances turn degraded (metric, log), new calls are
@@ -474,7 +487,11 @@ fn redis_outage_degrades_and_recovers() {
     let b = node(&env, &redis, "b", "127.0.0.2", &limit);
     let mut conn_a = connect(&env, &a);
     let mut conn_b = connect(&env, &b);
-    assert_eq!(invite(&mut conn_a, &a, "ra1").0, 200);
+    // A's first call carries media (the builtin echo agent): it must flow on through the outage.
+    let (s, ra1) = attempt(&env, &a, "ra1", 13);
+    assert_eq!(s, Outcome::Answered);
+    let (_ra1_conn, _ra1_dialog, ra1_media) = ra1.unwrap();
+    assert!(ra1_media.wait_received(10, SECS10), "A's call has audio");
     assert_eq!(invite(&mut conn_b, &b, "rb1").0, 200);
 
     redis.stop();
@@ -484,6 +501,11 @@ fn redis_outage_degrades_and_recovers() {
         });
     }
     assert!(a.sbc.log().contains("degraded"), "degraded state logged");
+    let before = ra1_media.received();
+    assert!(
+        ra1_media.wait_received(before + 25, SECS10),
+        "A's call lost its audio while Redis was away"
+    );
     // Calls go on; the API still answers for an instance's own calls, 503 for others'.
     let (code, body, _) = api(&env, &b, &[], &call_path(&call_sid("rb1")));
     assert_eq!((code, body["status"].as_str()), (200, Some("in-progress")));
@@ -857,6 +879,23 @@ fn outbound_calls_are_in_the_registry_and_count_for_the_account() {
     let v = wait_call_status(&env, &b, &sid, "ringing");
     assert_eq!(v["status"], "ringing", "{v}\n{}", a.sbc.log());
     assert_eq!(v["direction"], "outbound-api", "{v}");
+    let (mut direct, mut forwarded) = (Vec::new(), Vec::new());
+    for _ in 0..15 {
+        let (code, body, t) = api(&env, &a, &[], &call_path(&sid));
+        assert_eq!(code, 200, "{body}");
+        direct.push(t);
+        let (code, body, t) = api(&env, &b, &[], &call_path(&sid));
+        assert_eq!(code, 200, "{body}");
+        forwarded.push(t);
+    }
+    let (d, f) = (median(direct), median(forwarded));
+    eprintln!(
+        "FIGURE API fetch of an outbound call (curl total, median of 15): direct {:.1} ms, \
+         forwarded {:.1} ms, added {:.1} ms",
+        d * 1000.0,
+        f * 1000.0,
+        (f - d) * 1000.0
+    );
 
     // The account's one cluster slot is taken: B's call fails before any INVITE.
     let (code, v) = create_call(&env, &agent, &b);
@@ -1171,6 +1210,7 @@ fn sigterm_drains_and_the_simulator_fails_over() {
          {connect_failed} on connect failure, 0 lost",
         on_a_calls.len()
     );
+    assert!(connect_failed >= 1, "no call tried A after it exited");
     for c in &mut rest {
         assert_eq!(c.node, 1);
         c.conn.bye(&c.dialog, SECS10);

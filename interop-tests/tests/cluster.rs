@@ -659,13 +659,11 @@ const TRUNK_PASSWORD: &str = "trunk-secret-42";
 const FROM: &str = "+14155550100";
 const TO: &str = "+15105550123";
 
-/// An instance whose route leads to the test agent, with one `[[trunks]]` entry (`test-trunk`,
-/// at the test trunk, `trunk_extra` lines added) for outbound calls.
+/// An instance on Redis `redis` whose route leads to the test agent, with one `[[trunks]]` entry
+/// (`test-trunk`, at the test trunk, `trunk_extra` lines added) for outbound calls.
 fn trunk_node(
     env: &TestEnv,
-    redis: &RedisServer,
-    agent: &TestAgent,
-    trunk: &TestTrunk,
+    (redis, agent, trunk): (&RedisServer, &TestAgent, &TestTrunk),
     id: &str,
     ip: &str,
     cluster_extra: &[&str],
@@ -742,9 +740,7 @@ fn outbound_cps_is_cluster_wide() {
     let share = ["degraded_share = 0.5"];
     let a = trunk_node(
         &env,
-        &redis,
-        &agent,
-        &trunk,
+        (&redis, &agent, &trunk),
         "a",
         "127.0.0.1",
         &share,
@@ -752,9 +748,7 @@ fn outbound_cps_is_cluster_wide() {
     );
     let b = trunk_node(
         &env,
-        &redis,
-        &agent,
-        &trunk,
+        (&redis, &agent, &trunk),
         "b",
         "127.0.0.2",
         &share,
@@ -851,9 +845,7 @@ fn outbound_calls_are_in_the_registry_and_count_for_the_account() {
     let limit = format!("account_limits = {{ {ACCOUNT} = 1 }}");
     let a = trunk_node(
         &env,
-        &redis,
-        &agent,
-        &trunk,
+        (&redis, &agent, &trunk),
         "a",
         "127.0.0.1",
         &[&limit],
@@ -861,9 +853,7 @@ fn outbound_calls_are_in_the_registry_and_count_for_the_account() {
     );
     let b = trunk_node(
         &env,
-        &redis,
-        &agent,
-        &trunk,
+        (&redis, &agent, &trunk),
         "b",
         "127.0.0.2",
         &[&limit],
@@ -1157,7 +1147,7 @@ fn sigterm_drains_and_the_simulator_fails_over() {
         live.push(call);
     }
     let on_a = live.iter().filter(|c| c.node == 0).count();
-    assert!(on_a >= 1 && on_a < 8, "{on_a} of 8 on A");
+    assert!((1..8).contains(&on_a), "{on_a} of 8 on A");
 
     a.sbc.signal_term();
     wait_until(SECS10, "A not ready while draining", || {

@@ -3,7 +3,8 @@
 //!
 //! Decisions live in [`core::Core`] (pure, clock injected); this module is the thin driver that
 //! runs them against Redis: one Lua script per operation, so that every check-and-increment is
-//! atomic and one call setup costs one Redis round trip (its end one more).
+//! atomic and one inbound call setup costs one Redis round trip (its end one more); an outbound
+//! call costs two (its registration and its INVITE turn, [`Cluster::invite_turn`]).
 //!
 //! Redis keys (all under `sbc:`; one Redis or a primary with replicas, not Redis Cluster: the
 //! scripts touch keys of several instances):

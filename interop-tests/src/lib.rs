@@ -8,6 +8,7 @@ pub mod agent;
 pub mod audio;
 pub mod baresip;
 pub mod carrier;
+pub mod origination;
 pub mod pki;
 pub mod ports;
 pub mod rawcall;

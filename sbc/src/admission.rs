@@ -112,6 +112,38 @@ pub async fn admit_cluster(
         .map_err(|full| Refusal::busy(full.why(), 5))
 }
 
+/// `[cluster]`, for an outbound call `sid` through trunk `trunk` for API account `account`:
+/// registers the call as this instance's (so that any instance's API forwards requests for it
+/// here) and takes the account's cluster slot (`cluster.account_limits`; no carrier limit
+/// names a trunk). Released by the outbound task's drop guard with
+/// `Cluster::dialog_key(&outbound_carrier(trunk), sid)`.
+pub async fn admit_outbound(
+    shared: &Shared,
+    sid: &str,
+    trunk: &str,
+    account: &str,
+) -> Result<(), Refusal> {
+    admit_cluster(shared, sid, &outbound_carrier(trunk), sid, Some(account)).await
+}
+
+/// The carrier name an outbound call through `trunk` is counted under (as `outbound.rs` routes
+/// the trunk's connection).
+pub fn outbound_carrier(trunk: &str) -> String {
+    format!("trunk:{trunk}")
+}
+
+/// `[cluster]`: when the next INVITE to `trunk` may go out under the trunk's cluster-wide
+/// `max_calls_per_second` (`Cluster::invite_turn`); `None` without `[cluster]` (the local pacer
+/// alone applies).
+pub async fn cluster_invite_turn(
+    shared: &Shared,
+    trunk: &str,
+    per_second: std::num::NonZeroU32,
+) -> Option<Instant> {
+    let cluster = shared.cluster.as_ref()?;
+    Some(cluster.invite_turn(trunk, per_second).await)
+}
+
 /// Decides on a new INVITE (one without a To tag and for no known call).
 pub fn admit(
     shared: &Arc<Shared>,

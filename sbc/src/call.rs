@@ -101,6 +101,7 @@ pub async fn run(setup: CallSetup) {
     let call_id = format!("c{}", shared.next_id());
     let span = info_span!("call", id = %call_id, sip_call_id = %sip_call_id, carrier = %carrier.config.name);
     m::call_started();
+    m::carrier_call_started(&carrier.config.name);
     // Released on every exit, a panic of the call task included (tokio catches it per task).
     let _release = Release {
         shared,
@@ -120,6 +121,7 @@ struct Release {
 impl Drop for Release {
     fn drop(&mut self) {
         m::call_ended();
+        m::carrier_call_ended(&self.carrier.config.name);
         self.shared
             .dialogs
             .unregister(&self.carrier.config.name, &self.sip_call_id);

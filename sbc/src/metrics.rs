@@ -139,6 +139,19 @@ pub fn call_ended() {
     gauge!(CALLS_ACTIVE).decrement(1.0);
 }
 
+/// Active calls by carrier (an outbound call counts under `trunk:{name}`), beside the total
+/// [`CALLS_ACTIVE`]: ops watch active calls by instance and carrier (`deploy/grafana`). A
+/// separate gauge so that `sbc_calls_active` keeps its one unlabelled series.
+pub const CALLS_ACTIVE_BY_CARRIER: &str = "sbc_calls_active_by_carrier";
+
+pub fn carrier_call_started(carrier: &str) {
+    gauge!(CALLS_ACTIVE_BY_CARRIER, "carrier" => carrier.to_string()).increment(1.0);
+}
+
+pub fn carrier_call_ended(carrier: &str) {
+    gauge!(CALLS_ACTIVE_BY_CARRIER, "carrier" => carrier.to_string()).decrement(1.0);
+}
+
 /// `outcome`: `accepted`, `refused`, `cancelled`, `failed`.
 pub fn call_outcome(outcome: &'static str) {
     counter!(CALLS_TOTAL, "outcome" => outcome).increment(1);

@@ -409,11 +409,17 @@ struct Release {
     shared: Arc<Shared>,
     trunk: String,
     dialog: Option<(String, String)>,
+    /// `[cluster]`: the call's registry entry and account slot (`admission::admit_outbound`).
+    cluster_key: Option<String>,
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
         m::call_ended();
+        m::carrier_call_ended(&crate::admission::outbound_carrier(&self.trunk));
+        if let (Some(c), Some(key)) = (&self.shared.cluster, &self.cluster_key) {
+            c.release(key);
+        }
         self.shared.trunks.release(&self.trunk);
         if let Some((carrier, call_id)) = &self.dialog {
             self.shared.dialogs.unregister(carrier, call_id);
@@ -439,10 +445,12 @@ fn failed(reason: impl Into<String>) -> Failure {
 /// Runs one outbound call to its end.
 async fn run(task: Task) {
     m::call_started();
+    m::carrier_call_started(&crate::admission::outbound_carrier(&task.trunk.name));
     let mut release = Release {
         shared: Arc::clone(&task.shared),
         trunk: task.trunk.name.clone(),
         dialog: None,
+        cluster_key: None,
     };
     let shared = Arc::clone(&task.shared);
     let info = task.info.clone();
@@ -503,6 +511,20 @@ async fn dial(
     let shared = Arc::clone(&task.shared);
     let live = shared.live();
     let cfg = Arc::clone(&live.config);
+
+    // 0. `[cluster]`: registered as this instance's call, and the account's cluster slot.
+    crate::admission::admit_outbound(
+        &shared,
+        &task.info.call_sid,
+        &task.trunk.name,
+        &task.info.account,
+    )
+    .await
+    .map_err(|r| failed(r.why))?;
+    release.cluster_key = Some(crate::cluster::Cluster::dialog_key(
+        &crate::admission::outbound_carrier(&task.trunk.name),
+        &task.info.call_sid,
+    ));
 
     // 1. The pacer slot; a cancel while queued ends the call here.
     wait_or_cancel(&mut task.rx, task.slot).await?;
@@ -586,6 +608,13 @@ async fn dial(
     };
     let slot = shared.trunks.invite_at(&task.trunk.name, Instant::now());
     wait_or_cancel(&mut task.rx, slot).await?;
+    // `[cluster]`: the trunk's rate counts INVITEs from every instance; its turn in Redis.
+    let per_second = task.trunk.max_calls_per_second;
+    if let Some(turn) =
+        crate::admission::cluster_invite_turn(&shared, &task.trunk.name, per_second).await
+    {
+        wait_or_cancel(&mut task.rx, turn).await?;
+    }
     let invite_at = Instant::now();
     let mut uac = UacCall::new(invite_at, dial, shared.uas.clone(), &mut rng);
     let sip_call_id = uac.call_id().to_string();

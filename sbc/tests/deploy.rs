@@ -70,6 +70,27 @@ fn dashboard_queries_name_only_metrics_sbc_exports() {
     assert!(n >= 15, "only {n} metric references");
 }
 
+/// Ops see active calls by instance and carrier: a panel sums the per-carrier gauge by both.
+#[test]
+fn dashboard_shows_active_calls_by_instance_and_carrier() {
+    assert!(exported().contains("sbc_calls_active_by_carrier"));
+    let text = std::fs::read_to_string(root().join("deploy/grafana/sbc-dashboard.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(|e| e.replace(' ', "")))
+        .collect();
+    assert!(
+        exprs
+            .iter()
+            .any(|e| e.contains("by(instance,carrier)(sbc_calls_active_by_carrier)")),
+        "{exprs:?}"
+    );
+}
+
 #[test]
 fn every_kubernetes_configmap_config_parses() {
     use std::os::unix::fs::PermissionsExt;

@@ -95,6 +95,8 @@ pub struct Core {
     /// `acquire` may have run in Redis before the resync rewrote the hash) must run again.
     taken_count: u64,
     next_beat: Option<Instant>,
+    /// While degraded: when each trunk's next outbound INVITE may go out from this instance.
+    local_invites: HashMap<String, Instant>,
 }
 
 impl Core {
@@ -110,6 +112,7 @@ impl Core {
             needs_resync: true,
             taken_count: 0,
             next_beat: Some(now),
+            local_invites: HashMap::new(),
         }
     }
 
@@ -162,6 +165,20 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// While degraded: when this instance's next INVITE to `trunk` may go out, at most
+    /// `degraded_share` of the trunk's rate (one INVITE per `interval / share`), and books it.
+    /// Each instance paces alone, so N instances with a share of 1/N stay under the trunk's
+    /// limit together.
+    pub fn local_invite_at(&mut self, trunk: &str, interval: Duration, now: Instant) -> Instant {
+        let spacing = interval.div_f64(self.limits.degraded_share);
+        let at = self
+            .local_invites
+            .get(trunk)
+            .map_or(now, |next| (*next).max(now));
+        self.local_invites.insert(trunk.to_string(), at + spacing);
+        at
     }
 
     /// A call took its slots (in Redis, or locally while degraded); `dialog` is how its task
@@ -350,6 +367,21 @@ mod tests {
         assert_eq!(c.released("d3"), None);
         assert_eq!(c.calls().count(), 2);
         assert_eq!(c.admit_local(&slot("twilio", None)), Ok(()));
+    }
+
+    #[test]
+    fn degraded_invites_are_paced_at_the_share_of_the_trunk_rate() {
+        let t0 = Instant::now();
+        let mut c = Core::new(t0, limits(), Duration::from_secs(1));
+        let second = Duration::from_secs(1);
+        // share 0.5 of 1 call per second: one INVITE every 2 s from this instance.
+        assert_eq!(c.local_invite_at("t", second, t0), t0);
+        assert_eq!(c.local_invite_at("t", second, t0), t0 + 2 * second);
+        assert_eq!(c.local_invite_at("t", second, t0 + second), t0 + 4 * second);
+        // Another trunk has its own turn; an idle trunk sends at once.
+        assert_eq!(c.local_invite_at("u", second, t0), t0);
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(c.local_invite_at("t", second, later), later);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! Decisions live in [`core::Core`] (pure, clock injected); this module is the thin driver that
 //! runs them against Redis: one Lua script per operation, so that every check-and-increment is
-//! atomic and one call setup costs one Redis round trip (its end one more).
+//! atomic and one inbound call setup costs one Redis round trip (its end one more); an outbound
+//! call costs two (its registration and its INVITE turn, [`Cluster::invite_turn`]).
 //!
 //! Redis keys (all under `sbc:`; one Redis or a primary with replicas, not Redis Cluster: the
 //! scripts touch keys of several instances):
@@ -11,7 +12,12 @@
 //! - `sbc:inst:{id}`: hash `api` (`IP:port`), `name` (TLS server name) of its API;
 //! - `sbc:calls:{id}`: hash CallSid → `carrier\naccount`: the instance's calls (the registry)
 //!   and the slots they hold;
-//! - `sbc:count:{id}`: hash `c:{carrier}` / `a:{account}` → calls: its slot counts.
+//! - `sbc:count:{id}`: hash `c:{carrier}` / `a:{account}` → calls: its slot counts;
+//! - `sbc:cps:{trunk}`: the next free INVITE turn of an outbound trunk, in µs of Redis `TIME`
+//!   (the cluster-wide calls-per-second limit, [`Cluster::invite_turn`]).
+//!
+//! An outbound call (`outbound.rs`) registers under the carrier name `trunk:{trunk}`, which no
+//! `carrier_limits` entry can name, so only `account_limits` applies to it.
 //!
 //! The heartbeat refreshes the three hashes' TTL and the instance's score; when an instance dies
 //! (`kill -9`) they expire after `cluster.ttl_ms`, and with them its slots and registry entries.
@@ -36,6 +42,11 @@ use crate::config::{ClusterConfig, ConfigError};
 use crate::metrics as m;
 use core::{Beat, Core, Limits};
 pub use core::{Full, Slot};
+
+/// Added to a trunk's INVITE interval in the cluster-wide pacer (1/20 of it): INVITEs booked 1 s
+/// apart leave two instances after their own wake-up and send delays, and the trunk counts
+/// arrivals; 50 ms at 1 call per second covers that jitter on a loaded host.
+const CPS_GUARD_DIVISOR: u32 = 20;
 
 /// Releases waiting for the driver at most; beyond it the next heartbeat resyncs instead.
 const RELEASE_QUEUE: usize = 4096;
@@ -77,6 +88,7 @@ struct Scripts {
     resync: Script,
     lookup: Script,
     peers: Script,
+    cps: Script,
 }
 
 /// Common head of every script: `now` in ms from Redis' own clock (one clock for all
@@ -162,6 +174,19 @@ end
 return {}
 ";
 
+/// ARGV: trunk, spacing in µs. Books the trunk's next INVITE turn: a token bucket of depth one
+/// kept as the time its next token is due (GCRA's theoretical arrival time), so that turns
+/// are `spacing` apart whichever instance asks. Returns the µs to wait for the booked turn.
+/// Times are formatted with `%.0f`: Lua 5.1's `tostring` would write 16 digits as `1.7e+15`.
+const CPS: &str = r"
+local key, spacing = 'sbc:cps:' .. ARGV[1], tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local at = math.max(now, tonumber(redis.call('GET', key) or '0'))
+redis.call('SET', key, string.format('%.0f', at + spacing), 'PX', math.floor((at + spacing - now) / 1000) + 1000)
+return at - now
+";
+
 /// Returns {id, api, name, ...} of every live instance.
 const PEERS: &str = r"
 local out = {}
@@ -187,6 +212,7 @@ impl Scripts {
             resync: with_head(&format!("{RESYNC_BODY}\n{REGISTER}\nreturn 1")),
             lookup: with_head(LOOKUP),
             peers: with_head(PEERS),
+            cps: Script::new(CPS),
         }
     }
 }
@@ -481,6 +507,23 @@ impl Cluster {
             // The driver is behind: rewrite everything at the next heartbeat instead.
             self.core().forgotten();
         }
+    }
+
+    /// When this instance's next INVITE to `trunk` may go out, so that the whole cluster sends
+    /// at most `per_second` INVITEs per second to it (one Redis round trip: the turn is booked
+    /// atomically, [`CPS`]). While degraded, or if Redis fails now, this instance paces alone
+    /// at `degraded_share` of the rate ([`Core::local_invite_at`]).
+    pub async fn invite_turn(&self, trunk: &str, per_second: std::num::NonZeroU32) -> Instant {
+        let interval = Duration::from_secs(1) / per_second.get();
+        if !self.is_degraded() {
+            let spacing = interval + interval / CPS_GUARD_DIVISOR;
+            let mut inv = self.scripts.cps.prepare_invoke();
+            inv.arg(trunk).arg(spacing.as_micros() as u64);
+            if let Ok(wait_us) = self.invoke_prepared::<i64>("cps", &inv).await {
+                return Instant::now() + Duration::from_micros(wait_us.max(0) as u64);
+            }
+        }
+        self.core().local_invite_at(trunk, interval, Instant::now())
     }
 
     /// The live instance that holds call `sid`, if any.

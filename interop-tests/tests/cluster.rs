@@ -921,6 +921,64 @@ fn outbound_calls_are_in_the_registry_and_count_for_the_account() {
     assert_eq!(code, 200);
 }
 
+/// `[[trunks]] max_concurrent_calls` holds across the cluster: with 1, a call ringing through A
+/// leaves none for B (it fails before any INVITE, the log says which limit), and B's next call
+/// goes out once A's has ended.
+#[test]
+fn trunk_concurrency_is_cluster_wide() {
+    let env = TestEnv::new();
+    let redis = RedisServer::start(env.dir());
+    let agent = env.start_agent(AgentBehaviour::Echo);
+    let trunk = TestTrunk::start(
+        &env.pki.agent,
+        TrunkBehaviour::Ring,
+        TRUNK_USER,
+        TRUNK_PASSWORD,
+    );
+    let one = ["max_concurrent_calls = 1"];
+    let a = trunk_node(&env, (&redis, &agent, &trunk), "a", "127.0.0.1", &[], &one);
+    let b = trunk_node(&env, (&redis, &agent, &trunk), "b", "127.0.0.2", &[], &one);
+    let (code, v) = create_call(&env, &agent, &a);
+    assert_eq!(code, 201, "{v}");
+    let sid = v["sid"].as_str().unwrap().to_string();
+    let v = wait_call_status(&env, &a, &sid, "ringing");
+    assert_eq!(v["status"], "ringing", "{v}\n{}", a.sbc.log());
+    assert_eq!(
+        redis.cli(&["HGET", "sbc:count:a", "c:trunk:test-trunk"]),
+        "1"
+    );
+
+    // B alone is under its own limit of 1, but the trunk's one call is A's.
+    let (code, v) = create_call(&env, &agent, &b);
+    assert_eq!(code, 201, "{v}");
+    let sid2 = v["sid"].as_str().unwrap().to_string();
+    let v = wait_call_status(&env, &b, &sid2, "failed");
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(
+        b.sbc.log().contains("cluster trunk limit reached"),
+        "{}",
+        b.sbc.log()
+    );
+    assert_eq!(trunk.log().first_invites().len(), 1);
+
+    // A's call ends; the slot is free for B.
+    let (code, v, _) = api(&env, &a, &["-d", "Status=canceled"], &call_path(&sid));
+    assert_eq!(code, 200, "{v}");
+    wait_until(SECS10, "trunk slot released", || {
+        redis
+            .cli(&["HGET", "sbc:count:a", "c:trunk:test-trunk"])
+            .is_empty()
+    });
+    let (code, v) = create_call(&env, &agent, &b);
+    assert_eq!(code, 201, "{v}");
+    let sid3 = v["sid"].as_str().unwrap().to_string();
+    let v = wait_call_status(&env, &b, &sid3, "ringing");
+    assert_eq!(v["status"], "ringing", "{v}\n{}", b.sbc.log());
+    assert_eq!(trunk.log().first_invites().len(), 2);
+    let (code, _, _) = api(&env, &b, &["-d", "Status=canceled"], &call_path(&sid3));
+    assert_eq!(code, 200);
+}
+
 /// A call the origination simulator placed and an instance answered: its connection, dialog
 /// and running media (PCMU under our key to sbc; sbc's packets decrypted and counted).
 struct Live {
@@ -1184,6 +1242,14 @@ fn sigterm_drains_and_the_simulator_fails_over() {
     assert!(
         a.sbc.wait_exit(Duration::from_secs(20)).is_some(),
         "A exits once drained"
+    );
+    // A left the cluster as it exited: its registration is gone at once, not at the end of its
+    // TTL (1.5 s, refreshed every 0.3 s), so no instance lists or forwards to it meanwhile.
+    assert_eq!(redis.cli(&["EXISTS", "sbc:inst:a"]), "0", "{}", a.sbc.log());
+    assert_eq!(redis.cli(&["ZSCORE", "sbc:instances", "a"]), "");
+    assert_eq!(
+        redis.cli(&["ZSCORE", "sbc:instances", "b"]).is_empty(),
+        false
     );
     // A is gone: the connect failure sends its calls to B.
     let mut connect_failed = 0;

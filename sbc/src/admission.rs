@@ -114,8 +114,8 @@ pub async fn admit_cluster(
 
 /// `[cluster]`, for an outbound call `sid` through trunk `trunk` for API account `account`:
 /// registers the call as this instance's (so that any instance's API forwards requests for it
-/// here) and takes the account's cluster slot (`cluster.account_limits`; no carrier limit
-/// names a trunk). Released by the outbound task's drop guard with
+/// here) and takes the account's cluster slot (`cluster.account_limits`) and the trunk's
+/// (`[[trunks]] max_concurrent_calls`, counted across the cluster). Released by the outbound task's drop guard with
 /// `Cluster::dialog_key(&outbound_carrier(trunk), sid)`.
 pub async fn admit_outbound(
     shared: &Shared,
@@ -129,7 +129,7 @@ pub async fn admit_outbound(
 /// The carrier name an outbound call through `trunk` is counted under (as `outbound.rs` routes
 /// the trunk's connection).
 pub fn outbound_carrier(trunk: &str) -> String {
-    format!("trunk:{trunk}")
+    format!("{}{trunk}", crate::cluster::TRUNK_PREFIX)
 }
 
 /// `[cluster]`: when the next INVITE to `trunk` may go out under the trunk's cluster-wide

@@ -66,7 +66,15 @@ pub async fn run(loaded: Loaded) -> Result<(), ServerError> {
     let cluster = config
         .cluster
         .clone()
-        .map(crate::cluster::Cluster::new)
+        .map(|c| {
+            crate::cluster::Cluster::new(
+                c,
+                config
+                    .trunks
+                    .iter()
+                    .map(|t| (t.name.clone(), t.max_concurrent_calls)),
+            )
+        })
         .transpose()?;
     let shared = Arc::new(Shared {
         live: std::sync::RwLock::new(Arc::new(live)),
@@ -159,6 +167,9 @@ pub async fn run(loaded: Loaded) -> Result<(), ServerError> {
     }
     for l in listeners {
         l.abort();
+    }
+    if let Some(c) = &shared.cluster {
+        c.leave().await;
     }
     // Every record of the drained calls reaches the file before the process exits.
     let audit_owner = Arc::clone(&shared);

@@ -24,6 +24,9 @@ pub enum Full {
     Carrier,
     /// `cluster.account_limits` for the call's account.
     Account,
+    /// `[[trunks]] max_concurrent_calls` of an outbound call's trunk, counted across the
+    /// cluster (the trunk is the carrier `trunk:<name>` of [`Slot`]).
+    Trunk,
 }
 
 impl Full {
@@ -32,9 +35,23 @@ impl Full {
         match self {
             Full::Carrier => "cluster carrier limit reached (cluster.carrier_limits)",
             Full::Account => "cluster account limit reached (cluster.account_limits)",
+            Full::Trunk => "cluster trunk limit reached (trunks.max_concurrent_calls)",
+        }
+    }
+
+    /// A slot's carrier limit was reached: a trunk's limit for an outbound call.
+    pub fn carrier_of(slot: &Slot) -> Full {
+        if slot.carrier.starts_with(TRUNK_PREFIX) {
+            Full::Trunk
+        } else {
+            Full::Carrier
         }
     }
 }
+
+/// How an outbound call's trunk is named as the carrier of its [`Slot`] (`trunk:<name>`; a
+/// carrier's name cannot hold `:`).
+pub const TRUNK_PREFIX: &str = "trunk:";
 
 /// Whether Redis answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +75,7 @@ pub enum Beat {
 /// Cluster-wide limits, as configured.
 #[derive(Clone, Debug, Default)]
 pub struct Limits {
+    /// By carrier name; a trunk's `max_concurrent_calls` is here under `trunk:<name>`.
     pub carriers: HashMap<String, u32>,
     pub accounts: HashMap<String, u32>,
     /// Share of each limit applied alone while degraded (0 < share <= 1).
@@ -151,7 +169,7 @@ impl Core {
                 .filter(|s| s.carrier == slot.carrier)
                 .count();
             if n as u64 >= u64::from(self.limits.local(limit)) {
-                return Err(Full::Carrier);
+                return Err(Full::carrier_of(slot));
             }
         }
         if let Some(limit) = self.limits.account(slot.account.as_deref()) {
@@ -272,6 +290,22 @@ mod tests {
             carrier: carrier.into(),
             account: account.map(Into::into),
         }
+    }
+
+    #[test]
+    fn a_trunk_limit_is_named_as_such_when_full() {
+        let mut l = limits();
+        l.carriers.insert(format!("{TRUNK_PREFIX}term"), 2);
+        let mut c = Core::new(Instant::now(), l, Duration::from_secs(1));
+        // Share 0.5 of 2: one outbound call on the trunk while degraded.
+        let trunk = slot("trunk:term", Some("AC9"));
+        assert_eq!(c.admit_local(&trunk), Ok(()));
+        c.taken("CA1".into(), "d1".into(), trunk.clone());
+        assert_eq!(c.admit_local(&trunk), Err(Full::Trunk));
+        assert!(Full::Trunk.why().contains("trunks.max_concurrent_calls"));
+        // Inbound calls of a carrier are not counted against it.
+        assert_eq!(c.admit_local(&slot("twilio", None)), Ok(()));
+        assert_eq!(Full::carrier_of(&slot("twilio", None)), Full::Carrier);
     }
 
     #[test]

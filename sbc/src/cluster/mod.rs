@@ -41,7 +41,7 @@ use tracing::{info, warn};
 use crate::config::{ClusterConfig, ConfigError};
 use crate::metrics as m;
 use core::{Beat, Core, Limits};
-pub use core::{Full, Slot};
+pub use core::{Full, Slot, TRUNK_PREFIX};
 
 /// Added to a trunk's INVITE interval in the cluster-wide pacer (1/20 of it): INVITEs booked 1 s
 /// apart leave two instances after their own wake-up and send delays, and the trunk counts
@@ -79,6 +79,9 @@ pub struct Cluster {
     scripts: Scripts,
     /// Redis commands sent (a round trip each), for the figures in `docs/scaling.md`.
     round_trips: AtomicU64,
+    /// Held by a heartbeat while it writes and by [`Cluster::leave`], so that no heartbeat
+    /// re-registers an instance that has left; the flag says it has.
+    membership: tokio::sync::Mutex<bool>,
 }
 
 struct Scripts {
@@ -89,6 +92,7 @@ struct Scripts {
     lookup: Script,
     peers: Script,
     cps: Script,
+    leave: Script,
 }
 
 /// Common head of every script: `now` in ms from Redis' own clock (one clock for all
@@ -187,6 +191,14 @@ redis.call('SET', key, string.format('%.0f', at + spacing), 'PX', math.floor((at
 return at - now
 ";
 
+/// ARGV: id. This instance leaves the cluster: its registration, calls and slots are gone at
+/// once (not at the end of their TTL).
+const LEAVE: &str = r"
+redis.call('ZREM', 'sbc:instances', ARGV[1])
+redis.call('DEL', 'sbc:inst:' .. ARGV[1], 'sbc:calls:' .. ARGV[1], 'sbc:count:' .. ARGV[1])
+return 1
+";
+
 /// Returns {id, api, name, ...} of every live instance.
 const PEERS: &str = r"
 local out = {}
@@ -213,6 +225,7 @@ impl Scripts {
             lookup: with_head(LOOKUP),
             peers: with_head(PEERS),
             cps: Script::new(CPS),
+            leave: Script::new(LEAVE),
         }
     }
 }
@@ -240,7 +253,14 @@ fn url_with_password(url: &str, password: Option<&str>) -> String {
 
 impl Cluster {
     /// Builds the client (no connection yet: the first heartbeat connects).
-    pub fn new(cfg: ClusterConfig) -> Result<Arc<Cluster>, ConfigError> {
+    ///
+    /// `trunk_limits`: each `[[trunks]]` entry's name and `max_concurrent_calls`, which the
+    /// cluster counts like a carrier limit (under `trunk:<name>`), so that N instances together
+    /// never hold more calls on a trunk than it allows.
+    pub fn new(
+        cfg: ClusterConfig,
+        trunk_limits: impl IntoIterator<Item = (String, u32)>,
+    ) -> Result<Arc<Cluster>, ConfigError> {
         let url = zeroize::Zeroizing::new(url_with_password(
             &cfg.redis_url,
             cfg.redis_password.as_ref().map(|p| p.expose()),
@@ -262,7 +282,16 @@ impl Cluster {
         .map_err(|e| ConfigError(format!("cluster.redis_url: {e}")))?;
         let forward_tls = crate::tls::cluster_client_config(&cfg)?;
         let limits = Limits {
-            carriers: cfg.carrier_limits.iter().cloned().collect(),
+            carriers: cfg
+                .carrier_limits
+                .iter()
+                .cloned()
+                .chain(
+                    trunk_limits
+                        .into_iter()
+                        .map(|(name, limit)| (format!("{TRUNK_PREFIX}{name}"), limit)),
+                )
+                .collect(),
             accounts: cfg.account_limits.iter().cloned().collect(),
             degraded_share: cfg.degraded_share,
         };
@@ -278,6 +307,7 @@ impl Cluster {
             forward_tls,
             scripts: Scripts::new(),
             round_trips: AtomicU64::new(0),
+            membership: tokio::sync::Mutex::new(false),
         }))
     }
 
@@ -343,6 +373,10 @@ impl Cluster {
     }
 
     async fn beat(&self, beat: Beat) {
+        let left = self.membership.lock().await;
+        if *left {
+            return;
+        }
         let ttl = self.cfg.ttl.as_millis().to_string();
         let api = self.cfg.api_address.to_string();
         match beat {
@@ -395,6 +429,20 @@ impl Cluster {
                     }
                 }
             }
+        }
+    }
+
+    /// The end of a drain: this instance removes itself from Redis (registration, calls,
+    /// slots), so that other instances stop listing and forwarding to it at once instead of
+    /// after its TTL. No heartbeat registers it again. One attempt: if Redis is away, the TTL
+    /// removes it as after a crash.
+    pub async fn leave(&self) {
+        let mut left = self.membership.lock().await;
+        *left = true;
+        let mut inv = self.scripts.leave.prepare_invoke();
+        inv.arg(&self.cfg.instance_id);
+        if self.invoke_prepared::<i64>("leave", &inv).await.is_ok() {
+            info!(instance = %self.cfg.instance_id, "cluster: left (registration removed from Redis)");
         }
     }
 
@@ -477,7 +525,7 @@ impl Cluster {
                 core.taken(sid.to_string(), dialog, slot);
                 Ok(())
             }
-            Ok((2, _)) => Err(Full::Carrier),
+            Ok((2, _)) => Err(Full::carrier_of(&slot)),
             Ok((_, _)) => Err(Full::Account),
             // Unknown whether Redis took it: the resync after the outage writes the truth.
             Err(()) => self.acquire_local(sid, dialog, slot),

@@ -963,12 +963,11 @@ impl Call {
                 } else if let Some(w) = writer.as_ref() {
                     let now = Instant::now();
                     flow.written(now, w.progress().written.load(Ordering::Relaxed));
-                    let msg = Message::text(text);
-                    if !flow.offer(now, agent::frame_len(&msg)) {
+                    if !flow.offer(now, text.len()) {
                         stuck_why.get_or_insert("send queue full");
                         continue;
                     }
-                    match w.try_send(msg) {
+                    match w.try_send(text) {
                         Ok(()) => {}
                         // The frame bound behind the byte bound.
                         Err(agent::QueueError::Full) => {

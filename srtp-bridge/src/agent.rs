@@ -1,6 +1,6 @@
 //! The agent leg: Twilio Media Streams JSON messages (see `docs` and AGENT-PROTOCOL.md).
 //!
-//! Outgoing messages are written with `format!` around pre-escaped JSON strings (one per 20 ms
+//! Outgoing messages are written as text around pre-escaped JSON strings (one per 20 ms
 //! packet, so no `Value` tree); incoming ones are parsed into [`AgentMessage`].
 
 use std::time::Duration;

@@ -248,10 +248,24 @@ pub struct WriterProgress {
     pub timed_out: AtomicBool,
 }
 
+/// What the call queues for the agent. 16 bytes: tokio's channel allocates its slots 32 at a
+/// time, and a `Message` (56 bytes) made that ~4 KiB per call (docs/performance.md).
+#[derive(Debug)]
+enum Outgoing {
+    /// A text frame.
+    Text(Box<str>),
+    /// Send what is queued, then a Close frame, then end.
+    Close,
+}
+
+/// Frames the writer puts into one TLS write when several are queued (a Media Streams `media`
+/// frame is ~250 bytes, so a batch stays well inside one 16 KiB TLS record).
+const MAX_BATCH: usize = 32;
+
 /// The agent WebSocket's sending half, owned by its own task and fed through a bounded queue:
 /// the call task never awaits the agent.
 pub struct AgentWriter {
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Outgoing>,
     progress: Arc<WriterProgress>,
     task: JoinHandle<()>,
 }
@@ -276,9 +290,10 @@ impl AgentWriter {
         AgentWriter { tx, progress, task }
     }
 
-    /// Queues a frame without waiting.
-    pub fn try_send(&self, msg: Message) -> Result<(), QueueError> {
-        self.tx.try_send(msg).map_err(|e| match e {
+    /// Queues a text frame without waiting.
+    pub fn try_send(&self, text: String) -> Result<(), QueueError> {
+        let item = Outgoing::Text(text.into_boxed_str());
+        self.tx.try_send(item).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => QueueError::Full,
             mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
         })
@@ -291,7 +306,7 @@ impl AgentWriter {
     /// Queues a Close frame and lets the writer finish what is queued, then close (each write
     /// still bounded by its deadline).
     pub fn close(self) {
-        let _ = self.tx.try_send(Message::Close(None));
+        let _ = self.tx.try_send(Outgoing::Close);
     }
 
     /// Drops the socket's sending half now (the agent is stuck).
@@ -300,37 +315,66 @@ impl AgentWriter {
     }
 }
 
-/// Bytes a frame puts on the wire, roughly (payload; the framing overhead is a few bytes).
-pub fn frame_len(msg: &Message) -> usize {
-    msg.len()
+/// Takes what is queued, up to [`MAX_BATCH`] frames, after waiting for the first: the frames
+/// and whether a Close came (it ends the batch). `None` when the call dropped its sender.
+async fn next_batch(rx: &mut mpsc::Receiver<Outgoing>, batch: &mut Vec<Box<str>>) -> Option<bool> {
+    batch.clear();
+    let mut item = rx.recv().await?;
+    loop {
+        match item {
+            Outgoing::Close => return Some(true),
+            Outgoing::Text(t) => batch.push(t),
+        }
+        if batch.len() >= MAX_BATCH {
+            return Some(false);
+        }
+        match rx.try_recv() {
+            Ok(next) => item = next,
+            Err(_) => return Some(false),
+        }
+    }
+}
+
+/// Writes the frames of `batch` and flushes once: several queued frames go out in one TLS
+/// record and one socket write instead of one each. The bytes written, or why it failed.
+async fn write_batch(sink: &mut WsSink, batch: &mut Vec<Box<str>>) -> Result<u64, String> {
+    let mut len = 0u64;
+    for text in batch.drain(..) {
+        len += text.len() as u64;
+        sink.feed(Message::text(String::from(text)))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    sink.flush().await.map_err(|e| e.to_string())?;
+    Ok(len)
 }
 
 async fn write_loop(
     mut sink: WsSink,
-    mut rx: mpsc::Receiver<Message>,
+    mut rx: mpsc::Receiver<Outgoing>,
     progress: Arc<WriterProgress>,
     write_timeout: Duration,
 ) {
-    while let Some(msg) = rx.recv().await {
-        let len = frame_len(&msg) as u64;
-        let is_close = matches!(msg, Message::Close(_));
-        match tokio::time::timeout(write_timeout, sink.send(msg)).await {
-            Ok(Ok(())) => {
-                progress.written.fetch_add(len, Ordering::Relaxed);
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "agent WebSocket write failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(?write_timeout, "agent WebSocket write timed out");
-                progress.timed_out.store(true, Ordering::Relaxed);
-                return;
+    let mut batch = Vec::new();
+    while let Some(close) = next_batch(&mut rx, &mut batch).await {
+        if !batch.is_empty() {
+            match tokio::time::timeout(write_timeout, write_batch(&mut sink, &mut batch)).await {
+                Ok(Ok(len)) => {
+                    progress.written.fetch_add(len, Ordering::Relaxed);
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "agent WebSocket write failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(?write_timeout, "agent WebSocket write timed out");
+                    progress.timed_out.store(true, Ordering::Relaxed);
+                    return;
+                }
             }
         }
-        if is_close {
-            let _ = tokio::time::timeout(write_timeout, sink.close()).await;
-            return;
+        if close {
+            break;
         }
     }
     let _ = tokio::time::timeout(write_timeout, sink.close()).await;
@@ -383,6 +427,34 @@ mod tests {
         }
         assert_eq!(g.outstanding(), 0);
         assert!(!g.handle_timeout(t0 + Duration::from_secs(3600)));
+    }
+
+    #[tokio::test]
+    async fn writer_batches_what_is_queued_and_stops_at_close() {
+        let (tx, mut rx) = mpsc::channel(100);
+        let mut batch = Vec::new();
+        for i in 0..3 {
+            tx.try_send(Outgoing::Text(format!("f{i}").into())).unwrap();
+        }
+        tx.try_send(Outgoing::Close).unwrap();
+        tx.try_send(Outgoing::Text("after".into())).unwrap();
+        // Everything queued up to the Close, in order, and the Close ends the batch.
+        assert_eq!(next_batch(&mut rx, &mut batch).await, Some(true));
+        assert_eq!(batch, ["f0", "f1", "f2"].map(Box::from));
+        assert_eq!(next_batch(&mut rx, &mut batch).await, Some(false));
+        assert_eq!(batch, [Box::from("after")]);
+        // A long queue is cut into batches of MAX_BATCH.
+        for i in 0..MAX_BATCH + 5 {
+            tx.try_send(Outgoing::Text(i.to_string().into())).unwrap();
+        }
+        assert_eq!(next_batch(&mut rx, &mut batch).await, Some(false));
+        assert_eq!(batch.len(), MAX_BATCH);
+        assert_eq!(next_batch(&mut rx, &mut batch).await, Some(false));
+        assert_eq!(batch.len(), 5);
+        assert_eq!(&*batch[0], MAX_BATCH.to_string());
+        drop(tx);
+        assert_eq!(next_batch(&mut rx, &mut batch).await, None);
+        assert_eq!(std::mem::size_of::<Outgoing>(), 16);
     }
 
     #[test]

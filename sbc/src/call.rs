@@ -108,7 +108,10 @@ pub async fn run(setup: CallSetup) {
         carrier,
         sip_call_id,
     };
-    Call::new(setup, call_id).run().instrument(span).await;
+    Box::new(Call::new(setup, call_id))
+        .run()
+        .instrument(span)
+        .await;
 }
 
 /// Gives back the admission slots and the Call-ID when a call task ends, however it ends.
@@ -219,7 +222,7 @@ impl Call {
     /// inbound call.
     async fn run_answered(a: Answered) {
         let live = a.shared.live();
-        let call = Call {
+        let call = Box::new(Call {
             live,
             shared: a.shared,
             carrier: a.carrier,
@@ -240,7 +243,7 @@ impl Call {
             callback_seq: 0,
             answered_at: None,
             outbound: Some(a.info),
-        };
+        });
         call.active(
             a.media,
             a.negotiated,
@@ -250,7 +253,7 @@ impl Call {
         .await
     }
 
-    async fn run(mut self) {
+    async fn run(mut self: Box<Self>) {
         self.flush_sip();
         if self.sip.state() != CallState::Proceeding {
             // The core answered the INVITE itself (422 Session Interval Too Small, RFC 4028).
@@ -643,13 +646,14 @@ impl Call {
             AgentTarget::Url(url) => {
                 self.record.agent.url_host = agent::url_host(&url);
                 let started = Instant::now();
-                let connect = agent::connect(
+                // Boxed: inline, the connect future (TLS and WebSocket handshakes, ~9 KiB) would
+                // size the call task's future for the whole call, not only during setup.
+                let mut connect = Box::pin(agent::connect(
                     &url,
                     Arc::clone(&self.live.agent_tls),
                     cfg.agent.connect_timeout,
                     cfg.agent.send_buffer_bytes,
-                );
-                tokio::pin!(connect);
+                ));
                 let ring_at = self.received + cfg.sip.ringing_after;
                 let mut rung = false;
                 let result = loop {
@@ -746,7 +750,7 @@ impl Call {
     }
 
     async fn active(
-        mut self,
+        mut self: Box<Self>,
         media: MediaSockets,
         negotiated: sdp::Negotiated,
         agent: AgentSide,
@@ -760,6 +764,8 @@ impl Call {
         self.stream_sid = stream.stream_sid.clone();
         // The negotiated parameters go straight into the bridge; one it cannot run is refused
         // here, before the answer (never a 200 with no media).
+        // Boxed: the match below keeps its scrutinee alive across the `.await` of its error
+        // arm, so an inline `Bridge` (~5.5 KiB) would be stored twice in the call task's future.
         let mut bridge = match Bridge::new(
             now,
             media_params(&negotiated),
@@ -771,7 +777,9 @@ impl Call {
                 mirror_caller_ssrc: cfg.media.mirror_caller_ssrc,
                 relatch_packets: cfg.media.relatch_packets,
             },
-        ) {
+        )
+        .map(Box::new)
+        {
             Ok(b) => b,
             Err(e) => {
                 error!(error = %e, "negotiated media parameters unusable: call refused (500)");
@@ -957,12 +965,11 @@ impl Call {
                 } else if let Some(w) = writer.as_ref() {
                     let now = Instant::now();
                     flow.written(now, w.progress().written.load(Ordering::Relaxed));
-                    let msg = Message::text(text);
-                    if !flow.offer(now, agent::frame_len(&msg)) {
+                    if !flow.offer(now, text.len()) {
                         stuck_why.get_or_insert("send queue full");
                         continue;
                     }
-                    match w.try_send(msg) {
+                    match w.try_send(text) {
                         Ok(()) => {}
                         // The frame bound behind the byte bound.
                         Err(agent::QueueError::Full) => {
@@ -1774,5 +1781,29 @@ mod tests {
     #[test]
     fn warning_text_cannot_break_the_header() {
         assert_eq!(sanitize_warning("a \"b\"\r\nc"), "a 'b'''c");
+    }
+
+    /// Size of the future a function returns, without calling it.
+    fn returned_size<A, R>(_f: impl FnOnce(A) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    fn returned_size5<A, B, C, D, E, R>(_f: impl FnOnce(A, B, C, D, E) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// The call task's future is allocated once per call and lives as long as the call: RSS per
+    /// call (docs/performance.md). It was 27.8 KiB (the `Call` stored three times, the agent
+    /// connect future and two copies of the `Bridge` inline); now the `Call`, the `Bridge` and
+    /// the connect future are boxed, each stored once.
+    #[test]
+    fn call_task_future_stays_small() {
+        let run_size = returned_size(run);
+        let active_size = returned_size5(Call::active);
+        assert!(run_size <= 6 * 1024, "call task future {run_size} bytes");
+        assert!(
+            active_size <= 4 * 1024,
+            "media loop future {active_size} bytes"
+        );
     }
 }

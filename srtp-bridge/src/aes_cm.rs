@@ -122,6 +122,7 @@ impl RtpTransform {
     /// SRTP packet for the RTP packet `plain` (header `header_len` bytes long) at packet
     /// index `index` (ROC · 2^16 + SEQ): payload encrypted, tag appended (RFC 3711 §3.3).
     /// `header_len` comes from parsing `plain`, so it is at most `plain.len()`.
+    #[cfg(test)]
     pub(crate) fn protect(
         &self,
         plain: &[u8],
@@ -131,15 +132,29 @@ impl RtpTransform {
     ) -> Vec<u8> {
         let mut out = Vec::with_capacity(plain.len() + self.tag_len);
         out.extend_from_slice(plain);
-        let start = header_len.min(out.len());
-        apply_keystream(&self.aes, &self.iv(ssrc, index), &mut out[start..]);
-        let tag = self.mac(&out, (index >> 16) as u32);
-        out.extend_from_slice(&tag[..self.tag_len]);
+        self.protect_in_place(&mut out, header_len, ssrc, index);
         out
+    }
+
+    /// Like [`RtpTransform::protect`], in place: `packet` (an RTP packet, header `header_len`
+    /// bytes long) gets its payload encrypted and the tag appended. No allocation when `packet`
+    /// has room for the tag.
+    pub(crate) fn protect_in_place(
+        &self,
+        packet: &mut Vec<u8>,
+        header_len: usize,
+        ssrc: u32,
+        index: u64,
+    ) {
+        let start = header_len.min(packet.len());
+        apply_keystream(&self.aes, &self.iv(ssrc, index), &mut packet[start..]);
+        let tag = self.mac(packet, (index >> 16) as u32);
+        packet.extend_from_slice(&tag[..self.tag_len]);
     }
 
     /// The RTP packet inside `packet` if its tag verifies at `index` (compared in constant
     /// time), `None` otherwise (also when `packet` is shorter than `header_len` + the tag).
+    #[cfg(test)]
     pub(crate) fn unprotect(
         &self,
         packet: &[u8],
@@ -147,18 +162,38 @@ impl RtpTransform {
         ssrc: u32,
         index: u64,
     ) -> Option<Vec<u8>> {
-        let body_end = packet.len().checked_sub(self.tag_len)?;
+        let mut out = Vec::new();
+        self.unprotect_into(packet, header_len, ssrc, index, &mut out)
+            .then_some(out)
+    }
+
+    /// Like [`RtpTransform::unprotect`] into `out` (cleared first; a reused buffer makes it
+    /// allocation-free): false, and `out` left empty, unless the tag verifies.
+    pub(crate) fn unprotect_into(
+        &self,
+        packet: &[u8],
+        header_len: usize,
+        ssrc: u32,
+        index: u64,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        out.clear();
+        let Some(body_end) = packet.len().checked_sub(self.tag_len) else {
+            return false;
+        };
         if body_end < header_len {
-            return None;
+            return false;
         }
         let (authenticated, tag) = packet.split_at(body_end);
         let mut mac = self.mac.clone();
         mac.update(authenticated);
         mac.update(&((index >> 16) as u32).to_be_bytes());
-        mac.verify_truncated_left(tag).ok()?;
-        let mut out = authenticated.to_vec();
+        if mac.verify_truncated_left(tag).is_err() {
+            return false;
+        }
+        out.extend_from_slice(authenticated);
         apply_keystream(&self.aes, &self.iv(ssrc, index), &mut out[header_len..]);
-        Some(out)
+        true
     }
 }
 

@@ -1,6 +1,6 @@
 //! The agent leg: Twilio Media Streams JSON messages (see `docs` and AGENT-PROTOCOL.md).
 //!
-//! Outgoing messages are written with `format!` around pre-escaped JSON strings (one per 20 ms
+//! Outgoing messages are written as text around pre-escaped JSON strings (one per 20 ms
 //! packet, so no `Value` tree); incoming ones are parsed into [`AgentMessage`].
 
 use std::time::Duration;
@@ -222,14 +222,43 @@ impl AgentWriter {
     }
 
     /// `media` with 20 ms of inbound mu-law audio; `timestamp_ms` since the stream started.
+    ///
+    /// One allocation of exactly the message's length (one per 20 ms packet; `format!` with a
+    /// separate base64 `String` took two and grew its output several times, and a `String`
+    /// whose capacity exceeds its length costs the WebSocket layer one more when it becomes
+    /// `Bytes`).
     pub fn media(&mut self, timestamp_ms: u64, ulaw: &[u8]) -> String {
         self.chunk += 1;
         let seq = self.next_seq();
-        let payload = base64::engine::general_purpose::STANDARD.encode(ulaw);
-        format!(
-            r#"{{"event":"media","sequenceNumber":"{seq}","streamSid":{},"media":{{"track":"inbound","chunk":"{}","timestamp":"{timestamp_ms}","payload":"{payload}"}}}}"#,
-            self.sid, self.chunk
-        )
+        const PARTS: [&str; 5] = [
+            r#"{"event":"media","sequenceNumber":""#,
+            r#"","streamSid":"#,
+            r#","media":{"track":"inbound","chunk":""#,
+            r#"","timestamp":""#,
+            r#"","payload":""#,
+        ];
+        const END: &str = r#""}}"#;
+        let len = PARTS.iter().map(|p| p.len()).sum::<usize>()
+            + END.len()
+            + decimal_len(seq)
+            + self.sid.len()
+            + decimal_len(self.chunk)
+            + decimal_len(timestamp_ms)
+            + base64::encoded_len(ulaw.len(), true).unwrap_or(0);
+        let mut out = String::with_capacity(len);
+        let mut num = [0u8; 20];
+        out.push_str(PARTS[0]);
+        out.push_str(decimal(seq, &mut num));
+        out.push_str(PARTS[1]);
+        out.push_str(&self.sid);
+        out.push_str(PARTS[2]);
+        out.push_str(decimal(self.chunk, &mut num));
+        out.push_str(PARTS[3]);
+        out.push_str(decimal(timestamp_ms, &mut num));
+        out.push_str(PARTS[4]);
+        base64::engine::general_purpose::STANDARD.encode_string(ulaw, &mut out);
+        out.push_str(END);
+        out
     }
 
     /// `dtmf` from the caller.
@@ -275,9 +304,62 @@ pub fn echo_agent_reply(text: &str) -> Option<String> {
     Some(json!({"event": "media", "streamSid": sid, "media": {"payload": payload}}).to_string())
 }
 
+/// Digits of `n` in decimal.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |l| l as usize + 1)
+}
+
+/// `n` in decimal, written into `buf` (20 bytes hold any `u64`).
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn media_message_is_exactly_sized_and_matches_the_format() {
+        for (sid, ts, n) in [
+            ("MZ1", 0u64, 1usize),
+            ("MZ\"odd\\sid", 9, 10),
+            ("MZ0123456789abcdef", 10, 99),
+            ("M", u64::MAX, 1000),
+        ] {
+            let mut w = AgentWriter::new(sid);
+            let ulaw: Vec<u8> = (0..n).map(|i| (i * 7) as u8).collect();
+            for _ in 0..n {
+                let msg = w.media(ts, &ulaw);
+                assert_eq!(msg.len(), msg.capacity(), "{msg}");
+                let expected = format!(
+                    r#"{{"event":"media","sequenceNumber":"{}","streamSid":{},"media":{{"track":"inbound","chunk":"{}","timestamp":"{ts}","payload":"{}"}}}}"#,
+                    w.seq,
+                    Value::from(sid),
+                    w.chunk,
+                    base64::engine::general_purpose::STANDARD.encode(&ulaw)
+                );
+                assert_eq!(msg, expected);
+                let v: Value = serde_json::from_str(&msg).unwrap();
+                assert_eq!(v["streamSid"], sid);
+            }
+        }
+        assert_eq!(decimal_len(0), 1);
+        assert_eq!(decimal_len(9), 1);
+        assert_eq!(decimal_len(10), 2);
+        assert_eq!(decimal_len(u64::MAX), 20);
+        assert_eq!(decimal(u64::MAX, &mut [0; 20]), u64::MAX.to_string());
+        assert_eq!(decimal(0, &mut [0; 20]), "0");
+    }
 
     #[test]
     fn transfer_extension_messages() {

@@ -198,6 +198,8 @@ pub struct Bridge {
     agent_out: VecDeque<String>,
     events: VecDeque<BridgeEvent>,
     stats: BridgeStats,
+    /// The decrypted RTP packet, reused from packet to packet (no allocation per packet).
+    plain: Vec<u8>,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -290,6 +292,7 @@ impl Bridge {
             agent_out,
             events: VecDeque::new(),
             stats: BridgeStats::default(),
+            plain: Vec::new(),
         })
     }
 
@@ -319,9 +322,13 @@ impl Bridge {
         &mut self,
         now: Instant,
         rtp: bool,
-        f: impl Fn(&mut InboundContext) -> Result<T, SrtpError>,
+        mut f: impl FnMut(&mut InboundContext) -> Result<T, SrtpError>,
     ) -> Result<T, SrtpError> {
-        match self.inbound.as_mut().map_or(Err(SrtpError::AuthFailed), &f) {
+        match self
+            .inbound
+            .as_mut()
+            .map_or(Err(SrtpError::AuthFailed), &mut f)
+        {
             Ok(v) => {
                 if rtp {
                     self.inbound_alt = None;
@@ -360,7 +367,14 @@ impl Bridge {
     }
 
     fn on_srtp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        let (plain, header) = match self.unprotect(now, true, |c| c.unprotect_rtp(data)) {
+        let mut plain = std::mem::take(&mut self.plain);
+        self.on_srtp_into(now, from, data, &mut plain);
+        self.plain = plain;
+    }
+
+    /// [`Bridge::on_srtp`] with `plain` (the reused buffer) for the decrypted packet.
+    fn on_srtp_into(&mut self, now: Instant, from: SocketAddr, data: &[u8], plain: &mut Vec<u8>) {
+        let header = match self.unprotect(now, true, |c| c.unprotect_rtp_into(data, plain)) {
             Ok(x) => x,
             Err(e) => return self.count_error(&e, "srtp"),
         };
@@ -383,7 +397,7 @@ impl Bridge {
             header.timestamp,
             arrival,
         );
-        let Ok(payload) = header.payload(&plain) else {
+        let Ok(payload) = header.payload(plain) else {
             self.stats.carrier_malformed += 1;
             return;
         };
@@ -699,8 +713,11 @@ impl Bridge {
             debug!(bytes, "agent audio dropped after a stall of the driver");
         }
         let take = self.queue.len().min(FRAME_BYTES);
-        let mut frame: Vec<u8> = self.queue.drain(..take).collect();
-        frame.resize(FRAME_BYTES, ULAW_SILENCE);
+        // On the stack: silence where the queue runs short.
+        let mut frame = [ULAW_SILENCE; FRAME_BYTES];
+        for (d, s) in frame.iter_mut().zip(self.queue.drain(..take)) {
+            *d = s;
+        }
         self.played += take as u64;
         if self.leg.codec == Codec::Pcma {
             frame.iter_mut().for_each(|b| *b = ulaw_to_alaw(*b));
@@ -717,9 +734,11 @@ impl Bridge {
         let Some(ctx) = &mut self.outbound else {
             return;
         };
-        let packet = write_rtp(marker, pt, self.seq, ts, self.config.ssrc, payload);
-        match ctx.protect_rtp(&packet) {
-            Ok(data) => {
+        // One allocation per packet: the RTP packet is written with room for the tag and
+        // protected in place; it is the datagram handed to the driver.
+        let mut data = write_rtp(marker, pt, self.seq, ts, self.config.ssrc, payload);
+        match ctx.protect_rtp_in_place(&mut data) {
+            Ok(()) => {
                 self.seq = self.seq.wrapping_add(1);
                 self.stats.rtp_out += 1;
                 self.stats.bytes_out += data.len() as u64;

@@ -165,6 +165,19 @@ impl InboundContext {
     /// Checks replay, then authenticates and decrypts one SRTP packet (RFC 3711 §3.3).
     /// Returns the RTP packet and its header.
     pub fn unprotect_rtp(&mut self, packet: &[u8]) -> Result<(Vec<u8>, RtpHeader), SrtpError> {
+        let mut plain = Vec::new();
+        let header = self.unprotect_rtp_into(packet, &mut plain)?;
+        Ok((plain, header))
+    }
+
+    /// Like [`InboundContext::unprotect_rtp`], writing the RTP packet into `plain` (cleared
+    /// first): with a buffer reused from packet to packet, no allocation.
+    pub fn unprotect_rtp_into(
+        &mut self,
+        packet: &[u8],
+        plain: &mut Vec<u8>,
+    ) -> Result<RtpHeader, SrtpError> {
+        plain.clear();
         let header = RtpHeader::parse(packet).map_err(|_| SrtpError::Malformed)?;
         if packet.len() < header.header_len + self.rtp.tag_len() {
             return Err(SrtpError::Malformed);
@@ -183,10 +196,12 @@ impl InboundContext {
             // A new stream starts at ROC 0 (RFC 3711 §3.3.1).
             None => u64::from(header.sequence_number),
         };
-        let plain = self
+        if !self
             .rtp
-            .unprotect(packet, header.header_len, ssrc, index)
-            .ok_or(SrtpError::AuthFailed)?;
+            .unprotect_into(packet, header.header_len, ssrc, index, plain)
+        {
+            return Err(SrtpError::AuthFailed);
+        }
         match slot {
             Some(i) => self.replay[i].1.accept(index),
             None => {
@@ -208,7 +223,7 @@ impl InboundContext {
                 self.replay.push((ssrc, state));
             }
         }
-        Ok((plain, header))
+        Ok(header)
     }
 
     /// Highest authenticated packet index (ROC << 16 | SEQ) of each SSRC seen.
@@ -382,6 +397,16 @@ impl OutboundContext {
 
     /// Protects one RTP packet (RFC 3711 §3.3); the rollover counter follows the sequence number.
     pub fn protect_rtp(&mut self, packet: &[u8]) -> Result<Vec<u8>, SrtpError> {
+        let mut out = Vec::with_capacity(packet.len() + self.rtp.tag_len());
+        out.extend_from_slice(packet);
+        self.protect_rtp_in_place(&mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`OutboundContext::protect_rtp`], in place: the payload of the RTP packet in `packet`
+    /// is encrypted and the tag appended (no allocation when `packet` has room for the tag, as
+    /// [`crate::rtp::write_rtp`]'s output has). On error `packet` is unchanged.
+    pub fn protect_rtp_in_place(&mut self, packet: &mut Vec<u8>) -> Result<(), SrtpError> {
         let header = RtpHeader::parse(packet).map_err(|_| SrtpError::Malformed)?;
         let ssrc = header.ssrc;
         let slot = match self.senders.iter().position(|(s, _)| *s == ssrc) {
@@ -399,9 +424,10 @@ impl OutboundContext {
             return Err(SrtpError::Protect);
         }
         let index = (u64::from(roc) << 16) | u64::from(seq);
-        let out = self.rtp.protect(packet, header.header_len, ssrc, index);
+        self.rtp
+            .protect_in_place(packet, header.header_len, ssrc, index);
         state.update(seq, step);
-        Ok(out)
+        Ok(())
     }
 
     /// Protects one RTCP compound packet (RFC 3711 §3.4, E flag set, next SRTCP index).

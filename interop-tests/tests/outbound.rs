@@ -1077,17 +1077,18 @@ fn baresip_answers_an_outbound_call() {
     let (listen, tls_port) = (env.ports.sipp[0], env.ports.sipp[1]);
     let dir = env.dir().join("baresip-callee");
     std::fs::create_dir_all(&dir).unwrap();
-    // baresip's sip_certificate: certificate chain and key in one PEM file.
-    let pem = format!(
-        "{}{}",
-        std::fs::read_to_string(&env.pki.agent.cert_pem_path).unwrap(),
-        std::fs::read_to_string(&env.pki.agent.key_pem_path).unwrap()
-    );
-    std::fs::write(dir.join("tls.pem"), pem).unwrap();
+    // baresip's sip_certificate: certificate chain and key in one PEM file. baresip presents
+    // this one certificate as a server (sbc dials it) and as a client (its BYE on a new
+    // connection to sbc's listener), so it carries both extended key usages; sbc, with
+    // `[tls] client_ca`, refuses a presented client certificate not valid for client
+    // authentication (the test PKI's leaves carry one usage each). Its CA is added to the file
+    // sbc's `client_ca` and baresip's `sip_cafile` read.
+    std::fs::write(dir.join("tls.pem"), dual_use_identity(&env.pki.ca_pem_path)).unwrap();
     let mut source = tone(440.0, 12000.0, 1.0);
     source.extend(silence(1.0));
     source.extend(tone(660.0, 4000.0, 1.0));
-    // Silence after the 3 s: baresip hangs up when its file ends, and the API hangs up first.
+    // Silence after the 3 s: baresip hangs up when its file ends (a BYE on a new connection to
+    // sbc's Contact).
     source.extend(silence(4.0));
     write_wav(&dir.join("in.wav"), &source);
     std::fs::write(
@@ -1142,13 +1143,10 @@ fn baresip_answers_an_outbound_call() {
     first_conn(&agent, "baresip's audio", Duration::from_secs(15), |c| {
         c.media.len() >= 210
     });
-    let (code, v) = curl(&env, &["-d", "Status=completed"], &call_path(&sid));
-    assert_eq!(
-        (code, v["status"].as_str()),
-        (200, Some("completed")),
-        "{v}"
-    );
+    // baresip hangs up itself, on a new connection.
     let conns = interop_tests::wait_closed(&agent, 1);
+    let v = wait_status(&env, &sid, "completed", Duration::from_secs(10));
+    assert_eq!(v["status"], "completed", "{v}\n{}", sbc.log());
     let deadline = Instant::now() + Duration::from_secs(20);
     let code = loop {
         if let Some(st) = child.try_wait().expect("wait baresip") {
@@ -1196,6 +1194,41 @@ fn baresip_answers_an_outbound_call() {
         rec["srtp"]["chosen_inbound"], "AES_CM_128_HMAC_SHA1_80",
         "{rec}"
     );
+    assert_eq!(
+        rec["end_reason"], "carrier_bye",
+        "baresip's BYE: {rec}\n{blog}"
+    );
+}
+
+/// A certificate for 127.0.0.1 valid for server and client authentication (chain and key as
+/// one PEM), from a CA of its own whose certificate is appended to `ca_pem_path`.
+fn dual_use_identity(ca_pem_path: &Path) -> String {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "baresip dual-use test CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = ca.self_signed(&ca_key).expect("self-sign CA");
+    let key = KeyPair::generate().expect("leaf key");
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("leaf params");
+    leaf.distinguished_name
+        .push(DnType::CommonName, "baresip callee");
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let leaf = leaf.signed_by(&key, &ca, &ca_key).expect("sign leaf");
+    let mut bundle = std::fs::read_to_string(ca_pem_path).expect("read CA bundle");
+    bundle.push_str(&ca.pem());
+    std::fs::write(ca_pem_path, bundle).expect("write CA bundle");
+    format!("{}{}{}", leaf.pem(), ca.pem(), key.serialize_pem())
 }
 
 /// `early_media = true`: the trunk's 183 with SDP starts the agent's stream (and the trunk hears

@@ -989,6 +989,28 @@ mod tests {
     }
 
     #[test]
+    fn trunk_addresses_count_per_call() {
+        let table = TrunkTable::default();
+        let a: std::net::SocketAddr = "192.0.2.10:5061".parse().unwrap();
+        let b: std::net::SocketAddr = "[::ffff:192.0.2.11]:5061".parse().unwrap();
+        table.add_peers("t", &[a, b]);
+        table.add_peers("t", &[a]);
+        assert_eq!(table.trunk_at(a.ip()).as_deref(), Some("t"));
+        // IPv4-mapped IPv6 compares as IPv4.
+        assert_eq!(
+            table.trunk_at("192.0.2.11".parse().unwrap()).as_deref(),
+            Some("t")
+        );
+        assert_eq!(table.trunk_at("192.0.2.12".parse().unwrap()), None);
+        table.forget_peers("t", &[a, b]);
+        // The second call still holds `a`.
+        assert_eq!(table.trunk_at(a.ip()).as_deref(), Some("t"));
+        assert_eq!(table.trunk_at("192.0.2.11".parse().unwrap()), None);
+        table.forget_peers("t", &[a]);
+        assert_eq!(table.trunk_at(a.ip()), None);
+    }
+
+    #[test]
     fn callback_events() {
         assert_eq!(parse_events(None).unwrap(), vec![CallbackEvent::Completed]);
         assert_eq!(

@@ -23,7 +23,9 @@ use crate::sip::{strict, Method, Request, Response, SipMessage};
 /// A message reaches a call only from a connection of the call's carrier: the carrier is half of
 /// the key. Within the carrier, the call itself decides whether a request belongs to its dialog
 /// or INVITE transaction (`UasCall::match_request`) before anything in the call changes; a
-/// request that does not match is answered 481 on the connection it came on.
+/// request that does not match is answered 481 on the connection it came on. One exception, for
+/// outbound calls: an in-dialog request on a carrier's connection may reach a trunk's dialog
+/// (`ConnCtx::deliver_to_trunk_dialog`), where `UacCall::matches_request` checks both tags.
 #[derive(Default)]
 pub struct Dialogs {
     calls: Mutex<HashMap<DialogKey, mpsc::Sender<CallInput>>>,

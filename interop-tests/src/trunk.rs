@@ -34,6 +34,24 @@ pub enum TrunkBehaviour {
     /// 183 with the SDES answer and media at once, then [`EARLY_MEDIA_FOR`] later the 200 with
     /// the same SDP (early media, RFC 3960 gateway model).
     EarlyMedia,
+    /// As [`TrunkBehaviour::EarlyMedia`], but [`EARLY_MEDIA_FOR`] after the 183 comes 486 Busy
+    /// Here instead of the 200.
+    EarlyMediaBusy,
+    /// 183 with the SDES answer and media, and no final response (the caller's ring timeout
+    /// sends CANCEL: 200, then 487).
+    EarlyMediaRing,
+}
+
+impl TrunkBehaviour {
+    /// Sends the SDES answer and media in a 183.
+    fn early(self) -> bool {
+        matches!(
+            self,
+            TrunkBehaviour::EarlyMedia
+                | TrunkBehaviour::EarlyMediaBusy
+                | TrunkBehaviour::EarlyMediaRing
+        )
+    }
 }
 
 /// How long [`TrunkBehaviour::EarlyMedia`] plays media before its 200.
@@ -305,7 +323,7 @@ fn serve(
     let mut buf = Vec::new();
     let hard_stop = Instant::now() + Duration::from_secs(60);
     let mut invite: Option<String> = None;
-    // EarlyMedia: the 200 due after the 183.
+    // EarlyMedia: the 200 (or EarlyMediaBusy's 486) due after the 183.
     let mut pending_answer: Option<(Instant, String)> = None;
     let to_tag = format!("trk{}", port);
     let send = |tls: &mut rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>,
@@ -318,14 +336,17 @@ fn serve(
             .as_ref()
             .is_some_and(|(at, _)| Instant::now() >= *at)
         {
-            if let Some((_, ok)) = pending_answer.take() {
-                send(&mut tls, ok);
-                state
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .log
-                    .answers
-                    .push(Instant::now());
+            if let Some((_, fin)) = pending_answer.take() {
+                let answer = fin.starts_with("SIP/2.0 200");
+                send(&mut tls, fin);
+                if answer {
+                    state
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .log
+                        .answers
+                        .push(Instant::now());
+                }
             }
         }
         let msg = match rawcall::read_message(&mut tls, &mut buf, Duration::from_millis(50)) {
@@ -391,7 +412,10 @@ fn serve(
                             respond(&msg, 200, "OK", Some(&to_tag), &contact, sdp),
                         );
                     }
-                    TrunkBehaviour::Answer | TrunkBehaviour::EarlyMedia => {
+                    TrunkBehaviour::Answer
+                    | TrunkBehaviour::EarlyMedia
+                    | TrunkBehaviour::EarlyMediaBusy
+                    | TrunkBehaviour::EarlyMediaRing => {
                         let Some((sbc_rtp, sbc_key)) = offer_tag1(rawcall::body(&msg)) else {
                             send(
                                 &mut tls,
@@ -412,7 +436,7 @@ fn serve(
                              a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{b64}\r\n"
                         );
                         let ok = respond(&msg, 200, "OK", Some(&to_tag), &contact, &sdp);
-                        if behaviour == TrunkBehaviour::EarlyMedia {
+                        if behaviour.early() {
                             send(
                                 &mut tls,
                                 respond(
@@ -424,7 +448,14 @@ fn serve(
                                     &sdp,
                                 ),
                             );
-                            pending_answer = Some((Instant::now() + EARLY_MEDIA_FOR, ok));
+                            let fin = match behaviour {
+                                TrunkBehaviour::EarlyMediaBusy => {
+                                    Some(respond(&msg, 486, "Busy Here", Some(&to_tag), "", ""))
+                                }
+                                TrunkBehaviour::EarlyMediaRing => None,
+                                _ => Some(ok),
+                            };
+                            pending_answer = fin.map(|f| (Instant::now() + EARLY_MEDIA_FOR, f));
                         } else {
                             send(&mut tls, ok);
                             state

@@ -62,6 +62,8 @@ struct Setup<'a> {
     api_extra: Vec<String>,
     /// Lines in the default `[[agent.routes]]` (after `account_sid`).
     route_extra: Vec<String>,
+    /// The test carrier's `source_cidrs` (default: 127.0.0.0/8).
+    source_cidrs: Option<Vec<String>>,
 }
 
 fn start_sbc_with(env: &TestEnv, agent: &TestAgent, s: Setup) -> SbcProcess {
@@ -77,6 +79,9 @@ fn start_sbc_with(env: &TestEnv, agent: &TestAgent, s: Setup) -> SbcProcess {
         None => String::new(),
     };
     let mut o = SbcOptions::agent(agent.url());
+    if let Some(c) = s.source_cidrs {
+        o.source_cidrs = c;
+    }
     o.carrier_ca = true;
     o.extra_default_route = vec![format!("account_sid = {ACCOUNT:?}")];
     o.extra_default_route.extend(s.route_extra);
@@ -1072,17 +1077,18 @@ fn baresip_answers_an_outbound_call() {
     let (listen, tls_port) = (env.ports.sipp[0], env.ports.sipp[1]);
     let dir = env.dir().join("baresip-callee");
     std::fs::create_dir_all(&dir).unwrap();
-    // baresip's sip_certificate: certificate chain and key in one PEM file.
-    let pem = format!(
-        "{}{}",
-        std::fs::read_to_string(&env.pki.agent.cert_pem_path).unwrap(),
-        std::fs::read_to_string(&env.pki.agent.key_pem_path).unwrap()
-    );
-    std::fs::write(dir.join("tls.pem"), pem).unwrap();
+    // baresip's sip_certificate: certificate chain and key in one PEM file. baresip presents
+    // this one certificate as a server (sbc dials it) and as a client (its BYE on a new
+    // connection to sbc's listener), so it carries both extended key usages; sbc, with
+    // `[tls] client_ca`, refuses a presented client certificate not valid for client
+    // authentication (the test PKI's leaves carry one usage each). Its CA is added to the file
+    // sbc's `client_ca` and baresip's `sip_cafile` read.
+    std::fs::write(dir.join("tls.pem"), dual_use_identity(&env.pki.ca_pem_path)).unwrap();
     let mut source = tone(440.0, 12000.0, 1.0);
     source.extend(silence(1.0));
     source.extend(tone(660.0, 4000.0, 1.0));
-    // Silence after the 3 s: baresip hangs up when its file ends, and the API hangs up first.
+    // Silence after the 3 s: baresip hangs up when its file ends (a BYE on a new connection to
+    // sbc's Contact).
     source.extend(silence(4.0));
     write_wav(&dir.join("in.wav"), &source);
     std::fs::write(
@@ -1137,13 +1143,10 @@ fn baresip_answers_an_outbound_call() {
     first_conn(&agent, "baresip's audio", Duration::from_secs(15), |c| {
         c.media.len() >= 210
     });
-    let (code, v) = curl(&env, &["-d", "Status=completed"], &call_path(&sid));
-    assert_eq!(
-        (code, v["status"].as_str()),
-        (200, Some("completed")),
-        "{v}"
-    );
+    // baresip hangs up itself, on a new connection.
     let conns = interop_tests::wait_closed(&agent, 1);
+    let v = wait_status(&env, &sid, "completed", Duration::from_secs(10));
+    assert_eq!(v["status"], "completed", "{v}\n{}", sbc.log());
     let deadline = Instant::now() + Duration::from_secs(20);
     let code = loop {
         if let Some(st) = child.try_wait().expect("wait baresip") {
@@ -1191,6 +1194,41 @@ fn baresip_answers_an_outbound_call() {
         rec["srtp"]["chosen_inbound"], "AES_CM_128_HMAC_SHA1_80",
         "{rec}"
     );
+    assert_eq!(
+        rec["end_reason"], "carrier_bye",
+        "baresip's BYE: {rec}\n{blog}"
+    );
+}
+
+/// A certificate for 127.0.0.1 valid for server and client authentication (chain and key as
+/// one PEM), from a CA of its own whose certificate is appended to `ca_pem_path`.
+fn dual_use_identity(ca_pem_path: &Path) -> String {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "baresip dual-use test CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = ca.self_signed(&ca_key).expect("self-sign CA");
+    let key = KeyPair::generate().expect("leaf key");
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("leaf params");
+    leaf.distinguished_name
+        .push(DnType::CommonName, "baresip callee");
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let leaf = leaf.signed_by(&key, &ca, &ca_key).expect("sign leaf");
+    let mut bundle = std::fs::read_to_string(ca_pem_path).expect("read CA bundle");
+    bundle.push_str(&ca.pem());
+    std::fs::write(ca_pem_path, bundle).expect("write CA bundle");
+    format!("{}{}{}", leaf.pem(), ca.pem(), key.serialize_pem())
 }
 
 /// `early_media = true`: the trunk's 183 with SDP starts the agent's stream (and the trunk hears
@@ -1224,10 +1262,15 @@ fn early_media_starts_the_stream_at_183() {
         "the trunk heard nothing from the agent before its 200"
     );
     assert_eq!(c.first("start").unwrap()["start"]["callSid"], sid.as_str());
+    // Early media is not an answer: the call is still ringing.
+    let (_, v) = curl(&env, &[], &call_path(&sid));
+    assert_eq!(v["status"], "ringing", "before the 200: {v}");
     // The 200 comes, is ACKed, and the same stream goes on.
     assert!(trunk.wait(Duration::from_secs(5), |l| l.answers.len() == 1
         && l.methods().iter().any(|m| m == "ACK")));
     let answered = trunk.log().answers[0];
+    let v = wait_status(&env, &sid, "in-progress", Duration::from_secs(5));
+    assert_eq!(v["status"], "in-progress", "after the 200: {v}");
     let c = first_conn(
         &agent,
         "media after the 200",
@@ -1250,9 +1293,79 @@ fn early_media_starts_the_stream_at_183() {
     let rec = sbc.wait_audit(Duration::from_secs(5), |r| {
         r["event"] == "call.end" && r["direction"] == "outbound"
     });
-    // The status the media started on.
-    assert_eq!(rec["outbound"]["final_sip_status"], 183, "{rec}");
+    // The final response's status, not the 183's.
+    assert_eq!(rec["outbound"]["final_sip_status"], 200, "{rec}");
     assert_eq!(rec["end_reason"], "api_hangup", "{rec}");
+}
+
+/// Early media, then a final failure: 486 after the 183 (`busy`), or no final response until
+/// the ring timeout's CANCEL (`no-answer`). The call ends with that status in the API, the
+/// audit and the metrics, as it would without early media, and the agent's stream is stopped.
+#[test]
+fn early_media_then_failure_has_its_status() {
+    for (behaviour, timeout, status, sip_status) in [
+        (TrunkBehaviour::EarlyMediaBusy, "Timeout=30", "busy", 486),
+        (
+            TrunkBehaviour::EarlyMediaRing,
+            "Timeout=4",
+            "no-answer",
+            487,
+        ),
+    ] {
+        let env = TestEnv::new();
+        let agent = env.start_agent(AgentBehaviour::Echo);
+        let trunk = TestTrunk::start(&env.pki.agent, behaviour, USER, PASSWORD);
+        let sbc = start_sbc(
+            &env,
+            &agent,
+            &trunk_uri(&trunk),
+            PASSWORD,
+            &["early_media = true"],
+        );
+        let (code, v) = create(&env, TO, FROM, &twiml(&agent), &[timeout]);
+        assert_eq!(code, 201, "{status}: {v}");
+        let sid = v["sid"].as_str().unwrap().to_string();
+        first_conn(&agent, "early media", Duration::from_secs(15), |c| {
+            c.media.len() >= 10
+        });
+        let (_, v) = curl(&env, &[], &call_path(&sid));
+        assert_eq!(v["status"], "ringing", "{status}: during early media: {v}");
+        let v = wait_status(&env, &sid, status, Duration::from_secs(15));
+        assert_eq!(v["status"], status, "{status}: {v}\n{}", sbc.log());
+        if status == "no-answer" {
+            assert!(
+                trunk.wait(Duration::from_secs(5), |l| l
+                    .methods()
+                    .iter()
+                    .any(|m| m == "CANCEL")),
+                "{:?}",
+                trunk.log().methods()
+            );
+        }
+        let rec = sbc.wait_audit(Duration::from_secs(5), |r| {
+            r["event"] == "call.end" && r["direction"] == "outbound"
+        });
+        assert_eq!(rec["end_reason"], status, "{rec}");
+        assert_eq!(rec["outbound"]["twilio_status"], status, "{rec}");
+        assert_eq!(rec["outbound"]["final_sip_status"], sip_status, "{rec}");
+        assert!(trunk.log().answers.is_empty(), "{status}: never answered");
+        // The agent's stream is stopped and closed.
+        let c = first_conn(&agent, "stop", Duration::from_secs(5), |c| {
+            c.first("stop").is_some() && c.closed.is_some()
+        });
+        assert!(c.first("stop").is_some(), "{status}: no stop");
+        let m = sbc.metrics();
+        assert!(
+            m.contains(&format!(
+                "sbc_outbound_calls_total{{status=\"{status}\"}} 1"
+            )),
+            "{status}: {m}"
+        );
+        assert!(
+            !m.contains("sbc_outbound_calls_total{status=\"completed\"}"),
+            "{status}: {m}"
+        );
+    }
 }
 
 /// The status callbacks of an outbound call: initiated, ringing, answered and completed, with
@@ -1511,4 +1624,112 @@ fn pipecat_serializer_hears_an_outbound_call() {
         "the trunk heard {} packets from the Pipecat agent",
         trunk.media_received()
     );
+}
+
+/// A BYE from the called party as RFC 3261 lets it send one: on a new TLS connection to sbc's
+/// Contact (its SIP listener), with the dialog's Call-ID and tags from the callee's side.
+fn callee_request(method: &str, ack: &str, from_tag: &str, to_tag: &str, cseq: u32) -> String {
+    let call_id = interop_tests::rawcall::header(ack, "Call-ID").expect("Call-ID");
+    let uri = |h: &str| {
+        let v = interop_tests::rawcall::header(ack, h).expect("From/To");
+        v.split(';').next().unwrap_or(v).to_string()
+    };
+    format!(
+        "{method} sip:sbc@127.0.0.1;transport=tls SIP/2.0\r\n\
+         Via: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bK-callee-{cseq}-{from_tag}\r\n\
+         Max-Forwards: 70\r\n\
+         From: {to};tag={from_tag}\r\n\
+         To: {from};tag={to_tag}\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: {cseq} {method}\r\n\
+         Content-Length: 0\r\n\r\n",
+        to = uri("To"),
+        from = uri("From"),
+    )
+}
+
+/// The callee's in-dialog requests on a new connection to sbc's listener reach the call when
+/// the connection is admitted (a carrier's `source_cidrs`) or comes from an address the trunk
+/// resolved to, and only with the dialog's full identifiers: a request with the right Call-ID
+/// but other tags gets 481 and the call goes on; the callee's BYE gets 200 and ends the call
+/// (`carrier_bye`).
+#[test]
+fn callee_bye_on_a_new_connection_ends_the_call() {
+    // 127.0.0.0/8 admits the callee's connection as a carrier's; 127.0.0.250/32 does not, and
+    // the trunk's resolved address (127.0.0.1) does.
+    for cidrs in [None, Some(vec!["127.0.0.250/32".to_string()])] {
+        let what = if cidrs.is_none() {
+            "carrier source"
+        } else {
+            "trunk address"
+        };
+        let env = TestEnv::new();
+        let agent = env.start_agent(AgentBehaviour::Echo);
+        let trunk = TestTrunk::start(&env.pki.agent, TrunkBehaviour::Answer, USER, PASSWORD);
+        let uri = trunk_uri(&trunk);
+        let sbc = start_sbc_with(
+            &env,
+            &agent,
+            Setup {
+                trunk_uri: &uri,
+                password: Some(PASSWORD),
+                source_cidrs: cidrs.clone(),
+                ..Setup::default()
+            },
+        );
+        let (code, v) = create(&env, TO, FROM, &twiml(&agent), &[]);
+        assert_eq!(code, 201, "{what}: {v}");
+        let sid = v["sid"].as_str().unwrap().to_string();
+        first_conn(&agent, "media", Duration::from_secs(15), |c| {
+            c.media.len() >= 25
+        });
+        assert!(trunk.wait(Duration::from_secs(5), |l| l
+            .methods()
+            .iter()
+            .any(|m| m == "ACK")));
+        let ack = trunk
+            .log()
+            .requests
+            .iter()
+            .find(|(_, m)| m.starts_with("ACK "))
+            .map(|(_, m)| m.clone())
+            .expect("the ACK");
+        let tag = |h: &str| {
+            let v = interop_tests::rawcall::header(&ack, h).expect("header");
+            v.split(";tag=").nth(1).expect("tag").to_string()
+        };
+        let (sbc_tag, callee_tag) = (tag("From"), tag("To"));
+
+        // A stranger's BYE: right Call-ID, wrong tags.
+        let mut stranger = interop_tests::rawcall::SipConn::connect(&env.pki, sbc.sip_port);
+        stranger.send(&callee_request("BYE", &ack, "not-the-callee", &sbc_tag, 7));
+        stranger.expect_response(481, "7 BYE", Duration::from_secs(5));
+        let mut stranger2 = interop_tests::rawcall::SipConn::connect(&env.pki, sbc.sip_port);
+        stranger2.send(&callee_request("BYE", &ack, &callee_tag, "not-sbc", 8));
+        stranger2.expect_response(481, "8 BYE", Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(500));
+        let (_, v) = curl(&env, &[], &call_path(&sid));
+        assert_eq!(v["status"], "in-progress", "{what}: the call goes on: {v}");
+        assert!(
+            agent.connections().iter().all(|c| c.closed.is_none()),
+            "{what}: the agent's stream goes on"
+        );
+
+        // The callee's BYE on its own new connection.
+        let mut callee = interop_tests::rawcall::SipConn::connect(&env.pki, sbc.sip_port);
+        callee.send(&callee_request("BYE", &ack, &callee_tag, &sbc_tag, 9));
+        callee.expect_response(200, "9 BYE", Duration::from_secs(5));
+        let v = wait_status(&env, &sid, "completed", Duration::from_secs(10));
+        assert_eq!(v["status"], "completed", "{what}: {v}\n{}", sbc.log());
+        let rec = sbc.wait_audit(Duration::from_secs(5), |r| {
+            r["event"] == "call.end" && r["direction"] == "outbound"
+        });
+        assert_eq!(rec["end_reason"], "carrier_bye", "{what}: {rec}");
+        // sbc sent no BYE of its own: the callee hung up.
+        assert!(
+            !trunk.log().methods().iter().any(|m| m == "BYE"),
+            "{what}: {:?}",
+            trunk.log().methods()
+        );
+    }
 }

@@ -73,7 +73,9 @@ pub(crate) struct Answered {
 }
 
 /// Runs an outbound call the trunk answered (`outbound.rs`) with the inbound calls' media loop.
-pub(crate) async fn run_answered(a: Answered) {
+/// Returns the call's final Twilio status when its INVITE failed after early media started
+/// (`None`: it was answered).
+pub(crate) async fn run_answered(a: Answered) -> Option<crate::sip::uac::TwilioStatus> {
     Call::run_answered(a).await
 }
 
@@ -171,6 +173,9 @@ struct Call {
     answered_at: Option<Instant>,
     /// What the API asked for, when sbc placed the call (`outbound.rs`).
     outbound: Option<crate::outbound::OutboundInfo>,
+    /// An outbound call's final Twilio status when its INVITE failed after early media started
+    /// (`busy`, `no-answer`, `canceled`, `failed`); `None`: answered (or inbound).
+    outbound_failed: Option<crate::sip::uac::TwilioStatus>,
 }
 
 impl Call {
@@ -215,12 +220,13 @@ impl Call {
             callback_seq: 0,
             answered_at: None,
             outbound: None,
+            outbound_failed: None,
         }
     }
 
     /// An outbound call the trunk answered (`outbound.rs`), run by the same media loop as an
     /// inbound call.
-    async fn run_answered(a: Answered) {
+    async fn run_answered(a: Answered) -> Option<crate::sip::uac::TwilioStatus> {
         let live = a.shared.live();
         let call = Box::new(Call {
             live,
@@ -228,7 +234,10 @@ impl Call {
             carrier: a.carrier,
             rx: a.rx,
             conn: a.conn,
-            sip: Leg::Uac(a.uac),
+            sip: Leg::Uac(Box::new(UacLeg {
+                core: *a.uac,
+                outcomes: Default::default(),
+            })),
             invite: a.invite,
             record: a.record,
             received: a.started,
@@ -243,6 +252,7 @@ impl Call {
             callback_seq: 0,
             answered_at: None,
             outbound: Some(a.info),
+            outbound_failed: None,
         });
         call.active(
             a.media,
@@ -270,7 +280,7 @@ impl Call {
         }
         match self.setup().await {
             Ok(Some((media, negotiated, agent, answer_sdp))) => {
-                self.active(media, negotiated, agent, answer_sdp).await
+                self.active(media, negotiated, agent, answer_sdp).await;
             }
             Ok(None) => {
                 // Cancelled or the carrier went away during setup.
@@ -755,7 +765,7 @@ impl Call {
         negotiated: sdp::Negotiated,
         agent: AgentSide,
         answer_sdp: Bytes,
-    ) {
+    ) -> Option<crate::sip::uac::TwilioStatus> {
         let now = Instant::now();
         let cfg = Arc::clone(&self.live.config);
         let mut version = 1u64;
@@ -800,7 +810,7 @@ impl Call {
                 self.shared.audit.write("call.refused", &self.record);
                 m::call_outcome("refused");
                 self.finish_without_media().await;
-                return;
+                return None;
             }
         };
         self.register_call(&stream);
@@ -824,8 +834,10 @@ impl Call {
             "call answered"
         );
         let answered = Instant::now();
-        self.answered_at = Some(answered);
-        self.status_callback(crate::config::CallbackEvent::Answered, "in-progress");
+        if !self.sip.early() {
+            self.answered_at = Some(answered);
+            self.status_callback(crate::config::CallbackEvent::Answered, "in-progress");
+        }
 
         // Frames for the agent go through its writer task's bounded queue; `flow` decides when
         // the agent counts as stuck (bytes waiting, or no progress within send_timeout).
@@ -858,6 +870,9 @@ impl Call {
         loop {
             // 1. Act on what the cores produced.
             while let Some(ev) = self.sip.poll_event() {
+                // An outbound call's 2xx or final failure after early media, before the
+                // events that followed it (a failure's `Terminated`).
+                self.take_outcomes();
                 let now = Instant::now();
                 match ev {
                     CallEvent::Confirmed => debug!("ACK received: dialog confirmed"),
@@ -929,6 +944,7 @@ impl Call {
                     other => debug!(event = ?other, "SIP event ignored"),
                 }
             }
+            self.take_outcomes();
             while let Some(ev) = bridge.poll_event() {
                 match ev {
                     BridgeEvent::RtpTimeout => {
@@ -1137,15 +1153,66 @@ impl Call {
             "call ended"
         );
         self.shared.audit.write("call.end", &self.record);
+        // An outbound call whose INVITE failed after early media ends with its Twilio status
+        // (`busy`, `no-answer`, ...), as one that failed before any media does.
+        let final_status = self
+            .outbound_failed
+            .map_or(crate::api::registry::CallStatus::Completed, |f| {
+                crate::api::registry::CallStatus::from_twilio(f)
+            });
         if let Some(sid) = &self.call_sid {
             self.shared
                 .calls
-                .end(sid, self.end_reason.unwrap_or("error"));
+                .end_with(sid, final_status, self.end_reason.unwrap_or("error"));
         }
-        self.status_callback(crate::config::CallbackEvent::Completed, "completed");
+        let status = self.outbound_failed.map_or("completed", |f| f.as_str());
+        self.status_callback(crate::config::CallbackEvent::Completed, status);
         if let Some(rx) = closing_rx {
             // In its own task, so that the call's admission slots and Call-ID are released now.
             tokio::spawn(drain_agent(rx).in_current_span());
+        }
+        self.outbound_failed
+    }
+
+    /// Acts on an outbound call's setup outcome that came after the media loop started (early
+    /// media): the 2xx makes the call `in-progress` (registry, `answered` callback, audit
+    /// `final_sip_status`); a final failure ends it with the status Twilio reports for it
+    /// (486/600 `busy`, the ring timeout `no-answer`, an API cancel `canceled`, else `failed`).
+    fn take_outcomes(&mut self) {
+        while let Some(outcome) = self.sip.poll_outcome() {
+            match outcome {
+                UacOutcome::Answered => {
+                    info!("2xx after early media: the call is answered");
+                    if let Some(o) = self.record.outbound.as_mut() {
+                        o.final_sip_status = Some(200);
+                    }
+                    if let Some(sid) = &self.call_sid {
+                        self.shared.calls.update(sid, |e| {
+                            e.status = crate::api::registry::CallStatus::InProgress
+                        });
+                    }
+                    self.answered_at = Some(Instant::now());
+                    self.status_callback(crate::config::CallbackEvent::Answered, "in-progress");
+                }
+                UacOutcome::Failed { status, twilio } => {
+                    info!(
+                        status,
+                        twilio_status = twilio.as_str(),
+                        "INVITE failed after early media"
+                    );
+                    if let Some(o) = self.record.outbound.as_mut() {
+                        o.final_sip_status = Some(status);
+                        o.twilio_status = Some(twilio.as_str().to_string());
+                    }
+                    self.record.decision = Decision {
+                        outcome: "failed",
+                        status,
+                        reason: twilio.as_str().into(),
+                    };
+                    self.outbound_failed = Some(twilio);
+                    self.set_end(twilio.as_str(), Some(format!("final response {status}")));
+                }
+            }
         }
     }
 
@@ -1153,11 +1220,14 @@ impl Call {
     /// `X-Twilio-CallSid`, which `stream_info` already used when trusted).
     fn register_call(&mut self, stream: &StreamInfo) {
         if self.outbound.is_some() {
-            // Registered by the API when it was created; now it is answered.
+            // Registered by the API when it was created; now it is answered (with early media
+            // it stays `ringing` until the 2xx: `take_outcomes`).
             self.call_sid = Some(stream.call_sid.clone());
-            self.shared.calls.update(&stream.call_sid, |e| {
-                e.status = crate::api::registry::CallStatus::InProgress
-            });
+            if !self.sip.early() {
+                self.shared.calls.update(&stream.call_sid, |e| {
+                    e.status = crate::api::registry::CallStatus::InProgress
+                });
+            }
             return;
         }
         let route = self.route.as_ref();
@@ -1318,7 +1388,40 @@ impl Call {
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Leg {
     Uas(UasCall),
-    Uac(Box<crate::sip::uac::UacCall>),
+    Uac(Box<UacLeg>),
+}
+
+/// The UAC core of an outbound call in the media loop, with the setup outcomes its events
+/// brought after the hand-over: with early media the loop starts at the 183, so the 2xx (or a
+/// final failure) still comes here.
+pub(crate) struct UacLeg {
+    core: crate::sip::uac::UacCall,
+    outcomes: std::collections::VecDeque<UacOutcome>,
+}
+
+/// How an outbound call's INVITE ended, once the media loop runs (early media).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UacOutcome {
+    /// The 2xx came (ACK sent): the call is answered now.
+    Answered,
+    /// A final failure (486, the ring timeout's CANCEL, the API's cancel, ...).
+    Failed {
+        status: u16,
+        twilio: crate::sip::uac::TwilioStatus,
+    },
+}
+
+impl std::ops::Deref for UacLeg {
+    type Target = crate::sip::uac::UacCall;
+    fn deref(&self) -> &Self::Target {
+        &self.core
+    }
+}
+
+impl std::ops::DerefMut for UacLeg {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.core
+    }
 }
 
 impl Leg {
@@ -1373,14 +1476,51 @@ impl Leg {
                     U::ReOffer { sdp } => CallEvent::ReOffer { sdp },
                     U::SessionExpired => CallEvent::SessionExpired,
                     U::Terminated => CallEvent::Terminated,
-                    // Setup events (the outbound task consumed them before `active`), a
-                    // second fork's 2xx (the core already sent it BYE).
+                    // With early media the 2xx or the final failure arrives here; the media
+                    // loop reads them with `poll_outcome` before the events that follow.
+                    U::Answered { .. } => {
+                        c.outcomes.push_back(UacOutcome::Answered);
+                        continue;
+                    }
+                    U::Failed {
+                        status,
+                        twilio_status,
+                        ..
+                    } => {
+                        c.outcomes.push_back(UacOutcome::Failed {
+                            status,
+                            twilio: twilio_status,
+                        });
+                        continue;
+                    }
+                    // Setup events (the outbound task consumed them before `active`).
                     other => {
                         debug!(event = ?other, "UAC event after answer ignored");
                         continue;
                     }
                 });
             },
+        }
+    }
+
+    /// The next setup outcome of an outbound call (`None` for an inbound one).
+    fn poll_outcome(&mut self) -> Option<UacOutcome> {
+        match self {
+            Leg::Uas(_) => None,
+            Leg::Uac(c) => c.outcomes.pop_front(),
+        }
+    }
+
+    /// True for an outbound call handed over at a 183 whose 2xx has not come yet.
+    fn early(&self) -> bool {
+        match self {
+            Leg::Uas(_) => false,
+            Leg::Uac(c) => !matches!(
+                c.state(),
+                crate::sip::uac::UacState::Confirmed
+                    | crate::sip::uac::UacState::Terminating
+                    | crate::sip::uac::UacState::Terminated
+            ),
         }
     }
 

@@ -401,7 +401,12 @@ async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr)
     let ip = canonical_ip(peer.ip());
     let live = shared.live();
     // The source check comes before the TLS handshake and before any SIP is parsed.
-    let Some(carrier) = shared.carrier_for(ip) else {
+    // A carrier's source, or an address a live outbound call's trunk resolved to (its callee
+    // may send in-dialog requests to our Contact on a new connection: docs/outbound.md).
+    let carrier = shared
+        .carrier_for(ip)
+        .or_else(|| crate::outbound::trunk_peer(&shared, ip));
+    let Some(carrier) = carrier else {
         info!(%peer, "connection from a source no carrier allows: closed");
         m::connection_refused("source_not_allowed");
         return;

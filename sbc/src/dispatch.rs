@@ -23,7 +23,9 @@ use crate::sip::{strict, Method, Request, Response, SipMessage};
 /// A message reaches a call only from a connection of the call's carrier: the carrier is half of
 /// the key. Within the carrier, the call itself decides whether a request belongs to its dialog
 /// or INVITE transaction (`UasCall::match_request`) before anything in the call changes; a
-/// request that does not match is answered 481 on the connection it came on.
+/// request that does not match is answered 481 on the connection it came on. One exception, for
+/// outbound calls: an in-dialog request on a carrier's connection may reach a trunk's dialog
+/// (`ConnCtx::deliver_to_trunk_dialog`), where `UacCall::matches_request` checks both tags.
 #[derive(Default)]
 pub struct Dialogs {
     calls: Mutex<HashMap<DialogKey, mpsc::Sender<CallInput>>>,
@@ -212,6 +214,9 @@ impl ConnCtx {
             .headers
             .get("To")
             .is_some_and(|t| t.contains(";tag=") || t.contains("; tag="));
+        if has_to_tag && self.deliver_to_trunk_dialog(&req, &call_id) {
+            return;
+        }
         match req.method {
             Method::Invite => {
                 if has_to_tag {
@@ -226,6 +231,36 @@ impl ConnCtx {
             Method::Ack => debug!(%call_id, "ACK for no known call dropped"),
             _ => self.reply(&req, 481, "Call/Transaction Does Not Exist", &[]),
         }
+    }
+
+    /// An in-dialog request (To tag) on a carrier connection for an outbound call's dialog: the
+    /// trunk's callee may send its BYE, re-INVITE or UPDATE to sbc's Contact, i.e. on a new
+    /// connection to the listener (RFC 3261 §12.2.1.1), which dispatch knows as the carrier
+    /// whose `source_cidrs` admitted it. Such a connection may reach any trunk's dialog with this
+    /// Call-ID; the call then matches the full dialog identifiers (Call-ID, both tags:
+    /// `UacCall::matches_request`) before anything changes, and answers 481 on this connection
+    /// otherwise. A connection admitted as a trunk (`trunk:<name>`, from an address that trunk
+    /// resolved to) reaches its own trunk's dialogs only, by the lookup in `handle_request`.
+    /// True when the request was handed to a call.
+    fn deliver_to_trunk_dialog(&self, req: &Request, call_id: &str) -> bool {
+        if self.carrier_name().starts_with("trunk:") {
+            return false;
+        }
+        let live = self.shared.live();
+        for trunk in &live.config.trunks {
+            let name = format!("trunk:{}", trunk.name);
+            if let Some(tx) = self.shared.dialogs.lookup(&name, call_id) {
+                debug!(%call_id, trunk = %trunk.name, "in-dialog request on a carrier connection for an outbound call");
+                if tx
+                    .try_send(CallInput::Request(req.clone(), self.handle.clone()))
+                    .is_err()
+                {
+                    warn!(%call_id, "call mailbox full or closed: request dropped");
+                }
+                return true;
+            }
+        }
+        false
     }
 
     fn new_invite(&self, req: Request, call_id: String, len: usize) {

@@ -112,7 +112,14 @@ impl OutboundInfo {
 /// Per-trunk state shared by the API and the call tasks: the CPS pacer and the number of
 /// outbound calls up (for `max_concurrent_calls`). One short lock per call created or ended.
 #[derive(Default)]
-pub struct TrunkTable(Mutex<HashMap<String, TrunkRuntime>>);
+pub struct TrunkTable(Mutex<HashMap<String, TrunkRuntime>>, Mutex<TrunkPeers>);
+
+/// The addresses live outbound calls' trunks resolved to, by trunk: a connection to sbc's SIP
+/// listener from one of them may deliver in-dialog requests for that trunk's dialogs (the
+/// callee's BYE to sbc's Contact, RFC 3261 §12.2.1.1), even when no carrier's `source_cidrs`
+/// admits it (docs/outbound.md, "In-dialog requests on a new connection").
+#[derive(Default)]
+struct TrunkPeers(HashMap<std::net::IpAddr, HashMap<String, usize>>);
 
 struct TrunkRuntime {
     pacer: Pacer,
@@ -158,6 +165,43 @@ impl TrunkTable {
         let at = t.last_invite.map_or(now, |l| (l + t.interval).max(now));
         t.last_invite = Some(at);
         at
+    }
+
+    /// Registers the addresses `trunk` resolved to for one call (until [`TrunkTable::forget_peers`]).
+    fn add_peers(&self, trunk: &str, addrs: &[std::net::SocketAddr]) {
+        let mut g = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        for a in addrs {
+            let ip = crate::shared::canonical_ip(a.ip());
+            *g.0.entry(ip)
+                .or_default()
+                .entry(trunk.to_string())
+                .or_insert(0) += 1;
+        }
+    }
+
+    fn forget_peers(&self, trunk: &str, addrs: &[std::net::SocketAddr]) {
+        let mut g = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        for a in addrs {
+            let ip = crate::shared::canonical_ip(a.ip());
+            if let Some(by_trunk) = g.0.get_mut(&ip) {
+                if let Some(n) = by_trunk.get_mut(trunk) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        by_trunk.remove(trunk);
+                    }
+                }
+                if by_trunk.is_empty() {
+                    g.0.remove(&ip);
+                }
+            }
+        }
+    }
+
+    /// The trunk a live outbound call resolved to `ip` (the first by name when several did).
+    pub(crate) fn trunk_at(&self, ip: std::net::IpAddr) -> Option<String> {
+        let ip = crate::shared::canonical_ip(ip);
+        let g = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.get(&ip).and_then(|t| t.keys().min().cloned())
     }
 
     fn release(&self, trunk: &str) {
@@ -404,13 +448,15 @@ struct Task {
     created: Instant,
 }
 
-/// Gives back the trunk's concurrency slot and the dialog-table entry however the task ends.
+/// Gives back the trunk's concurrency slot, its registered addresses and the dialog-table entry
+/// however the task ends.
 struct Release {
     shared: Arc<Shared>,
     trunk: String,
     dialog: Option<(String, String)>,
     /// `[cluster]`: the call's registry entry and account slot (`admission::admit_outbound`).
     cluster_key: Option<String>,
+    peers: Vec<std::net::SocketAddr>,
 }
 
 impl Drop for Release {
@@ -421,6 +467,7 @@ impl Drop for Release {
             c.release(key);
         }
         self.shared.trunks.release(&self.trunk);
+        self.shared.trunks.forget_peers(&self.trunk, &self.peers);
         if let Some((carrier, call_id)) = &self.dialog {
             self.shared.dialogs.unregister(carrier, call_id);
         }
@@ -451,6 +498,7 @@ async fn run(task: Task) {
         trunk: task.trunk.name.clone(),
         dialog: None,
         cluster_key: None,
+        peers: vec![],
     };
     let shared = Arc::clone(&task.shared);
     let info = task.info.clone();
@@ -471,7 +519,7 @@ async fn run(task: Task) {
     record.agent.target = crate::audit::url_without_secrets(&info.stream_url);
     record.agent.url_host = crate::agent::url_host(&info.stream_url);
     match dial(task, &mut record, &mut release).await {
-        Ok(()) => m::outbound_call("completed"),
+        Ok(unanswered) => m::outbound_call(unanswered.map_or("completed", metric_status)),
         Err(f) => {
             let status = f.status.as_str();
             info!(status, sip_status = f.sip_status, reason = %f.reason, "outbound call failed");
@@ -492,22 +540,28 @@ async fn run(task: Task) {
                 .calls
                 .end_with(&info.call_sid, CallStatus::from_twilio(f.status), status);
             info.status_callback(&shared, CallbackEvent::Completed, status, None);
-            m::outbound_call(match f.status {
-                TwilioStatus::Busy => "busy",
-                TwilioStatus::NoAnswer => "no-answer",
-                TwilioStatus::Canceled => "canceled",
-                _ => "failed",
-            });
+            m::outbound_call(metric_status(f.status));
         }
     }
 }
 
-/// From the pacer slot to the end of the call. `Ok` once an answered call has ended.
+/// The `status` label of `sbc_outbound_calls_total` for an unanswered call.
+fn metric_status(s: TwilioStatus) -> &'static str {
+    match s {
+        TwilioStatus::Busy => "busy",
+        TwilioStatus::NoAnswer => "no-answer",
+        TwilioStatus::Canceled => "canceled",
+        _ => "failed",
+    }
+}
+
+/// From the pacer slot to the end of the call. `Ok` once the media loop has ended the call,
+/// with the Twilio status of an INVITE that failed after early media started.
 async fn dial(
     mut task: Task,
     record: &mut CallRecord,
     release: &mut Release,
-) -> Result<(), Failure> {
+) -> Result<Option<TwilioStatus>, Failure> {
     let shared = Arc::clone(&task.shared);
     let live = shared.live();
     let cfg = Arc::clone(&live.config);
@@ -538,19 +592,10 @@ async fn dial(
         crate::resolve::Host::Name(n) => n.trim_end_matches('.').to_string(),
         crate::resolve::Host::Ip(ip) => ip.to_string(),
     };
-    let carrier_name = format!("trunk:{}", task.trunk.name);
-    let carrier = Arc::new(CarrierState {
-        config: CarrierConfig {
-            name: carrier_name.clone(),
-            sources: vec![],
-            certificate_names: vec![],
-            max_concurrent_calls: task.trunk.max_concurrent_calls,
-            max_calls_per_second: task.trunk.max_calls_per_second.get(),
-            twilio: false,
-            twilio_account_sids: vec![],
-        },
-        counters: shared.counters.get(&carrier_name),
-    });
+    shared.trunks.add_peers(&task.trunk.name, &addrs);
+    release.peers = addrs.clone();
+    let carrier = trunk_carrier(&shared, &task.trunk);
+    let carrier_name = carrier.config.name.clone();
 
     // 3. TLS to the trunk (verified for its host, as any carrier connection sbc opens).
     let (conn, sip_tls) =
@@ -690,7 +735,7 @@ async fn dial(
             o.ring_ms = Some(invite_at.elapsed().as_millis() as u64);
         }
         if let Some(f) = failure {
-            finish_sip(&mut uac, &conn, &mut task.rx, hard_stop).await;
+            finish_sip(&shared, &mut uac, &conn, &mut task.rx, hard_stop).await;
             return Err(f);
         }
         if let Some(sdp) = answer {
@@ -709,6 +754,9 @@ async fn dial(
                         let _ = c;
                         uac.handle_request(now, r)
                     }
+                    // Same Call-ID, not this dialog (or none yet): 481 where it came from,
+                    // the call unchanged.
+                    Some(CallInput::Request(r, c)) => refuse_unmatched(&shared, &r, &c),
                     Some(CallInput::Hangup(_)) => uac.cancel(now),
                     Some(other) => debug!(input = ?other, "input before answer ignored"),
                     None => return Err(failed("mailbox closed")),
@@ -717,11 +765,12 @@ async fn dial(
             _ = tokio::time::sleep_until(deadline.into()) => uac.handle_timeout(Instant::now()),
         }
     };
-    // The status the media started on: 183 for early media (the later 200 goes to the media
-    // loop's core), else 200.
+    // The status the media started on: 183 for early media, else 200. With early media the
+    // final response (2xx or a failure) reaches the media loop's core, which records it
+    // (`call::Call::take_outcomes`): the call stays `ringing` until then.
     let answer_status = if early { 183 } else { 200 };
     if let Some(o) = record.outbound.as_mut() {
-        o.final_sip_status = Some(answer_status);
+        o.final_sip_status = (!early).then_some(answer_status);
     }
 
     // 6. The answer: SRTP with a crypto line we offered, or BYE (never media in the clear).
@@ -749,7 +798,7 @@ async fn dial(
         Err(why) => {
             warn!(reason = %why, "trunk's answer has no usable SRTP: BYE");
             uac.hangup(Instant::now());
-            finish_sip(&mut uac, &conn, &mut task.rx, hard_stop).await;
+            finish_sip(&shared, &mut uac, &conn, &mut task.rx, hard_stop).await;
             return Err(Failure {
                 status: TwilioStatus::Failed,
                 sip_status: Some(answer_status),
@@ -778,7 +827,7 @@ async fn dial(
         Err(e) => {
             warn!(error = %e, "agent unreachable after answer: BYE");
             uac.hangup(Instant::now());
-            finish_sip(&mut uac, &conn, &mut task.rx, hard_stop).await;
+            finish_sip(&shared, &mut uac, &conn, &mut task.rx, hard_stop).await;
             return Err(Failure {
                 status: TwilioStatus::Failed,
                 sip_status: Some(answer_status),
@@ -794,8 +843,8 @@ async fn dial(
         o.twilio_status = Some("completed".into());
     }
 
-    // 8. The media loop inbound calls use.
-    crate::call::run_answered(crate::call::Answered {
+    // 8. The media loop inbound calls use. After early media it may still end unanswered.
+    let unanswered = crate::call::run_answered(crate::call::Answered {
         shared: Arc::clone(&shared),
         carrier,
         rx: task.rx,
@@ -810,7 +859,35 @@ async fn dial(
         agent,
     })
     .await;
-    Ok(())
+    Ok(unanswered)
+}
+
+/// The trunk as a carrier, named `trunk:<name>`: the name of its connections in `dispatch` (the
+/// one sbc opens, and one from an address the trunk resolved to) and of its dialogs.
+pub(crate) fn trunk_carrier(shared: &Shared, trunk: &TrunkConfig) -> Arc<CarrierState> {
+    let name = format!("trunk:{}", trunk.name);
+    Arc::new(CarrierState {
+        config: CarrierConfig {
+            name: name.clone(),
+            sources: vec![],
+            certificate_names: vec![],
+            max_concurrent_calls: trunk.max_concurrent_calls,
+            max_calls_per_second: trunk.max_calls_per_second.get(),
+            twilio: false,
+            twilio_account_sids: vec![],
+        },
+        counters: shared.counters.get(&name),
+    })
+}
+
+/// The trunk-as-carrier of a connection to sbc's listener from `ip`, when no carrier admits `ip`
+/// but a live outbound call's trunk resolved to it: such a connection may deliver in-dialog
+/// requests for that trunk's dialogs only (a new INVITE on it is refused by admission).
+pub(crate) fn trunk_peer(shared: &Shared, ip: std::net::IpAddr) -> Option<Arc<CarrierState>> {
+    let name = shared.trunks.trunk_at(ip)?;
+    let live = shared.live();
+    let trunk = live.config.trunks.iter().find(|t| t.name == name)?;
+    Some(trunk_carrier(shared, trunk))
 }
 
 /// Sleeps until `at`; an API cancel (or a closed mailbox) meanwhile ends the call `canceled`.
@@ -834,9 +911,27 @@ async fn wait_or_cancel(rx: &mut mpsc::Receiver<CallInput>, at: Instant) -> Resu
     }
 }
 
+/// Answers a request that names this call's Call-ID but not its dialog: 481 (nothing for an
+/// ACK), on the connection it came on.
+fn refuse_unmatched(shared: &Shared, req: &crate::sip::Request, conn: &crate::conn::ConnHandle) {
+    debug!(method = %req.method, peer = %conn.peer, "request matches no dialog of this call");
+    if let Some((status, reason)) = crate::sip::UasCall::unmatched_status(req) {
+        let resp = crate::sip::stateless_response(
+            req,
+            status,
+            reason,
+            &shared.uas,
+            None,
+            &mut rand::thread_rng(),
+        );
+        conn.send(&SipMessage::Response(resp));
+    }
+}
+
 /// Sends what the core still has (ACK, CANCEL, BYE) and absorbs its responses until it is
 /// terminated or `hard_stop`.
 async fn finish_sip(
+    shared: &Shared,
     uac: &mut UacCall,
     conn: &crate::conn::ConnHandle,
     rx: &mut mpsc::Receiver<CallInput>,
@@ -856,6 +951,7 @@ async fn finish_sip(
             input = rx.recv() => match input {
                 Some(CallInput::Response(r)) if uac.matches_response(&r) => uac.handle_response(Instant::now(), r),
                 Some(CallInput::Request(r, _)) if uac.matches_request(&r) => uac.handle_request(Instant::now(), r),
+                Some(CallInput::Request(r, c)) => refuse_unmatched(shared, &r, &c),
                 Some(_) => {}
                 None => return,
             },
@@ -919,6 +1015,28 @@ mod tests {
         assert_eq!(b - a, Duration::from_millis(500));
         let c = table.invite_at("t", now + Duration::from_secs(5));
         assert_eq!(c, now + Duration::from_secs(5));
+    }
+
+    #[test]
+    fn trunk_addresses_count_per_call() {
+        let table = TrunkTable::default();
+        let a: std::net::SocketAddr = "192.0.2.10:5061".parse().unwrap();
+        let b: std::net::SocketAddr = "[::ffff:192.0.2.11]:5061".parse().unwrap();
+        table.add_peers("t", &[a, b]);
+        table.add_peers("t", &[a]);
+        assert_eq!(table.trunk_at(a.ip()).as_deref(), Some("t"));
+        // IPv4-mapped IPv6 compares as IPv4.
+        assert_eq!(
+            table.trunk_at("192.0.2.11".parse().unwrap()).as_deref(),
+            Some("t")
+        );
+        assert_eq!(table.trunk_at("192.0.2.12".parse().unwrap()), None);
+        table.forget_peers("t", &[a, b]);
+        // The second call still holds `a`.
+        assert_eq!(table.trunk_at(a.ip()).as_deref(), Some("t"));
+        assert_eq!(table.trunk_at("192.0.2.11".parse().unwrap()), None);
+        table.forget_peers("t", &[a]);
+        assert_eq!(table.trunk_at(a.ip()), None);
     }
 
     #[test]

@@ -1497,35 +1497,43 @@ out = os.environ["OUT"]
 
 async def handler(ws):
     s = None
-    frames, sumsq, samples, sent, custom = 0, 0, 0, 0, {}
-    async for msg in ws:
-        ev = json.loads(msg)
-        if ev.get("event") == "start":
-            custom = ev["start"].get("customParameters", {})
-            s = TwilioFrameSerializer(
-                stream_sid=ev["start"]["streamSid"],
-                call_sid=ev["start"]["callSid"],
-                params=TwilioFrameSerializer.InputParams(sample_rate=8000, auto_hang_up=False),
-            )
-            await s.setup(types.SimpleNamespace(audio_in_sample_rate=8000))
-            continue
-        if s is None:
-            continue
-        frame = await s.deserialize(msg)
-        if isinstance(frame, InputAudioRawFrame):
-            frames += 1
-            pcm = struct.unpack("<%dh" % (len(frame.audio) // 2), frame.audio)
-            sumsq += sum(x * x for x in pcm)
-            samples += len(pcm)
-            reply = await s.serialize(OutputAudioRawFrame(audio=frame.audio, sample_rate=8000, num_channels=1))
-            if reply:
-                await ws.send(reply)
-                sent += 1
-        if ev.get("event") == "stop":
-            break
-    with open(out, "w") as f:
-        json.dump({"frames": frames, "rms": (sumsq / samples) ** 0.5 if samples else 0,
-                   "sent": sent, "custom": custom}, f)
+    frames, sumsq, samples, sent, custom, stop, error = 0, 0, 0, 0, {}, False, None
+    try:
+        async for msg in ws:
+            ev = json.loads(msg)
+            if ev.get("event") == "start":
+                custom = ev["start"].get("customParameters", {})
+                s = TwilioFrameSerializer(
+                    stream_sid=ev["start"]["streamSid"],
+                    call_sid=ev["start"]["callSid"],
+                    params=TwilioFrameSerializer.InputParams(sample_rate=8000, auto_hang_up=False),
+                )
+                await s.setup(types.SimpleNamespace(audio_in_sample_rate=8000))
+                continue
+            if ev.get("event") == "stop":
+                stop = True
+                break
+            if s is None:
+                continue
+            frame = await s.deserialize(msg)
+            if isinstance(frame, InputAudioRawFrame):
+                frames += 1
+                pcm = struct.unpack("<%dh" % (len(frame.audio) // 2), frame.audio)
+                sumsq += sum(x * x for x in pcm)
+                samples += len(pcm)
+                reply = await s.serialize(OutputAudioRawFrame(audio=frame.audio, sample_rate=8000, num_channels=1))
+                if reply:
+                    await ws.send(reply)
+                    sent += 1
+    except Exception as e:
+        # How the stream ended is part of the result: the test wants `stop`, then a clean close.
+        error = repr(e)
+    finally:
+        # Written aside, then renamed: the test polls for `out` and must never read it half-written.
+        with open(out + ".tmp", "w") as f:
+            json.dump({"frames": frames, "rms": (sumsq / samples) ** 0.5 if samples else 0,
+                       "sent": sent, "custom": custom, "stop": stop, "error": error}, f)
+        os.replace(out + ".tmp", out)
 
 async def main():
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -1614,6 +1622,8 @@ fn pipecat_serializer_hears_an_outbound_call() {
     let got: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap_or_default())
         .unwrap_or_else(|e| panic!("no result from the Pipecat agent: {e}\n{}", sbc.log()));
     eprintln!("Pipecat agent: {got}");
+    assert_eq!(got["stop"], true, "the stream ended without `stop`: {got}");
+    assert!(got["error"].is_null(), "{got}");
     assert!(got["frames"].as_u64().unwrap_or(0) >= 50, "{got}");
     // mu-law 0x55 decodes to a constant of magnitude ~ 340: far from silence.
     assert!(got["rms"].as_f64().unwrap_or(0.0) > 100.0, "{got}");

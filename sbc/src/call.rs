@@ -28,10 +28,13 @@ use crate::sip::{
 /// What other tasks send to a call.
 #[derive(Debug)]
 pub enum CallInput {
-    /// A request for this Call-ID and the connection it came on.
-    Request(Request, ConnHandle),
+    /// A request for this Call-ID and the connection it came on. Boxed, as is the response:
+    /// a message is ~160 bytes and every slot of the call's mailbox is as large as its largest
+    /// variant, so boxing the two makes each slot 72 bytes instead of 168 (3 KiB less per
+    /// 32-slot block, one block per call).
+    Request(Box<Request>, ConnHandle),
     /// A response to a request the call sent.
-    Response(Response),
+    Response(Box<Response>),
     /// End the call from our side (ops, shutdown).
     Hangup(HangupCause),
     /// A new connection to the carrier that sbc opened for this call: use it from now on.
@@ -378,7 +381,7 @@ impl Call {
                                 None,
                                 &mut rand::thread_rng(),
                             );
-                            let _ = tx.try_send(CallInput::Response(resp));
+                            let _ = tx.try_send(CallInput::Response(Box::new(resp)));
                         }
                     }
                 }
@@ -410,11 +413,11 @@ impl Call {
                 }
                 // Matched: from now on the call answers on the connection the carrier last used.
                 self.conn = conn;
-                self.sip.handle_request(now, req);
+                self.sip.handle_request(now, *req);
             }
             CallInput::Response(resp) => {
                 if self.sip.matches_response(&resp) {
-                    self.sip.handle_response(now, resp);
+                    self.sip.handle_response(now, *resp);
                 } else {
                     debug!(
                         status = resp.status,
@@ -1945,5 +1948,14 @@ mod tests {
             active_size <= 4 * 1024,
             "media loop future {active_size} bytes"
         );
+    }
+
+    /// Every slot of a call's mailbox (32 per block) is a `CallInput`: with the request and the
+    /// response inline it was 168 bytes (a 5.4 KiB block per call); boxed, it is 72 (a
+    /// `ConnHandle` and a pointer).
+    #[test]
+    fn mailbox_slot_stays_small() {
+        let size = std::mem::size_of::<CallInput>();
+        assert!(size <= 80, "CallInput is {size} bytes");
     }
 }

@@ -173,7 +173,7 @@ impl ConnCtx {
                     .and_then(|id| self.shared.dialogs.lookup(self.carrier_name(), id));
                 match tx {
                     Some(tx) => {
-                        let _ = tx.try_send(CallInput::Response(resp));
+                        let _ = tx.try_send(CallInput::Response(Box::new(resp)));
                     }
                     None => debug!(status = resp.status, "response for no known call dropped"),
                 }
@@ -203,7 +203,7 @@ impl ConnCtx {
         // carrier the call matches tags or branch before it acts (or answers 481 here).
         if let Some(tx) = self.shared.dialogs.lookup(self.carrier_name(), &call_id) {
             if tx
-                .try_send(CallInput::Request(req, self.handle.clone()))
+                .try_send(CallInput::Request(Box::new(req), self.handle.clone()))
                 .is_err()
             {
                 warn!(%call_id, "call mailbox full or closed: request dropped");
@@ -252,7 +252,10 @@ impl ConnCtx {
             if let Some(tx) = self.shared.dialogs.lookup(&name, call_id) {
                 debug!(%call_id, trunk = %trunk.name, "in-dialog request on a carrier connection for an outbound call");
                 if tx
-                    .try_send(CallInput::Request(req.clone(), self.handle.clone()))
+                    .try_send(CallInput::Request(
+                        Box::new(req.clone()),
+                        self.handle.clone(),
+                    ))
                     .is_err()
                 {
                     warn!(%call_id, "call mailbox full or closed: request dropped");

@@ -749,10 +749,10 @@ async fn dial(
             input = task.rx.recv() => {
                 let now = Instant::now();
                 match input {
-                    Some(CallInput::Response(r)) if uac.matches_response(&r) => uac.handle_response(now, r),
+                    Some(CallInput::Response(r)) if uac.matches_response(&r) => uac.handle_response(now, *r),
                     Some(CallInput::Request(r, c)) if uac.matches_request(&r) => {
                         let _ = c;
-                        uac.handle_request(now, r)
+                        uac.handle_request(now, *r)
                     }
                     // Same Call-ID, not this dialog (or none yet): 481 where it came from,
                     // the call unchanged.
@@ -949,8 +949,8 @@ async fn finish_sip(
         let deadline = uac.poll_timeout().unwrap_or(hard_stop).min(hard_stop);
         tokio::select! {
             input = rx.recv() => match input {
-                Some(CallInput::Response(r)) if uac.matches_response(&r) => uac.handle_response(Instant::now(), r),
-                Some(CallInput::Request(r, _)) if uac.matches_request(&r) => uac.handle_request(Instant::now(), r),
+                Some(CallInput::Response(r)) if uac.matches_response(&r) => uac.handle_response(Instant::now(), *r),
+                Some(CallInput::Request(r, _)) if uac.matches_request(&r) => uac.handle_request(Instant::now(), *r),
                 Some(CallInput::Request(r, c)) => refuse_unmatched(shared, &r, &c),
                 Some(_) => {}
                 None => return,

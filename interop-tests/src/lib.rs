@@ -5,6 +5,7 @@
 //! [`TestEnv::start_agent`], and drives calls with SIPp 3.8 (TLS + SRTP) through [`Sipp`].
 
 pub mod agent;
+pub mod apiclient;
 pub mod audio;
 pub mod baresip;
 pub mod carrier;

@@ -149,27 +149,14 @@ fn run_example(
 
 /// `curl` with the given credentials; (HTTP status, body as JSON).
 fn curl(env: &TestEnv, user: &str, pass: &str, args: &[&str], path: &str) -> (u16, Value) {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-w",
-            "\n%{http_code}",
-            "--cacert",
-        ])
-        .arg(&env.pki.ca_pem_path)
-        .args(["-u", &format!("{user}:{pass}")])
-        .args(args)
-        .arg(format!("https://127.0.0.1:{}{path}", api_port(env)))
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    let r = interop_tests::apiclient::curl(
+        &env.pki.ca_pem_path,
+        ("127.0.0.1", api_port(env)),
+        (user, pass),
+        args,
+        path,
+    );
+    (r.code, r.body)
 }
 
 fn wait_sipp(h: thread::JoinHandle<SippOutcome>) -> SippOutcome {

@@ -9,7 +9,6 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use interop_tests::origination::{self, Origination, OriginationUri, Outcome};
@@ -195,31 +194,14 @@ fn invite(conn: &mut SipConn, n: &Node, tag: &str) -> (u16, String, Dialog) {
 
 /// `curl` against `n`'s API; (status, JSON body, seconds curl took).
 fn api(env: &TestEnv, n: &Node, args: &[&str], path: &str) -> (u16, Value, f64) {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-w",
-            "\n%{http_code} %{time_total}",
-            "--cacert",
-        ])
-        .arg(&env.pki.ca_pem_path)
-        .args(["-u", &format!("{ACCOUNT}:{TOKEN}")])
-        .args(args)
-        .arg(format!("https://{}:{}{path}", n.ip, n.api_port))
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", "0 0"));
-    let mut t = tail.split_whitespace();
-    let code = t.next().and_then(|c| c.parse().ok()).unwrap_or(0);
-    let secs = t.next().and_then(|c| c.parse().ok()).unwrap_or(0.0);
-    (
-        code,
-        serde_json::from_str(body).unwrap_or(Value::Null),
-        secs,
-    )
+    let r = interop_tests::apiclient::curl(
+        &env.pki.ca_pem_path,
+        (&n.ip, n.api_port),
+        (ACCOUNT, TOKEN),
+        args,
+        path,
+    );
+    (r.code, r.body, r.secs)
 }
 
 fn call_path(sid: &str) -> String {

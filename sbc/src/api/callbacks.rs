@@ -106,20 +106,8 @@ async fn deliver(d: Delivery) {
 /// One POST; the response status.
 async fn post(d: &Delivery, signature: &str, body: &str) -> Result<u16, String> {
     let cb = &d.callback;
-    let tcp = tokio::net::TcpStream::connect((cb.host.as_str(), cb.port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let name = rustls_pki_types::ServerName::try_from(cb.host.clone())
-        .map_err(|e| format!("server name: {e}"))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::clone(&d.tls))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS: {e}"))?;
     let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .map_err(|e| format!("HTTP: {e}"))?;
-    let conn = tokio::spawn(conn);
+        super::https_client((cb.host.as_str(), cb.port), &cb.host, Arc::clone(&d.tls)).await?;
     let host = if cb.port == 443 {
         cb.host.clone()
     } else {

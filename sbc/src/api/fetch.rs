@@ -127,21 +127,9 @@ async fn fetch_inner(
 ) -> Result<String, FetchError> {
     let transport =
         |what: &str, e: &dyn std::fmt::Display| FetchError::Transport(format!("{what}: {e}"));
-    let tcp = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
+    let (mut sender, conn) = super::https_client((t.host.as_str(), t.port), &t.host, tls)
         .await
-        .map_err(|e| transport("connect", &e))?;
-    let _ = tcp.set_nodelay(true);
-    let name = rustls_pki_types::ServerName::try_from(t.host.clone())
-        .map_err(|e| transport("server name", &e))?;
-    let stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| transport("TLS", &e))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| transport("HTTP", &e))?;
-    let conn = tokio::spawn(conn);
+        .map_err(FetchError::Transport)?;
     let host = if t.port == 443 {
         t.host.clone()
     } else {

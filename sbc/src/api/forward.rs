@@ -167,21 +167,12 @@ async fn send(
     body: Bytes,
 ) -> Result<Answer, String> {
     tokio::time::timeout(FORWARD_TIMEOUT, async {
-        let tcp = tokio::net::TcpStream::connect(peer.api.as_str())
-            .await
-            .map_err(|e| format!("connect {}: {e}", peer.api))?;
-        let _ = tcp.set_nodelay(true);
-        let name = rustls_pki_types::ServerName::try_from(peer.server_name.clone())
-            .map_err(|e| format!("server name {:?}: {e}", peer.server_name))?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&cluster.forward_tls))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS: {e}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| format!("HTTP: {e}"))?;
-        let conn = tokio::spawn(conn);
+        let (mut sender, conn) = super::https_client(
+            peer.api.as_str(),
+            &peer.server_name,
+            Arc::clone(&cluster.forward_tls),
+        )
+        .await?;
         let mut req = Request::builder()
             .method(method)
             .uri(target)

@@ -35,6 +35,39 @@ use crate::call::CallInput;
 use crate::config::ApiConfig;
 use crate::metrics as m;
 use crate::shared::Shared;
+
+/// A request sender on an HTTP/1.1 connection over TLS, and the task driving the connection
+/// (abort it when done).
+pub(crate) type HttpsClient = (
+    hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+);
+
+/// Opens an HTTPS client connection to `addr`, verifying the server as `server_name` with
+/// `tls`: the one client of status callbacks, `Url=` TwiML fetches and cluster forwarding. An
+/// error names its step (`connect`, `server name`, `TLS`, `HTTP`). Callers bound it with their
+/// own deadline.
+pub(crate) async fn https_client(
+    addr: impl tokio::net::ToSocketAddrs,
+    server_name: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<HttpsClient, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| format!("server name: {e}"))?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP: {e}"))?;
+    Ok((sender, tokio::spawn(conn)))
+}
 use crate::sip::HangupCause;
 use registry::{CallEntry, CallStatus};
 

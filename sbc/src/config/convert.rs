@@ -104,6 +104,18 @@ fn secs(ctx: &Ctx, v: &Option<S<u64>>, default: u64, key: &str) -> Result<Durati
     Ok(Duration::from_secs(n))
 }
 
+/// A listener's `min_version`: "1.2" (the default) or "1.3".
+fn min_version(ctx: &Ctx, v: &Option<S<String>>, key: &str) -> Result<TlsVersion, ConfigError> {
+    match v.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+        None | Some(("1.2", _)) => Ok(TlsVersion::Tls12),
+        Some(("1.3", _)) => Ok(TlsVersion::Tls13),
+        Some((other, span)) => Err(ctx.at(
+            span,
+            format!("{key}: {other:?} is not allowed; use \"1.2\" or \"1.3\""),
+        )),
+    }
+}
+
 fn positive<T: Copy + PartialEq + Default + std::fmt::Display>(
     ctx: &Ctx,
     v: &Option<S<T>>,
@@ -414,19 +426,7 @@ fn tls(ctx: &Ctx, r: raw::RawTls, sip: &SipConfig) -> Result<TlsConfig, ConfigEr
             ))
         }
     };
-    let min_version = match &r.min_version {
-        None => TlsVersion::Tls12,
-        Some(v) => match v.get_ref().as_str() {
-            "1.2" => TlsVersion::Tls12,
-            "1.3" => TlsVersion::Tls13,
-            other => {
-                return Err(ctx.at(
-                    v.span(),
-                    format!("tls.min_version: {other:?} is not allowed; use \"1.2\" or \"1.3\""),
-                ))
-            }
-        },
-    };
+    let min_version = min_version(ctx, &r.min_version, "tls.min_version")?;
     let tls12_suites = match &r.tls12_cipher_suites {
         None => DEFAULT_TLS12_SUITES.to_vec(),
         Some(list) => {
@@ -1337,19 +1337,7 @@ fn api(ctx: &Ctx, r: raw::RawApi, tls: &TlsConfig) -> Result<ApiConfig, ConfigEr
             ))
         }
     };
-    let min_version = match &r.min_version {
-        None => TlsVersion::Tls12,
-        Some(v) => match v.get_ref().as_str() {
-            "1.2" => TlsVersion::Tls12,
-            "1.3" => TlsVersion::Tls13,
-            other => {
-                return Err(ctx.at(
-                    v.span(),
-                    format!("api.min_version: {other:?} is not allowed; use \"1.2\" or \"1.3\""),
-                ))
-            }
-        },
-    };
+    let min_version = min_version(ctx, &r.min_version, "api.min_version")?;
     if min_version == TlsVersion::Tls12 && tls.tls12_suites.is_empty() {
         return Err(ctx.file(
             "api.min_version = \"1.2\" needs tls.tls12_cipher_suites (the API uses the SIP listener's TLS 1.2 suites)",

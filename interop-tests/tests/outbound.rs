@@ -1026,6 +1026,7 @@ fn sipp_answers_an_outbound_call() {
     };
     uas.assert_flow_and_clean_echo("SIPp UAS: the agent's echo of its pattern", 0.8);
     let check = uas.rtp_check();
+    eprintln!("SIPp echo check: {check:?}");
     assert!(
         check.received_ok >= 50,
         "SIPp checked too few echoed packets: {check:?}"

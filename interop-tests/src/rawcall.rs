@@ -256,7 +256,11 @@ pub struct Answer {
     pub key: MasterKey,
 }
 
-pub fn parse_answer(sdp: &str) -> Answer {
+/// The media address (`c=IN IP4`, `m=audio` port) and the SDES key of the first `a=crypto` line
+/// that starts with `crypto` (e.g. `"a=crypto:"` for any, `"a=crypto:1 AES_CM_128_HMAC_SHA1_80 "`
+/// for one tag and suite) whose key||salt is the 30 bytes of an AES_CM_128 suite; `None` when
+/// any of the three is missing or malformed.
+pub fn sdes_media(sdp: &str, crypto: &str) -> Option<(SocketAddr, MasterKey)> {
     let mut ip = None;
     let mut port = None;
     let mut key = None;
@@ -268,23 +272,29 @@ pub fn parse_answer(sdp: &str) -> Answer {
                 .split_whitespace()
                 .next()
                 .and_then(|p| p.parse::<u16>().ok());
-        } else if let Some(c) = l.strip_prefix("a=crypto:") {
-            let inline = c.split("inline:").nth(1).expect("inline key");
+        } else if key.is_none() && l.starts_with(crypto) {
+            let Some(inline) = l.split("inline:").nth(1) else {
+                continue;
+            };
             let b64: String = inline
                 .chars()
                 .take_while(|c| *c != '|' && !c.is_whitespace())
                 .collect();
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(b64)
-                .expect("answer key is base64");
-            assert_eq!(raw.len(), 30, "AES_CM_128 key||salt is 30 bytes");
+                .ok()
+                .filter(|raw| raw.len() == 30)?;
             key = MasterKey::new(&raw[..16], &raw[16..]);
         }
     }
-    Answer {
-        rtp: SocketAddr::from((ip.expect("c= line"), port.expect("m=audio line"))),
-        key: key.expect("a=crypto line"),
-    }
+    Some((SocketAddr::from((ip?, port?)), key?))
+}
+
+/// sbc's side of the media from a 200 OK's SDP; panics (a test failure) when it is incomplete.
+pub fn parse_answer(sdp: &str) -> Answer {
+    let (rtp, key) = sdes_media(sdp, "a=crypto:")
+        .unwrap_or_else(|| panic!("answer without c=, m=audio or a 30-byte a=crypto key:\n{sdp}"));
+    Answer { rtp, key }
 }
 
 impl Dialog {

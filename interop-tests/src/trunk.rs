@@ -9,7 +9,7 @@
 //! the 200 later (early media).
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -280,31 +280,6 @@ fn respond(
     out
 }
 
-/// sbc's offered tag-1 (`AES_CM_128_HMAC_SHA1_80`) key and media address.
-fn offer_tag1(sdp: &str) -> Option<(SocketAddr, MasterKey)> {
-    let mut ip = None;
-    let mut port = None;
-    let mut key = None;
-    for l in sdp.lines() {
-        if let Some(c) = l.strip_prefix("c=IN IP4 ") {
-            ip = c.trim().parse::<std::net::Ipv4Addr>().ok();
-        } else if let Some(m) = l.strip_prefix("m=audio ") {
-            port = m
-                .split_whitespace()
-                .next()
-                .and_then(|p| p.parse::<u16>().ok());
-        } else if let Some(c) = l.strip_prefix("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:") {
-            let b64: String = c
-                .chars()
-                .take_while(|c| *c != '|' && !c.is_whitespace())
-                .collect();
-            let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-            key = MasterKey::new(raw.get(..16)?, raw.get(16..30)?);
-        }
-    }
-    Some((SocketAddr::from((ip?, port?)), key?))
-}
-
 fn serve(
     tcp: std::net::TcpStream,
     cfg: Arc<rustls::ServerConfig>,
@@ -416,7 +391,10 @@ fn serve(
                     | TrunkBehaviour::EarlyMedia
                     | TrunkBehaviour::EarlyMediaBusy
                     | TrunkBehaviour::EarlyMediaRing => {
-                        let Some((sbc_rtp, sbc_key)) = offer_tag1(rawcall::body(&msg)) else {
+                        let Some((sbc_rtp, sbc_key)) = rawcall::sdes_media(
+                            rawcall::body(&msg),
+                            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 ",
+                        ) else {
                             send(
                                 &mut tls,
                                 respond(&msg, 488, "Not Acceptable Here", Some(&to_tag), "", ""),

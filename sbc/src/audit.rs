@@ -658,6 +658,10 @@ pub struct AgentAudit {
     /// Key-exchange group of the agent leg.
     pub kx_group: Option<String>,
     pub mtls: bool,
+    /// The agent leg's TLS session was resumed (see `agent::AgentConn::resumed`): its
+    /// certificates were verified when the session was first established, not on this call's
+    /// handshake.
+    pub tls_resumed: bool,
     pub connect_ms: Option<u64>,
 }
 

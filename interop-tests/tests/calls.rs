@@ -511,6 +511,31 @@ fn agent_mtls_with_client_cert() {
     assert_eq!(end["agent"]["mtls"], true, "call.end: {end}");
 }
 
+/// sbc keeps the agent's TLS 1.3 session tickets (one resumption store per agent client config):
+/// the first call's agent connection is a full handshake, the next one resumes, still TLS 1.3
+/// and with mTLS, and the audit says which was which.
+#[test]
+fn agent_tls_session_is_resumed_on_the_next_call_and_audited() {
+    let env = TestEnv::new();
+    let agent = env.start_agent(AgentBehaviour::RequireClientCert);
+    let mut opts = SbcOptions::agent(agent.url());
+    opts.agent_client_cert = true;
+    let sbc = env.start_sbc(opts);
+    let mut ends = Vec::new();
+    for _ in 0..2 {
+        let o = env
+            .sipp("uac_tls_srtp_pattern.xml")
+            .run_expect(sbc.sip_port, 0);
+        ends.push(sbc.wait_event("call.end", &o.first_call_id(), SECS10));
+    }
+    for (end, resumed) in ends.iter().zip([false, true]) {
+        assert_eq!(end["agent"]["tls_resumed"], resumed, "call.end: {end}");
+        assert_eq!(end["agent"]["tls_version"], "TLSv1_3", "call.end: {end}");
+        assert_eq!(end["agent"]["mtls"], true, "call.end: {end}");
+    }
+    assert_eq!(wait_closed(&agent, 2).len(), 2);
+}
+
 /// Runs SIPp's basic call in the background and, once sbc answered it, a second INVITE that the
 /// carrier limits must refuse with 503.
 fn second_call_refused(opts_change: impl FnOnce(&mut SbcOptions)) {

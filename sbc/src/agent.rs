@@ -34,6 +34,11 @@ pub struct AgentConn {
     /// Key-exchange group of the TLS connection (audit).
     pub kx_group: Option<String>,
     pub mtls: bool,
+    /// The TLS 1.3 session was resumed from a ticket of an earlier connection to this agent
+    /// (PSK with a fresh (EC)DHE exchange, RFC 8446 §2.2): the agent's certificate (and the
+    /// client certificate, with mTLS) was verified on the handshake that issued the ticket, not
+    /// again on this one (audit).
+    pub resumed: bool,
 }
 
 /// Why the agent could not be reached (the carrier gets 503).
@@ -113,6 +118,7 @@ pub async fn connect(
             .map_err(AgentError::Tls)?;
         let (tls_version, cipher) = crate::tls::negotiated(tls.get_ref().1);
         let kx_group = crate::tls::kx_group(tls.get_ref().1);
+        let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         // An agent message is at most a few seconds of base64 audio; cap what one frame may
         // allocate (tungstenite's default is 64 MiB). The read buffer starts at 4 KiB, not
         // tungstenite's 128 KiB: it is zero-filled to its capacity before every read, which cost
@@ -132,6 +138,7 @@ pub async fn connect(
             cipher,
             kx_group,
             mtls,
+            resumed,
         })
     };
     tokio::time::timeout(timeout, fut)

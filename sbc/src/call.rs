@@ -701,6 +701,7 @@ impl Call {
                         self.record.agent.cipher = Some(conn.cipher.clone());
                         self.record.agent.kx_group = conn.kx_group.clone();
                         self.record.agent.mtls = conn.mtls;
+                        self.record.agent.tls_resumed = conn.resumed;
                         AgentSide::Ws(Box::new(conn))
                     }
                     Err(e) => {

@@ -839,6 +839,7 @@ async fn dial(
     record.agent.cipher = Some(agent.cipher.clone());
     record.agent.kx_group = agent.kx_group.clone();
     record.agent.mtls = agent.mtls;
+    record.agent.tls_resumed = agent.resumed;
     if let Some(o) = record.outbound.as_mut() {
         o.twilio_status = Some("completed".into());
     }

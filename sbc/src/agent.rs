@@ -2,16 +2,15 @@
 //! `tls::agent_client_config`). sbc connects before it answers the INVITE, so an agent that cannot
 //! be reached means 503 to the carrier, never a silent call.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_util::stream::SplitSink;
-use futures_util::SinkExt;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::http::Uri;
@@ -244,147 +243,132 @@ impl AgentFlow {
     }
 }
 
-type WsSink = SplitSink<WebSocketStream<TlsStream<TcpStream>>, Message>;
-
-/// What the writer task tells the call, without a channel the call would have to await.
-#[derive(Debug, Default)]
-pub struct WriterProgress {
-    /// Bytes of frames written to the socket so far.
-    pub written: AtomicU64,
-    /// The writer gave up on a write that did not finish within its deadline.
-    pub timed_out: AtomicBool,
+/// The agent WebSocket, owned by the call task and driven both ways from its one loop: frames
+/// are fed without waiting (tungstenite buffers them), and [`AgentLink::poll_io`] flushes what
+/// was fed and reads the agent's next message in the same poll. Several frames fed in one turn
+/// of the call's loop go out as one TLS record and one socket write.
+///
+/// One owner instead of a split stream with a writer task (docs/performance.md, "One owner for
+/// the agent connection"): per frame the writer task cost a channel push and pop, a task wake-up
+/// and the split halves' lock. The call never awaits the agent: a flush that cannot finish stays
+/// pending, and [`AgentFlow`] (fed with [`AgentLink::offered`] and [`AgentLink::flushed`]) turns
+/// that into "agent stuck" after its byte bound or its deadline.
+pub struct AgentLink<S> {
+    ws: WebSocketStream<S>,
+    /// Bytes of text frames fed so far.
+    offered: u64,
+    /// Bytes of text frames known written to the socket (all of `offered` at the last completed
+    /// flush).
+    flushed: u64,
+    /// Fed frames wait for a flush.
+    pending: bool,
 }
 
-/// What the call queues for the agent. 16 bytes: tokio's channel allocates its slots 32 at a
-/// time, and a `Message` (56 bytes) made that ~4 KiB per call (docs/performance.md).
+/// What [`AgentLink::poll_io`] saw.
 #[derive(Debug)]
-enum Outgoing {
-    /// A text frame.
-    Text(Box<str>),
-    /// Send what is queued, then a Close frame, then end.
-    Close,
+pub enum AgentIo {
+    /// A message from the agent.
+    Message(Message),
+    /// The agent closed the stream, or reading or writing failed.
+    Closed(Option<String>),
 }
 
-/// Frames the writer puts into one TLS write when several are queued (a Media Streams `media`
-/// frame is ~250 bytes, so a batch stays well inside one 16 KiB TLS record).
-const MAX_BATCH: usize = 32;
-
-/// The agent WebSocket's sending half, owned by its own task and fed through a bounded queue:
-/// the call task never awaits the agent.
-pub struct AgentWriter {
-    tx: mpsc::Sender<Outgoing>,
-    progress: Arc<WriterProgress>,
-    task: JoinHandle<()>,
-}
-
-/// Why a frame was not queued.
-#[derive(Debug, PartialEq, Eq)]
-pub enum QueueError {
-    /// The queue is at its bound: the agent is not reading.
-    Full,
-    /// The writer ended (a write failed, or timed out).
-    Closed,
-}
-
-impl AgentWriter {
-    /// Spawns the writer. `frames` bounds the channel (the byte bound is [`AgentFlow`]'s);
-    /// `write_timeout` bounds each write, so that the task ends on its own after the call gave
-    /// up on it (the call's own deadline, [`AgentFlow`], is the one that hangs up).
-    pub fn spawn(sink: WsSink, frames: usize, write_timeout: Duration) -> AgentWriter {
-        let (tx, rx) = mpsc::channel(frames.max(1));
-        let progress = Arc::new(WriterProgress::default());
-        let task = tokio::spawn(write_loop(sink, rx, Arc::clone(&progress), write_timeout));
-        AgentWriter { tx, progress, task }
-    }
-
-    /// Queues a text frame without waiting.
-    pub fn try_send(&self, text: String) -> Result<(), QueueError> {
-        let item = Outgoing::Text(text.into_boxed_str());
-        self.tx.try_send(item).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => QueueError::Full,
-            mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
-        })
-    }
-
-    pub fn progress(&self) -> &WriterProgress {
-        &self.progress
-    }
-
-    /// Queues a Close frame and lets the writer finish what is queued, then close (each write
-    /// still bounded by its deadline).
-    pub fn close(self) {
-        let _ = self.tx.try_send(Outgoing::Close);
-    }
-
-    /// Drops the socket's sending half now (the agent is stuck).
-    pub fn abort(self) {
-        self.task.abort();
-    }
-}
-
-/// Takes what is queued, up to [`MAX_BATCH`] frames, after waiting for the first: the frames
-/// and whether a Close came (it ends the batch). `None` when the call dropped its sender.
-async fn next_batch(rx: &mut mpsc::Receiver<Outgoing>, batch: &mut Vec<Box<str>>) -> Option<bool> {
-    batch.clear();
-    let mut item = rx.recv().await?;
-    loop {
-        match item {
-            Outgoing::Close => return Some(true),
-            Outgoing::Text(t) => batch.push(t),
-        }
-        if batch.len() >= MAX_BATCH {
-            return Some(false);
-        }
-        match rx.try_recv() {
-            Ok(next) => item = next,
-            Err(_) => return Some(false),
+impl<S: AsyncRead + AsyncWrite + Unpin> AgentLink<S> {
+    pub fn new(ws: WebSocketStream<S>) -> AgentLink<S> {
+        AgentLink {
+            ws,
+            offered: 0,
+            flushed: 0,
+            pending: false,
         }
     }
-}
 
-/// Writes the frames of `batch` and flushes once: several queued frames go out in one TLS
-/// record and one socket write instead of one each. The bytes written, or why it failed.
-async fn write_batch(sink: &mut WsSink, batch: &mut Vec<Box<str>>) -> Result<u64, String> {
-    let mut len = 0u64;
-    for text in batch.drain(..) {
-        len += text.len() as u64;
-        sink.feed(Message::text(String::from(text)))
-            .await
+    /// Queues a text frame without waiting; it is written by the next [`AgentLink::poll_io`].
+    /// An error means the connection is unusable (already closed, or a write failed).
+    pub fn feed(&mut self, text: String) -> Result<(), String> {
+        let len = text.len() as u64;
+        // `start_send` without `poll_ready`: tokio-tungstenite's `poll_ready` only flushes, and
+        // the call must not wait for that; the frame is buffered either way, and the byte bound
+        // on what is buffered is `AgentFlow`'s.
+        Pin::new(&mut self.ws)
+            .start_send(Message::text(text))
             .map_err(|e| e.to_string())?;
+        self.offered += len;
+        self.pending = true;
+        Ok(())
     }
-    sink.flush().await.map_err(|e| e.to_string())?;
-    Ok(len)
-}
 
-async fn write_loop(
-    mut sink: WsSink,
-    mut rx: mpsc::Receiver<Outgoing>,
-    progress: Arc<WriterProgress>,
-    write_timeout: Duration,
-) {
-    let mut batch = Vec::new();
-    while let Some(close) = next_batch(&mut rx, &mut batch).await {
-        if !batch.is_empty() {
-            match tokio::time::timeout(write_timeout, write_batch(&mut sink, &mut batch)).await {
-                Ok(Ok(len)) => {
-                    progress.written.fetch_add(len, Ordering::Relaxed);
+    pub fn offered(&self) -> u64 {
+        self.offered
+    }
+
+    pub fn flushed(&self) -> u64 {
+        self.flushed
+    }
+
+    /// Flushes what was fed (when anything waits), then polls for the agent's next message.
+    /// Ready with a message, or with `Closed` when the stream ended or failed either way;
+    /// Pending otherwise (woken when the socket can take more, or has data).
+    pub fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<AgentIo> {
+        if self.pending {
+            match Pin::new(&mut self.ws).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.pending = false;
+                    self.flushed = self.offered;
                 }
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "agent WebSocket write failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(?write_timeout, "agent WebSocket write timed out");
-                    progress.timed_out.store(true, Ordering::Relaxed);
-                    return;
-                }
+                Poll::Ready(Err(e)) => return Poll::Ready(AgentIo::Closed(Some(e.to_string()))),
+                Poll::Pending => {}
             }
         }
-        if close {
-            break;
+        match Pin::new(&mut self.ws).poll_next(cx) {
+            Poll::Ready(Some(Ok(m))) => Poll::Ready(AgentIo::Message(m)),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(AgentIo::Closed(Some(e.to_string()))),
+            Poll::Ready(None) => Poll::Ready(AgentIo::Closed(None)),
+            Poll::Pending => Poll::Pending,
         }
     }
-    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+
+    /// Sends what was fed (`stop` included), then a Close frame, each within `write_timeout`;
+    /// then reads (and discards) what the agent still sends until its Close, the end of the
+    /// stream or `close_wait` (RFC 6455 §7.1.1). Dropping a socket with unread data makes the
+    /// kernel send an RST instead of a FIN; an agent that is still echoing audio then fails its
+    /// next write and may never read the `stop` and Close already on their way (seen with the
+    /// test agent under load). Meant for its own task: the call does not wait for it.
+    pub async fn close(self, write_timeout: Duration, close_wait: Duration) {
+        let mut ws = self.ws;
+        match tokio::time::timeout(write_timeout, ws.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "agent WebSocket write failed at close");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(?write_timeout, "agent WebSocket write timed out at close");
+                return;
+            }
+        }
+        if tokio::time::timeout(write_timeout, ws.close(None))
+            .await
+            .is_err()
+        {
+            tracing::debug!(?write_timeout, "agent WebSocket Close timed out");
+            return;
+        }
+        let drained = tokio::time::timeout(close_wait, async {
+            let mut frames = 0u32;
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return frames,
+                    Some(Ok(_)) => frames += 1,
+                }
+            }
+        })
+        .await;
+        match drained {
+            Ok(frames) => tracing::trace!(frames, "agent WebSocket closed"),
+            Err(_) => tracing::debug!("agent did not answer our WebSocket Close in time"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -436,32 +420,132 @@ mod tests {
         assert!(!g.handle_timeout(t0 + Duration::from_secs(3600)));
     }
 
+    /// A stream that counts the writes it is given (the agent side of a duplex pipe).
+    struct CountingStream {
+        inner: tokio::io::DuplexStream,
+        writes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl AsyncRead for CountingStream {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for CountingStream {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+            if matches!(r, Poll::Ready(Ok(_))) {
+                self.writes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            r
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// sbc's end of a WebSocket over a duplex pipe of `capacity` bytes, the agent's end, and
+    /// the count of writes sbc's end made.
+    async fn link_pair(
+        capacity: usize,
+    ) -> (
+        AgentLink<CountingStream>,
+        WebSocketStream<tokio::io::DuplexStream>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let (a, b) = tokio::io::duplex(capacity);
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ours = CountingStream {
+            inner: a,
+            writes: Arc::clone(&writes),
+        };
+        let sbc = WebSocketStream::from_raw_socket(ours, Role::Client, None).await;
+        let agent = WebSocketStream::from_raw_socket(b, Role::Server, None).await;
+        (AgentLink::new(sbc), agent, writes)
+    }
+
+    fn poll_once<S: AsyncRead + AsyncWrite + Unpin>(link: &mut AgentLink<S>) -> Poll<AgentIo> {
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        link.poll_io(&mut cx)
+    }
+
     #[tokio::test]
-    async fn writer_batches_what_is_queued_and_stops_at_close() {
-        let (tx, mut rx) = mpsc::channel(100);
-        let mut batch = Vec::new();
+    async fn frames_fed_in_one_turn_go_out_in_one_write_and_messages_come_in() {
+        let (mut link, mut agent, writes) = link_pair(64 * 1024).await;
         for i in 0..3 {
-            tx.try_send(Outgoing::Text(format!("f{i}").into())).unwrap();
+            link.feed(format!("frame {i}")).unwrap();
         }
-        tx.try_send(Outgoing::Close).unwrap();
-        tx.try_send(Outgoing::Text("after".into())).unwrap();
-        // Everything queued up to the Close, in order, and the Close ends the batch.
-        assert_eq!(next_batch(&mut rx, &mut batch).await, Some(true));
-        assert_eq!(batch, ["f0", "f1", "f2"].map(Box::from));
-        assert_eq!(next_batch(&mut rx, &mut batch).await, Some(false));
-        assert_eq!(batch, [Box::from("after")]);
-        // A long queue is cut into batches of MAX_BATCH.
-        for i in 0..MAX_BATCH + 5 {
-            tx.try_send(Outgoing::Text(i.to_string().into())).unwrap();
+        assert_eq!((link.offered(), link.flushed()), (21, 0));
+        assert_eq!(
+            writes.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "fed, not written"
+        );
+        assert!(poll_once(&mut link).is_pending());
+        assert_eq!(link.flushed(), 21);
+        assert_eq!(
+            writes.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "three frames, one write"
+        );
+        for i in 0..3 {
+            let m = agent.next().await.unwrap().unwrap();
+            assert_eq!(m, Message::text(format!("frame {i}")));
         }
-        assert_eq!(next_batch(&mut rx, &mut batch).await, Some(false));
-        assert_eq!(batch.len(), MAX_BATCH);
-        assert_eq!(next_batch(&mut rx, &mut batch).await, Some(false));
-        assert_eq!(batch.len(), 5);
-        assert_eq!(&*batch[0], MAX_BATCH.to_string());
-        drop(tx);
-        assert_eq!(next_batch(&mut rx, &mut batch).await, None);
-        assert_eq!(std::mem::size_of::<Outgoing>(), 16);
+        // The agent's message comes back through the same poll.
+        agent.send(Message::text("mark")).await.unwrap();
+        match poll_once(&mut link) {
+            Poll::Ready(AgentIo::Message(m)) => assert_eq!(m, Message::text("mark")),
+            other => panic!("{other:?}"),
+        }
+        // Close: what was fed goes out first, then the Close; the agent's Close ends it.
+        link.feed("stop".into()).unwrap();
+        let closing = tokio::spawn(link.close(Duration::from_secs(1), Duration::from_secs(1)));
+        assert_eq!(agent.next().await.unwrap().unwrap(), Message::text("stop"));
+        assert!(matches!(agent.next().await, Some(Ok(Message::Close(_)))));
+        let _ = agent.close(None).await;
+        tokio::time::timeout(Duration::from_secs(2), closing)
+            .await
+            .expect("close ends after the agent's Close")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_does_not_read_leaves_bytes_unflushed_and_the_flow_stuck() {
+        let (mut link, agent, _writes) = link_pair(1024).await;
+        let t0 = Instant::now();
+        let mut flow = AgentFlow::new(16 * 1024, Duration::from_secs(2));
+        for i in 0..40 {
+            let frame = format!("{i:0>300}");
+            if !flow.offer(t0, frame.len()) {
+                break;
+            }
+            link.feed(frame).unwrap();
+            assert!(poll_once(&mut link).is_pending());
+            flow.written(t0, link.flushed());
+        }
+        // The pipe holds 1 KiB and the agent reads nothing: most of it waits, the call did not.
+        assert!(link.flushed() < link.offered());
+        assert!(flow.outstanding() > 10_000, "{}", flow.outstanding());
+        assert!(flow.handle_timeout(t0 + Duration::from_secs(2)));
+        drop(agent);
     }
 
     #[test]

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use rand::{RngCore, SeedableRng};
 use srtp_bridge::{Bridge, BridgeConfig, BridgeEvent, Component, MediaParams, StreamInfo};
 use tokio::sync::mpsc;
@@ -843,20 +842,17 @@ impl Call {
             self.status_callback(crate::config::CallbackEvent::Answered, "in-progress");
         }
 
-        // Frames for the agent go through its writer task's bounded queue; `flow` decides when
-        // the agent counts as stuck (bytes waiting, or no progress within send_timeout).
-        let (mut writer, mut ws_rx, echo) = match agent {
-            AgentSide::Ws(conn) => {
-                let (tx, rx) = conn.ws.split();
-                let w =
-                    agent::AgentWriter::spawn(tx, AGENT_QUEUE_FRAMES, cfg.agent.send_timeout * 2);
-                (Some(w), Some(rx), false)
-            }
-            AgentSide::Echo => (None, None, true),
+        // The call owns the agent WebSocket and drives it both ways (`agent::AgentLink`);
+        // `flow` decides when the agent counts as stuck (bytes fed and not flushed past the
+        // bound, or no flush progress within send_timeout).
+        let (mut link, echo) = match agent {
+            AgentSide::Ws(conn) => (Some(agent::AgentLink::new(conn.ws)), false),
+            AgentSide::Echo => (None, true),
         };
         let mut flow = agent::AgentFlow::new(cfg.agent.send_queue_bytes, cfg.agent.send_timeout);
-        let mut rtp_buf = vec![0u8; 2048];
-        let mut rtcp_buf = vec![0u8; 2048];
+        // One receive buffer for both sockets.
+        let mut udp_buf = vec![0u8; 2048];
+        let mut rtcp_first = false;
         let mut stopped = false;
         let mut last_stats = srtp_bridge::BridgeStats::default();
         let media_metrics = m::CallMedia::new();
@@ -865,10 +861,7 @@ impl Call {
         // Arrival times for the latency histograms (packet in to frame out, both ways).
         let mut carrier_in: Option<Instant> = None;
         let mut agent_in: Option<Instant> = None;
-        // The agent's half of the WebSocket after our Close: drained once the call is over.
-        let mut closing_rx: Option<WsRx> = None;
-        // Why the agent counts as stuck, once it does (`flow`'s bound or deadline, the writer's
-        // frame bound, or the writer's own write deadline).
+        // Why the agent counts as stuck, once it does (`flow`'s bound or its deadline).
         let mut stuck_why: Option<&'static str> = None;
 
         loop {
@@ -982,38 +975,25 @@ impl Call {
                     if let Some(reply) = srtp_bridge::echo_agent_reply(&text) {
                         bridge.handle_agent_text(Instant::now(), &reply);
                     }
-                } else if let Some(w) = writer.as_ref() {
+                } else if let Some(l) = link.as_mut() {
                     let now = Instant::now();
-                    flow.written(now, w.progress().written.load(Ordering::Relaxed));
+                    flow.written(now, l.flushed());
                     if !flow.offer(now, text.len()) {
                         stuck_why.get_or_insert("send queue full");
                         continue;
                     }
-                    match w.try_send(text) {
-                        Ok(()) => {}
-                        // The frame bound behind the byte bound.
-                        Err(agent::QueueError::Full) => {
-                            stuck_why.get_or_insert("send queue full");
-                        }
-                        Err(agent::QueueError::Closed) => {
-                            if w.progress().timed_out.load(Ordering::Relaxed) {
-                                stuck_why.get_or_insert("write deadline passed");
-                            } else {
-                                agent_closed = true;
-                            }
-                        }
+                    if let Err(e) = l.feed(text) {
+                        debug!(error = %e, "agent WebSocket send failed");
+                        agent_closed = true;
                     }
                 }
             }
             if flow.is_stuck() {
                 stuck_why.get_or_insert("no write progress within send_timeout");
             }
-            if stuck_why.is_some() && writer.is_some() {
+            if stuck_why.is_some() && link.is_some() {
                 // Never await a stuck agent: drop its socket, hang up towards the carrier.
-                if let Some(w) = writer.take() {
-                    w.abort();
-                }
-                ws_rx = None;
+                link = None;
                 if self.end_reason.is_none() {
                     warn!(
                         outstanding_bytes = flow.outstanding(),
@@ -1036,11 +1016,14 @@ impl Call {
                 media_metrics.latency_agent_to_carrier(t.elapsed());
             }
             if stopped {
-                if let Some(w) = writer.take() {
-                    // The writer sends what is queued (`stop` included), then Close, each
-                    // write within its deadline; the call does not wait for it.
-                    w.close();
-                    closing_rx = ws_rx.take();
+                if let Some(l) = link.take() {
+                    // What was fed (`stop` included), then Close, each write within its
+                    // deadline, then the agent's Close, in a task the call does not wait for
+                    // (its admission slots and Call-ID are released as the call ends).
+                    tokio::spawn(
+                        l.close(cfg.agent.send_timeout * 2, AGENT_CLOSE_WAIT)
+                            .in_current_span(),
+                    );
                 }
             }
             if agent_closed && self.end_reason.is_none() {
@@ -1062,7 +1045,7 @@ impl Call {
                 self.sip.poll_timeout(),
                 bridge.poll_timeout(),
                 hard_stop,
-                writer.as_ref().and(flow.poll_timeout()),
+                link.as_ref().and(flow.poll_timeout()),
             ]
             .into_iter()
             .flatten()
@@ -1075,21 +1058,19 @@ impl Call {
                         hard_stop = Some(Instant::now());
                     }
                 },
-                r = media.rtp.recv_from(&mut rtp_buf) => match r {
+                (component, r) = recv_carrier(&media, &mut udp_buf, &mut rtcp_first) => match r {
                     Ok((n, from)) => {
                         let now = Instant::now();
-                        carrier_in = Some(now);
-                        bridge.handle_carrier_datagram(now, Component::Rtp, from, &rtp_buf[..n]);
+                        if component == Component::Rtp {
+                            carrier_in = Some(now);
+                        }
+                        bridge.handle_carrier_datagram(now, component, from, &udp_buf[..n]);
                     }
-                    Err(e) => trace!(error = %e, "RTP recv error"),
+                    Err(e) => trace!(error = %e, ?component, "UDP recv error"),
                 },
-                r = media.rtcp.recv_from(&mut rtcp_buf) => match r {
-                    Ok((n, from)) => bridge.handle_carrier_datagram(Instant::now(), Component::Rtcp, from, &rtcp_buf[..n]),
-                    Err(e) => trace!(error = %e, "RTCP recv error"),
-                },
-                msg = next_ws(&mut ws_rx) => match msg {
+                io = next_agent_io(&mut link) => match io {
                     // After `stop` the agent's late media is dropped; only its Close matters.
-                    Some(Ok(Message::Text(t))) if !stopped => {
+                    agent::AgentIo::Message(Message::Text(t)) if !stopped => {
                         let now = Instant::now();
                         agent_in = Some(now);
                         match srtp_bridge::agent::transfer_request(t.as_str()) {
@@ -1100,23 +1081,23 @@ impl Call {
                             None => bridge.handle_agent_text(now, t.as_str()),
                         }
                     }
-                    Some(Ok(Message::Binary(_))) => debug!("binary agent frame ignored"),
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        ws_rx = None;
+                    agent::AgentIo::Message(Message::Binary(_)) => debug!("binary agent frame ignored"),
+                    agent::AgentIo::Message(Message::Close(_)) | agent::AgentIo::Closed(_) => {
+                        link = None;
                         if self.end_reason.is_none() {
                             info!("agent closed the WebSocket: hanging up");
                             self.set_end("agent_hangup", None);
                             self.sip.hangup(Instant::now(), HangupCause::AgentHangup);
                         }
                     }
-                    Some(Ok(_)) => {}
+                    agent::AgentIo::Message(_) => {}
                 },
                 _ = sleep_opt(deadline) => {
                     let now = Instant::now();
                     self.sip.handle_timeout(now);
                     bridge.handle_timeout(now);
-                    if let Some(w) = writer.as_ref() {
-                        flow.written(now, w.progress().written.load(Ordering::Relaxed));
+                    if let Some(l) = link.as_ref() {
+                        flow.written(now, l.flushed());
                         flow.handle_timeout(now);
                     }
                 }
@@ -1171,10 +1152,6 @@ impl Call {
         }
         let status = self.outbound_failed.map_or("completed", |f| f.as_str());
         self.status_callback(crate::config::CallbackEvent::Completed, status);
-        if let Some(rx) = closing_rx {
-            // In its own task, so that the call's admission slots and Call-ID are released now.
-            tokio::spawn(drain_agent(rx).in_current_span());
-        }
         self.outbound_failed
     }
 
@@ -1618,47 +1595,47 @@ fn send_datagrams(bridge: &mut Bridge, media: &MediaSockets) -> usize {
     rtp
 }
 
-type WsRx = futures_util::stream::SplitStream<
-    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
->;
+type AgentStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
-async fn next_ws(
-    rx: &mut Option<WsRx>,
-) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
-    match rx {
-        Some(rx) => rx.next().await,
+/// The agent's next message, or the end of its stream; pending forever without an agent. What
+/// was fed to the link is flushed in the same poll.
+async fn next_agent_io(link: &mut Option<agent::AgentLink<AgentStream>>) -> agent::AgentIo {
+    match link {
+        Some(l) => std::future::poll_fn(|cx| l.poll_io(cx)).await,
         None => std::future::pending().await,
     }
 }
 
-/// Frames the agent writer's channel holds (the byte bound, `[agent] send_queue_bytes`, is
-/// usually reached first: a media frame is ~250 bytes).
-const AGENT_QUEUE_FRAMES: usize = 1024;
+/// The next datagram from the carrier on the RTP or the RTCP socket, into the call's one
+/// receive buffer: which socket, and the length and source or the error. The socket polled
+/// first alternates, so that a flood on one cannot starve the other.
+async fn recv_carrier(
+    media: &MediaSockets,
+    buf: &mut [u8],
+    rtcp_first: &mut bool,
+) -> (Component, std::io::Result<(usize, std::net::SocketAddr)>) {
+    *rtcp_first = !*rtcp_first;
+    let mut order = [(Component::Rtp, &media.rtp), (Component::Rtcp, &media.rtcp)];
+    if *rtcp_first {
+        order.swap(0, 1);
+    }
+    std::future::poll_fn(|cx| {
+        for (component, sock) in order {
+            let mut rb = tokio::io::ReadBuf::new(buf);
+            if let std::task::Poll::Ready(r) = sock.poll_recv_from(cx, &mut rb) {
+                return std::task::Poll::Ready((
+                    component,
+                    r.map(|from| (rb.filled().len(), from)),
+                ));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
 
 /// How long sbc waits for the agent's Close after sending its own.
 const AGENT_CLOSE_WAIT: Duration = Duration::from_secs(1);
-
-/// Reads (and discards) what the agent still sends after our Close frame, until its Close, the
-/// end of the stream or [`AGENT_CLOSE_WAIT`] (RFC 6455 §7.1.1: close the TCP connection after the
-/// closing handshake). Dropping a socket with unread data makes the kernel send an RST instead of
-/// a FIN; an agent that is still echoing audio then fails its next write and may never read the
-/// `stop` and Close that were already on their way (seen with the test agent under load).
-async fn drain_agent(mut rx: WsRx) {
-    let drained = tokio::time::timeout(AGENT_CLOSE_WAIT, async {
-        let mut frames = 0u32;
-        loop {
-            match rx.next().await {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return frames,
-                Some(Ok(_)) => frames += 1,
-            }
-        }
-    })
-    .await;
-    match drained {
-        Ok(frames) => trace!(frames, "agent WebSocket closed"),
-        Err(_) => debug!("agent did not answer our WebSocket Close in time"),
-    }
-}
 
 /// Adds what the bridge counted since `last` to the call's metric handles.
 fn report_stats(metrics: &m::CallMedia, bridge: &Bridge, last: &mut srtp_bridge::BridgeStats) {

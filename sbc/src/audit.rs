@@ -980,15 +980,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn call_records_are_never_dropped_while_refusals_are_folded_and_a_stall_backlogs() {
-        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-        let out = Arc::new(Mutex::new(Vec::new()));
+    /// An audit whose writer thread writes into `out` (no file, no fsync), folding refusals
+    /// beyond 3 per second, with `backlog` lines allowed to wait.
+    fn writer_into(out: impl Write + Send + 'static, backlog: usize) -> Audit {
         let sink = Sink {
-            out: Box::new(Stalled {
-                gate: Arc::clone(&gate),
-                out: Arc::clone(&out),
-            }),
+            out: Box::new(out),
             file: None,
             fsync: false,
         };
@@ -999,7 +995,20 @@ mod tests {
             refusal_records_per_second: 3,
             refusal_summary_interval: Duration::from_secs(3600),
         };
-        let audit = Audit::start(sink, &config, 8);
+        Audit::start(sink, &config, backlog)
+    }
+
+    #[test]
+    fn call_records_are_never_dropped_while_refusals_are_folded_and_a_stall_backlogs() {
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let audit = writer_into(
+            Stalled {
+                gate: Arc::clone(&gate),
+                out: Arc::clone(&out),
+            },
+            8,
+        );
         // The writer is stalled: 3 refusals are handed over in full, then the gate folds.
         for _ in 0..1000 {
             audit.write_admission_refusal(&refusal("carrier call rate limit", "twilio"));
@@ -1074,23 +1083,14 @@ mod tests {
         let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let writes = Arc::new(AtomicUsize::new(0));
         let out = Arc::new(Mutex::new(Vec::new()));
-        let sink = Sink {
-            out: Box::new(Counting {
+        let audit = writer_into(
+            Counting {
                 gate: Arc::clone(&gate),
                 writes: Arc::clone(&writes),
                 out: Arc::clone(&out),
-            }),
-            file: None,
-            fsync: false,
-        };
-        let config = AuditConfig {
-            sink: AuditSink::Stdout,
-            fsync: false,
-            number_privacy: NumberPrivacy::AsIs,
-            refusal_records_per_second: 3,
-            refusal_summary_interval: Duration::from_secs(3600),
-        };
-        let audit = Audit::start(sink, &config, 10_000);
+            },
+            10_000,
+        );
         let n = 2 * BATCH_LINES + 10;
         for i in 0..n {
             let rec = CallRecord {

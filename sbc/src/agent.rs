@@ -251,7 +251,7 @@ impl AgentFlow {
 /// One owner instead of a split stream with a writer task (docs/performance.md, "One owner for
 /// the agent connection"): per frame the writer task cost a channel push and pop, a task wake-up
 /// and the split halves' lock. The call never awaits the agent: a flush that cannot finish stays
-/// pending, and [`AgentFlow`] (fed with [`AgentLink::offered`] and [`AgentLink::flushed`]) turns
+/// pending, and [`AgentFlow`] (which counts what is fed, and is told [`AgentLink::flushed`]) turns
 /// that into "agent stuck" after its byte bound or its deadline.
 pub struct AgentLink<S> {
     ws: WebSocketStream<S>,

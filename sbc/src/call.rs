@@ -1082,10 +1082,15 @@ impl Call {
                         }
                     }
                     agent::AgentIo::Message(Message::Binary(_)) => debug!("binary agent frame ignored"),
-                    agent::AgentIo::Message(Message::Close(_)) | agent::AgentIo::Closed(_) => {
+                    io @ (agent::AgentIo::Message(Message::Close(_)) | agent::AgentIo::Closed(_)) => {
                         link = None;
                         if self.end_reason.is_none() {
-                            info!("agent closed the WebSocket: hanging up");
+                            // A read or write error says why; a Close or EOF has nothing to add.
+                            let error = match io {
+                                agent::AgentIo::Closed(e) => e,
+                                agent::AgentIo::Message(_) => None,
+                            };
+                            info!(error = error.as_deref(), "agent closed the WebSocket: hanging up");
                             self.set_end("agent_hangup", None);
                             self.sip.hangup(Instant::now(), HangupCause::AgentHangup);
                         }

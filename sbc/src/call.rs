@@ -850,8 +850,6 @@ impl Call {
             AgentSide::Echo => (None, true),
         };
         let mut flow = agent::AgentFlow::new(cfg.agent.send_queue_bytes, cfg.agent.send_timeout);
-        // One receive buffer for both sockets.
-        let mut udp_buf = vec![0u8; 2048];
         let mut rtcp_first = false;
         let mut stopped = false;
         let mut last_stats = srtp_bridge::BridgeStats::default();
@@ -1058,13 +1056,14 @@ impl Call {
                         hard_stop = Some(Instant::now());
                     }
                 },
-                (component, r) = recv_carrier(&media, &mut udp_buf, &mut rtcp_first) => match r {
-                    Ok((n, from)) => {
-                        let now = Instant::now();
+                (component, at, r) = recv_carrier(&media, &mut bridge, &mut rtcp_first) => match r {
+                    Ok(got) => {
                         if component == Component::Rtp {
-                            carrier_in = Some(now);
+                            carrier_in = Some(at);
                         }
-                        bridge.handle_carrier_datagram(now, component, from, &udp_buf[..n]);
+                        if got.truncated > 0 {
+                            debug!(truncated = got.truncated, ?component, "carrier datagram longer than {} bytes cut", crate::udp_recv::DATAGRAM_MAX);
+                        }
                     }
                     Err(e) => trace!(error = %e, ?component, "UDP recv error"),
                 },
@@ -1611,27 +1610,33 @@ async fn next_agent_io(link: &mut Option<agent::AgentLink<AgentStream>>) -> agen
     }
 }
 
-/// The next datagram from the carrier on the RTP or the RTCP socket, into the call's one
-/// receive buffer: which socket, and the length and source or the error. The socket polled
-/// first alternates, so that a flood on one cannot starve the other.
+/// What the carrier sent on the RTP or the RTCP socket, handed to the bridge as it is received:
+/// up to `udp_recv::RECV_BATCH` datagrams from one socket in one `recvmmsg`, into the worker
+/// thread's buffers (`udp_recv`). Returns the socket, when its datagrams were received and how
+/// many it gave, or its receive error. The socket polled first alternates, so that a flood on one cannot starve the
+/// other.
 async fn recv_carrier(
     media: &MediaSockets,
-    buf: &mut [u8],
+    bridge: &mut Bridge,
     rtcp_first: &mut bool,
-) -> (Component, std::io::Result<(usize, std::net::SocketAddr)>) {
+) -> (
+    Component,
+    Instant,
+    std::io::Result<crate::udp_recv::Received>,
+) {
     *rtcp_first = !*rtcp_first;
     let mut order = [(Component::Rtp, &media.rtp), (Component::Rtcp, &media.rtcp)];
     if *rtcp_first {
         order.swap(0, 1);
     }
     std::future::poll_fn(|cx| {
+        let now = Instant::now();
         for (component, sock) in order {
-            let mut rb = tokio::io::ReadBuf::new(buf);
-            if let std::task::Poll::Ready(r) = sock.poll_recv_from(cx, &mut rb) {
-                return std::task::Poll::Ready((
-                    component,
-                    r.map(|from| (rb.filled().len(), from)),
-                ));
+            let polled = crate::udp_recv::poll_recv_batch(sock, cx, |datagram, from| {
+                bridge.handle_carrier_datagram(now, component, from, datagram)
+            });
+            if let std::task::Poll::Ready(r) = polled {
+                return std::task::Poll::Ready((component, now, r));
             }
         }
         std::task::Poll::Pending

@@ -22,3 +22,4 @@ pub mod shared;
 pub mod sip;
 pub mod tls;
 pub mod trunk;
+pub mod udp_recv;

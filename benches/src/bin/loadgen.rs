@@ -3,7 +3,7 @@
 //! ```text
 //! loadgen calls [--n 100,250,500,1000,2000] [--window 10] [--rate 200] [--out FILE.jsonl]
 //! loadgen setup [--transport l1|ln] [--rates 50,100,200,...] [--secs 3]
-//! loadgen floor [--iters 20000]
+//! loadgen floor [--iters 20000] [--peers inline|asleep]
 //! ```
 //!
 //! `calls`: for each N (a fresh sbc each time, stopping at the first N that loses a packet or a
@@ -20,6 +20,10 @@
 //!
 //! `floor`: the unavoidable work of one call-second, timed back to back in one thread: 50 x (UDP
 //! recv + SRTP unprotect + TLS record write) and 50 x (TLS record read + SRTP protect + UDP send).
+//! With `--peers asleep` the same work runs as a relay thread between a carrier thread and an
+//! agent thread, one packet in flight: every packet wakes the thread it is sent to and the relay
+//! sleeps in `poll(2)` between packets, as sbc and its peers do on loopback at low load. The
+//! relay thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) is what it reports.
 //!
 //! Loopback only; every run is bounded in time and call count. `SBC` names the sbc binary
 //! (default `target/release/sbc`), `SBC_CPU` the cores it is pinned to with taskset (default 0;
@@ -1096,6 +1100,151 @@ fn tls_pair(env: &Env) -> Res<(Tls<rustls::ClientConnection>, Tls<rustls::Server
     Ok((client, server))
 }
 
+/// The floor's work done by a relay thread between sleeping peers (module doc, `--peers
+/// asleep`): the carrier sends one SRTP packet and waits for the relay's; the agent echoes each
+/// TLS record; the relay waits in `poll(2)` on its UDP socket and its TLS connection and does
+/// what the inline floor times. Its own CPU time per packet pair includes the wake-ups of its
+/// peers that loopback charges to the sender (the receive path and the scheduler run in the
+/// sending thread's context), which the inline floor never pays.
+fn run_floor_asleep(env: &Env, iters: u32) -> Res<()> {
+    use nix::poll::{poll, PollFd, PollFlags};
+    use std::os::fd::AsRawFd;
+    let io = |e: std::io::Error| e.to_string();
+    let carrier = std::net::UdpSocket::bind("127.0.0.1:0").map_err(io)?;
+    let relay_udp = std::net::UdpSocket::bind("127.0.0.1:0").map_err(io)?;
+    let (carrier_addr, relay_addr) = (
+        carrier.local_addr().map_err(io)?,
+        relay_udp.local_addr().map_err(io)?,
+    );
+    carrier
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(io)?;
+    let (mut relay_tls, mut agent_tls) = tls_pair(env)?;
+    agent_tls
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(io)?;
+    let k1 = master_key(&[1; 30])?;
+    let k2 = master_key(&[2; 30])?;
+    let mut writer = srtp_bridge::agent::AgentWriter::new("MZ00000000000000000000000000000000");
+    let text = writer.media(1234, &[0xff; FRAME]);
+    let mut record = vec![0x81, 126];
+    record.extend_from_slice(&(text.len() as u16).to_be_bytes());
+    record.extend_from_slice(text.as_bytes());
+    let len = record.len();
+
+    let agent = std::thread::spawn(move || -> Res<()> {
+        let mut buf = vec![0u8; len];
+        for _ in 0..iters {
+            agent_tls
+                .read_exact(&mut buf)
+                .map_err(|e| format!("agent: {e}"))?;
+            agent_tls
+                .write_all(&buf)
+                .map_err(|e| format!("agent: {e}"))?;
+            agent_tls.flush().map_err(|e| format!("agent: {e}"))?;
+        }
+        Ok(())
+    });
+    let carrier_thread = {
+        let (k1, k2) = (k1.clone(), k2.clone());
+        std::thread::spawn(move || -> Res<()> {
+            let mut tx = OutboundContext::new(&SUITE, &k1).map_err(|e| e.to_string())?;
+            let mut rx = InboundContext::new(&SUITE, &k2).map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; 2048];
+            for i in 0..iters {
+                let pkt = tx
+                    .protect_rtp(&write_rtp(
+                        false,
+                        0,
+                        i as u16,
+                        i * 160,
+                        0xca11,
+                        &[0xff; FRAME],
+                    ))
+                    .map_err(|e| e.to_string())?;
+                carrier
+                    .send_to(&pkt, relay_addr)
+                    .map_err(|e| format!("carrier: {e}"))?;
+                let (n, _) = carrier
+                    .recv_from(&mut buf)
+                    .map_err(|e| format!("carrier: {e}"))?;
+                rx.unprotect_rtp(&buf[..n]).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    };
+
+    let mut rx = InboundContext::new(&SUITE, &k1).map_err(|e| e.to_string())?;
+    let mut tx = OutboundContext::new(&SUITE, &k2).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 2048];
+    let mut rbuf = vec![0u8; len];
+    let cpu = || {
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+            .map(|t| Duration::from(t).as_secs_f64())
+            .map_err(|e| e.to_string())
+    };
+    let (cpu0, wall0) = (cpu()?, Instant::now());
+    relay_tls.sock.set_nonblocking(true).map_err(io)?;
+    let (mut down, mut up, mut polls, mut got) = (0u32, 0u32, 0u64, 0usize);
+    while up < iters {
+        let mut fds = [
+            PollFd::new(relay_udp.as_raw_fd(), PollFlags::POLLIN),
+            PollFd::new(relay_tls.sock.as_raw_fd(), PollFlags::POLLIN),
+        ];
+        let ready = poll(&mut fds, 5000).map_err(|e| format!("relay: poll: {e}"))?;
+        if ready == 0 {
+            return Err("floor: no packet within 5 s".into());
+        }
+        polls += 1;
+        let readable = |f: &PollFd| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
+        if readable(&fds[0]) {
+            let (n, _) = relay_udp.recv_from(&mut buf).map_err(io)?;
+            let (plain, _) = rx.unprotect_rtp(&buf[..n]).map_err(|e| e.to_string())?;
+            std::hint::black_box(&plain);
+            relay_tls.write_all(&record).map_err(io)?;
+            relay_tls.flush().map_err(io)?;
+            down += 1;
+        }
+        if readable(&fds[1]) {
+            // Non-blocking: the readable socket may carry only TLS 1.3 session tickets.
+            loop {
+                match relay_tls.read(&mut rbuf[got..]) {
+                    Ok(0) => return Err("floor: the agent closed the connection".into()),
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(io(e)),
+                }
+                if got == len {
+                    break;
+                }
+            }
+        }
+        if got == len {
+            got = 0;
+            let rtp = write_rtp(false, 0, up as u16, up * 160, 0x5bc, &[0xff; FRAME]);
+            let out = tx.protect_rtp(&rtp).map_err(|e| e.to_string())?;
+            relay_udp.send_to(&out, carrier_addr).map_err(io)?;
+            up += 1;
+        }
+    }
+    let (cpu_s, wall) = (cpu()? - cpu0, wall0.elapsed());
+    carrier_thread
+        .join()
+        .map_err(|_| "carrier thread panicked")??;
+    agent.join().map_err(|_| "agent thread panicked")??;
+    let per_pair = cpu_s * 1e6 / f64::from(iters);
+    println!(
+        "floor (peers asleep): relay CPU {per_pair:.2} us per packet pair \
+         ({down} down, {up} up, {:.2} polls per pair, wall {:.2} us per pair); \
+         per bidirectional call-second (50 pairs): {:.0} us",
+        polls as f64 / f64::from(iters),
+        wall.as_secs_f64() * 1e6 / f64::from(iters),
+        50.0 * per_pair
+    );
+    Ok(())
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -1228,7 +1377,11 @@ fn main() -> std::process::ExitCode {
                     secs: list(&get("secs", "3"))?[0],
                 },
             )),
-            "floor" => run_floor(&env, list(&get("iters", "20000"))?[0]),
+            "floor" => match get("peers", "inline").as_str() {
+                "inline" => run_floor(&env, list(&get("iters", "20000"))?[0]),
+                "asleep" => run_floor_asleep(&env, list(&get("iters", "20000"))?[0]),
+                other => Err(format!("floor: --peers {other}: expected inline or asleep")),
+            },
             _ => Err(
                 "usage: loadgen calls|setup|floor [--option value ...] (see the source's doc)"
                     .into(),

@@ -713,11 +713,15 @@ impl Bridge {
             debug!(bytes, "agent audio dropped after a stall of the driver");
         }
         let take = self.queue.len().min(FRAME_BYTES);
-        // On the stack: silence where the queue runs short.
+        // On the stack: silence where the queue runs short. Copied from the ring's two slices,
+        // then dropped from it: draining byte by byte cost ~1,900 instructions a frame
+        // (callgrind, issue 16).
         let mut frame = [ULAW_SILENCE; FRAME_BYTES];
-        for (d, s) in frame.iter_mut().zip(self.queue.drain(..take)) {
-            *d = s;
-        }
+        let (head, tail) = self.queue.as_slices();
+        let from_head = head.len().min(take);
+        frame[..from_head].copy_from_slice(&head[..from_head]);
+        frame[from_head..take].copy_from_slice(&tail[..take - from_head]);
+        self.queue.drain(..take);
         self.played += take as u64;
         if self.leg.codec == Codec::Pcma {
             frame.iter_mut().for_each(|b| *b = ulaw_to_alaw(*b));
@@ -1455,6 +1459,42 @@ mod tests {
         }
         assert_eq!(payload, audio);
         assert_eq!(b.stats().rtp_out, 50);
+    }
+
+    #[test]
+    fn audio_fed_in_odd_chunks_plays_back_byte_exact_across_the_queue_wrap() {
+        // The queue is a ring: chunks of 90-230 bytes fed at every tick, with 1,000 bytes ahead,
+        // make each frame straddle the ring's end now and then. What is played must be the
+        // audio, byte for byte, in order.
+        let (t0, mut b, mut c) = setup(SrtpSuite::AesCm128HmacSha1_80, Codec::Pcmu, true);
+        let audio: Vec<u8> = (0..1000 + 40 * 160).map(|i| (i % 253) as u8).collect();
+        let mut fed = 1000;
+        b.handle_agent_text(t0, &agent_media(&audio[..fed]));
+        let mut payload = Vec::new();
+        let mut collect = |b: &mut Bridge, payload: &mut Vec<u8>| {
+            for d in datagrams(b) {
+                if d.component == Component::Rtp && !is_rtcp(&d.data) {
+                    payload.extend_from_slice(&c.rx.unprotect_rtp(&d.data).unwrap().0[12..]);
+                }
+            }
+        };
+        collect(&mut b, &mut payload);
+        for (i, size) in [90usize, 230, 130, 190]
+            .into_iter()
+            .cycle()
+            .take(40)
+            .enumerate()
+        {
+            let at = b.poll_timeout().expect("a run is paced");
+            b.handle_timeout(at);
+            collect(&mut b, &mut payload);
+            b.handle_agent_text(at, &agent_media(&audio[fed..fed + size]));
+            fed += size;
+            assert!(payload.len() >= 160 * (i + 1));
+        }
+        assert_eq!(fed, audio.len());
+        assert_eq!(payload, audio[..payload.len()]);
+        assert!(payload.len() >= 160 * 40);
     }
 
     #[test]

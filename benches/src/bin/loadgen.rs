@@ -3,7 +3,7 @@
 //! ```text
 //! loadgen calls [--n 100,250,500,1000,2000] [--window 10] [--rate 200] [--out FILE.jsonl]
 //! loadgen setup [--transport l1|ln] [--rates 50,100,200,...] [--secs 3]
-//! loadgen floor [--iters 20000] [--peers inline|asleep]
+//! loadgen floor [--iters 20000] [--peers inline|asleep] [--relay-cpu C --peer-cpu C]
 //! ```
 //!
 //! `calls`: for each N (a fresh sbc each time, stopping at the first N that loses a packet or a
@@ -23,7 +23,9 @@
 //! With `--peers asleep` the same work runs as a relay thread between a carrier thread and an
 //! agent thread, one packet in flight: every packet wakes the thread it is sent to and the relay
 //! sleeps in `poll(2)` between packets, as sbc and its peers do on loopback at low load. The
-//! relay thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) is what it reports.
+//! relay thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) is what it reports. `--relay-cpu` and
+//! `--peer-cpu` pin the relay thread and the two peer threads, as `calls` has sbc and loadgen on
+//! different cores (a wake-up across cores costs more than one on the same core).
 //!
 //! Loopback only; every run is bounded in time and call count. `SBC` names the sbc binary
 //! (default `target/release/sbc`), `SBC_CPU` the cores it is pinned to with taskset (default 0;
@@ -1106,9 +1108,22 @@ fn tls_pair(env: &Env) -> Res<(Tls<rustls::ClientConnection>, Tls<rustls::Server
 /// what the inline floor times. Its own CPU time per packet pair includes the wake-ups of its
 /// peers that loopback charges to the sender (the receive path and the scheduler run in the
 /// sending thread's context), which the inline floor never pays.
-fn run_floor_asleep(env: &Env, iters: u32) -> Res<()> {
+fn run_floor_asleep(
+    env: &Env,
+    iters: u32,
+    relay_cpu: Option<usize>,
+    peer_cpu: Option<usize>,
+) -> Res<()> {
     use nix::poll::{poll, PollFd, PollFlags};
     use std::os::fd::AsRawFd;
+    // Pins the calling thread (pid 0: this thread, for sched_setaffinity).
+    let pin = |cpu: Option<usize>| -> Res<()> {
+        let Some(cpu) = cpu else { return Ok(()) };
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu).map_err(|e| format!("floor: CPU {cpu}: {e}"))?;
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+            .map_err(|e| format!("floor: pin to CPU {cpu}: {e}"))
+    };
     let io = |e: std::io::Error| e.to_string();
     let carrier = std::net::UdpSocket::bind("127.0.0.1:0").map_err(io)?;
     let relay_udp = std::net::UdpSocket::bind("127.0.0.1:0").map_err(io)?;
@@ -1134,6 +1149,7 @@ fn run_floor_asleep(env: &Env, iters: u32) -> Res<()> {
     let len = record.len();
 
     let agent = std::thread::spawn(move || -> Res<()> {
+        pin(peer_cpu)?;
         let mut buf = vec![0u8; len];
         for _ in 0..iters {
             agent_tls
@@ -1149,6 +1165,7 @@ fn run_floor_asleep(env: &Env, iters: u32) -> Res<()> {
     let carrier_thread = {
         let (k1, k2) = (k1.clone(), k2.clone());
         std::thread::spawn(move || -> Res<()> {
+            pin(peer_cpu)?;
             let mut tx = OutboundContext::new(&SUITE, &k1).map_err(|e| e.to_string())?;
             let mut rx = InboundContext::new(&SUITE, &k2).map_err(|e| e.to_string())?;
             let mut buf = vec![0u8; 2048];
@@ -1175,6 +1192,7 @@ fn run_floor_asleep(env: &Env, iters: u32) -> Res<()> {
         })
     };
 
+    pin(relay_cpu)?;
     let mut rx = InboundContext::new(&SUITE, &k1).map_err(|e| e.to_string())?;
     let mut tx = OutboundContext::new(&SUITE, &k2).map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 2048];
@@ -1379,7 +1397,18 @@ fn main() -> std::process::ExitCode {
             )),
             "floor" => match get("peers", "inline").as_str() {
                 "inline" => run_floor(&env, list(&get("iters", "20000"))?[0]),
-                "asleep" => run_floor_asleep(&env, list(&get("iters", "20000"))?[0]),
+                "asleep" => run_floor_asleep(
+                    &env,
+                    list(&get("iters", "20000"))?[0],
+                    opts.get("relay-cpu")
+                        .map(|c| c.parse())
+                        .transpose()
+                        .map_err(|_| "floor: --relay-cpu: a CPU number")?,
+                    opts.get("peer-cpu")
+                        .map(|c| c.parse())
+                        .transpose()
+                        .map_err(|_| "floor: --peer-cpu: a CPU number")?,
+                ),
                 other => Err(format!("floor: --peers {other}: expected inline or asleep")),
             },
             _ => Err(

@@ -101,32 +101,31 @@ fn object<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Option<T> {
     serde_json::from_str(text).ok()
 }
 
+/// The object an event needs, of shape `T`; a missing one, or one of another shape, is
+/// `MissingField`.
+fn member<'a, T: serde::Deserialize<'a>>(
+    raw: Option<&'a RawValue>,
+    event: &'static str,
+    field: &'static str,
+) -> Result<T, AgentError> {
+    raw.and_then(|r| object(r.get()))
+        .ok_or(AgentError::MissingField { event, field })
+}
+
 /// Parses one text frame from the agent. A message that repeats a key is refused as malformed
 /// (RFC 8259 §4 leaves its meaning to the receiver).
 pub fn parse_agent_message(text: &str) -> Result<AgentMessage, AgentError> {
     let env: Envelope<'_> = object(text).ok_or(AgentError::Json)?;
     match &*env.event {
         "media" => {
-            let body: MediaBody<'_> =
-                env.media
-                    .and_then(|m| object(m.get()))
-                    .ok_or(AgentError::MissingField {
-                        event: "media",
-                        field: "media.payload",
-                    })?;
+            let body: MediaBody<'_> = member(env.media, "media", "media.payload")?;
             B64_LENIENT
                 .decode(body.payload.as_bytes())
                 .map(AgentMessage::Media)
                 .map_err(|_| AgentError::Base64)
         }
         "mark" => {
-            let body: MarkBody<'_> =
-                env.mark
-                    .and_then(|m| object(m.get()))
-                    .ok_or(AgentError::MissingField {
-                        event: "mark",
-                        field: "mark.name",
-                    })?;
+            let body: MarkBody<'_> = member(env.mark, "mark", "mark.name")?;
             Ok(AgentMessage::Mark(body.name.into_owned()))
         }
         "clear" => Ok(AgentMessage::Clear),

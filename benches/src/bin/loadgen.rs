@@ -1125,27 +1125,23 @@ fn run_floor_asleep(
             .map_err(|e| format!("floor: pin to CPU {cpu}: {e}"))
     };
     let io = |e: std::io::Error| e.to_string();
-    let carrier = std::net::UdpSocket::bind("127.0.0.1:0").map_err(io)?;
-    let relay_udp = std::net::UdpSocket::bind("127.0.0.1:0").map_err(io)?;
-    let (carrier_addr, relay_addr) = (
-        carrier.local_addr().map_err(io)?,
-        relay_udp.local_addr().map_err(io)?,
-    );
+    let FloorParts {
+        carrier,
+        relay_udp,
+        carrier_addr,
+        relay_addr,
+        mut relay_tls,
+        mut agent_tls,
+        keys: (k1, k2),
+        record,
+    } = FloorParts::new(env)?;
     carrier
         .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(io)?;
-    let (mut relay_tls, mut agent_tls) = tls_pair(env)?;
     agent_tls
         .sock
         .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(io)?;
-    let k1 = master_key(&[1; 30])?;
-    let k2 = master_key(&[2; 30])?;
-    let mut writer = srtp_bridge::agent::AgentWriter::new("MZ00000000000000000000000000000000");
-    let text = writer.media(1234, &[0xff; FRAME]);
-    let mut record = vec![0x81, 126];
-    record.extend_from_slice(&(text.len() as u16).to_be_bytes());
-    record.extend_from_slice(text.as_bytes());
     let len = record.len();
 
     let agent = std::thread::spawn(move || -> Res<()> {
@@ -1263,6 +1259,45 @@ fn run_floor_asleep(
     Ok(())
 }
 
+/// What both floors start from: the carrier's and the relay's UDP sockets, a TLS pair (the relay
+/// is the client, as sbc is of the agent leg), the two SRTP master keys (carrier -> relay,
+/// relay -> carrier) and one TLS record the size of a Twilio `media` message in a WebSocket
+/// frame.
+struct FloorParts {
+    carrier: std::net::UdpSocket,
+    relay_udp: std::net::UdpSocket,
+    carrier_addr: SocketAddr,
+    relay_addr: SocketAddr,
+    relay_tls: Tls<rustls::ClientConnection>,
+    agent_tls: Tls<rustls::ServerConnection>,
+    keys: (MasterKey, MasterKey),
+    record: Vec<u8>,
+}
+
+impl FloorParts {
+    fn new(env: &Env) -> Res<FloorParts> {
+        let io = |e: std::io::Error| e.to_string();
+        let carrier = std::net::UdpSocket::bind("127.0.0.1:0").map_err(io)?;
+        let relay_udp = std::net::UdpSocket::bind("127.0.0.1:0").map_err(io)?;
+        let (relay_tls, agent_tls) = tls_pair(env)?;
+        let mut writer = srtp_bridge::agent::AgentWriter::new("MZ00000000000000000000000000000000");
+        let text = writer.media(1234, &[0xff; FRAME]);
+        let mut record = vec![0x81, 126];
+        record.extend_from_slice(&(text.len() as u16).to_be_bytes());
+        record.extend_from_slice(text.as_bytes());
+        Ok(FloorParts {
+            carrier_addr: carrier.local_addr().map_err(io)?,
+            relay_addr: relay_udp.local_addr().map_err(io)?,
+            carrier,
+            relay_udp,
+            relay_tls,
+            agent_tls,
+            keys: (master_key(&[1; 30])?, master_key(&[2; 30])?),
+            record,
+        })
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -1270,26 +1305,20 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn run_floor(env: &Env, iters: u32) -> Res<()> {
     let io = |e: std::io::Error| e.to_string();
-    let carrier = std::net::UdpSocket::bind("127.0.0.1:0").map_err(io)?;
-    let sbc_udp = std::net::UdpSocket::bind("127.0.0.1:0").map_err(io)?;
-    let (carrier_addr, sbc_addr) = (
-        carrier.local_addr().map_err(io)?,
-        sbc_udp.local_addr().map_err(io)?,
-    );
-    // sbc is the TLS client of the agent leg.
-    let (mut sbc_tls, mut agent_tls) = tls_pair(env)?;
-    let k1 = master_key(&[1; 30])?;
-    let k2 = master_key(&[2; 30])?;
+    let FloorParts {
+        carrier,
+        relay_udp: sbc_udp,
+        carrier_addr,
+        relay_addr: sbc_addr,
+        relay_tls: mut sbc_tls,
+        mut agent_tls,
+        keys: (k1, k2),
+        record,
+    } = FloorParts::new(env)?;
     let mut carrier_tx = OutboundContext::new(&SUITE, &k1).map_err(|e| e.to_string())?;
     let mut sbc_rx = InboundContext::new(&SUITE, &k1).map_err(|e| e.to_string())?;
     let mut sbc_tx = OutboundContext::new(&SUITE, &k2).map_err(|e| e.to_string())?;
     let mut carrier_rx = InboundContext::new(&SUITE, &k2).map_err(|e| e.to_string())?;
-    // One TLS record the size of a Twilio `media` message in a WebSocket frame.
-    let mut writer = srtp_bridge::agent::AgentWriter::new("MZ00000000000000000000000000000000");
-    let text = writer.media(1234, &[0xff; FRAME]);
-    let mut record = vec![0x81, 126];
-    record.extend_from_slice(&(text.len() as u16).to_be_bytes());
-    record.extend_from_slice(text.as_bytes());
     let mut buf = vec![0u8; 2048];
     let mut rbuf = vec![0u8; record.len()];
     let batch = 1000u32;

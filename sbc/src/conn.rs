@@ -50,8 +50,22 @@ const SETUP_RESERVATION_TTL: Duration = Duration::from_secs(32);
 
 /// The sending half of a carrier connection. Responses go back on the connection the request came
 /// on (RFC 3261 §18.2.2); the call task keeps the latest one for its in-dialog requests.
+///
+/// One pointer: every in-dialog request reaches its call with a handle, so each slot of a call's
+/// mailbox (tokio allocates 32 at once per call) is as large as it (docs/performance.md, "Memory
+/// per call, December 2026"). Its fields are read through `Deref`.
 #[derive(Clone)]
-pub struct ConnHandle {
+pub struct ConnHandle(Arc<ConnInfo>);
+
+impl std::ops::Deref for ConnHandle {
+    type Target = ConnInfo;
+    fn deref(&self) -> &ConnInfo {
+        &self.0
+    }
+}
+
+/// What a [`ConnHandle`] points to.
+pub struct ConnInfo {
     pub id: u64,
     pub peer: SocketAddr,
     /// True for a connection sbc opened itself (`connect_outbound`): it carries in-dialog
@@ -707,7 +721,7 @@ async fn run_connection<S>(
                 }
             })
         };
-        let handle = ConnHandle {
+        let handle = ConnHandle(Arc::new(ConnInfo {
             id: conn_id,
             peer,
             outbound: ready.is_some(),
@@ -715,7 +729,7 @@ async fn run_connection<S>(
                 tx,
                 queue: Arc::clone(&queue),
             },
-        };
+        }));
         if let Some(ready) = ready {
             let _ = ready.send(handle.clone());
         }

@@ -21,8 +21,11 @@ use tokio_tungstenite::WebSocketStream;
 /// Largest agent WebSocket message accepted (about 3 minutes of base64 mu-law audio).
 pub const MAX_AGENT_MESSAGE: usize = 2 << 20;
 
-/// Initial capacity of the agent WebSocket's read buffer (a `media` message is ~300 bytes).
-pub const AGENT_READ_BUFFER: usize = 4096;
+/// Initial capacity of the agent WebSocket's read buffer: three `media` messages of 20 ms
+/// (~300 bytes each); a larger message grows it. It stays at this size only because
+/// [`upgrade`] rebuilds the stream after the handshake (tungstenite would keep its handshake's
+/// 4 KiB buffer for the whole call).
+pub const AGENT_READ_BUFFER: usize = 1024;
 
 /// An open agent WebSocket and what its TLS negotiated.
 pub struct AgentConn {
@@ -118,16 +121,7 @@ pub async fn connect(
         let (tls_version, cipher) = crate::tls::negotiated(tls.get_ref().1);
         let kx_group = crate::tls::kx_group(tls.get_ref().1);
         let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-        // An agent message is at most a few seconds of base64 audio; cap what one frame may
-        // allocate (tungstenite's default is 64 MiB). The read buffer starts at 4 KiB, not
-        // tungstenite's 128 KiB: it is zero-filled to its capacity before every read, which cost
-        // ~6 % of sbc's CPU and ~128 KiB of RSS per call under load (docs/performance.md); a
-        // larger frame still grows it as needed.
-        let ws_config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_AGENT_MESSAGE))
-            .max_frame_size(Some(MAX_AGENT_MESSAGE))
-            .read_buffer_size(AGENT_READ_BUFFER);
-        let (ws, _resp) = tokio_tungstenite::client_async_with_config(url, tls, Some(ws_config))
+        let ws = upgrade(url, tls)
             .await
             .map_err(|e| AgentError::WebSocket(Box::new(e)))?;
         Ok(AgentConn {
@@ -143,6 +137,145 @@ pub async fn connect(
     tokio::time::timeout(timeout, fut)
         .await
         .map_err(|_| AgentError::Timeout(timeout))?
+}
+
+/// The agent WebSocket's configuration. An agent message is at most a few seconds of base64
+/// audio: cap what one frame may allocate (tungstenite's default is 64 MiB). The read buffer
+/// starts at [`AGENT_READ_BUFFER`], not tungstenite's 128 KiB: it is zero-filled to its capacity
+/// before every read, which cost ~6 % of sbc's CPU and ~128 KiB of RSS per call under load
+/// (docs/performance.md); a larger frame still grows it as needed.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_AGENT_MESSAGE))
+        .max_frame_size(Some(MAX_AGENT_MESSAGE))
+        .read_buffer_size(AGENT_READ_BUFFER)
+}
+
+/// The WebSocket client handshake (RFC 6455 §4.1) on `stream`: tungstenite writes the request
+/// and verifies the response, through a [`HeaderOnly`] reader that hands it the bytes of the
+/// HTTP response header and not one more. The stream is then rebuilt around the bare `stream`,
+/// with the bytes read past the header (frames the agent sent at once): tungstenite's own
+/// stream would keep its handshake's 4 KiB read buffer as the WebSocket's read buffer for the
+/// whole call, where [`AGENT_READ_BUFFER`] is enough (4 KiB of RSS per call,
+/// docs/performance.md).
+async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    url: &str,
+    stream: S,
+) -> Result<WebSocketStream<S>, tokio_tungstenite::tungstenite::Error> {
+    let reader = HeaderOnly {
+        inner: Some(stream),
+        end: HeaderEnd::default(),
+        done: false,
+        tail: Vec::new(),
+    };
+    let (mut ws, _resp) =
+        tokio_tungstenite::client_async_with_config(url, reader, Some(ws_config())).await?;
+    let reader = ws.get_mut();
+    let (Some(stream), tail) = (reader.inner.take(), std::mem::take(&mut reader.tail)) else {
+        // Not reached: `inner` is taken here only.
+        return Err(std::io::Error::other("agent stream taken twice").into());
+    };
+    drop(ws);
+    Ok(WebSocketStream::from_partially_read(
+        stream,
+        tail,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        Some(ws_config()),
+    )
+    .await)
+}
+
+/// Finds the end of an HTTP/1.1 message header (RFC 9112 §2.1: the empty line after the
+/// header fields), as httparse does: lines may end in CRLF or a bare LF, and empty lines before
+/// the status line are skipped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum HeaderEnd {
+    /// Before the status line (empty lines are skipped).
+    #[default]
+    Start,
+    /// Inside a line.
+    Line,
+    /// Just after a LF.
+    Lf,
+    /// After LF CR.
+    LfCr,
+}
+
+impl HeaderEnd {
+    /// Feeds `bytes`; returns how many of them belong to the header when its last byte is
+    /// among them.
+    fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
+        for (i, &b) in bytes.iter().enumerate() {
+            *self = match (*self, b) {
+                (HeaderEnd::Start, b'\r' | b'\n') => HeaderEnd::Start,
+                (HeaderEnd::Lf | HeaderEnd::LfCr, b'\n') => return Some(i + 1),
+                (HeaderEnd::Lf, b'\r') => HeaderEnd::LfCr,
+                (_, b'\n') => HeaderEnd::Lf,
+                _ => HeaderEnd::Line,
+            };
+        }
+        None
+    }
+}
+
+/// A stream for the WebSocket handshake: reads pass through until the end of the HTTP response
+/// header, which ends the read; what came after it in the same read is kept in `tail`, and a
+/// further read is an error (tungstenite stops reading at the end of the header, so none comes).
+/// Writes pass through.
+struct HeaderOnly<S> {
+    /// Taken back by [`upgrade`] once the handshake is done.
+    inner: Option<S>,
+    end: HeaderEnd,
+    /// The end of the header was read.
+    done: bool,
+    tail: Vec<u8>,
+}
+
+impl<S> HeaderOnly<S> {
+    fn inner(&mut self) -> std::io::Result<&mut S> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("agent stream already taken"))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for HeaderOnly<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(Err(std::io::Error::other(
+                "read past the WebSocket upgrade response",
+            )));
+        }
+        let before = buf.filled().len();
+        std::task::ready!(Pin::new(this.inner()?).poll_read(cx, buf))?;
+        if let Some(n) = this.end.feed(&buf.filled()[before..]) {
+            this.tail.extend_from_slice(&buf.filled()[before + n..]);
+            buf.set_filled(before + n);
+            this.done = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for HeaderOnly<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(self.inner()?).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(self.inner()?).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(self.inner()?).poll_shutdown(cx)
+    }
 }
 
 /// TCP connect to the first address of `host` that answers, SO_SNDBUF set before connecting.
@@ -617,6 +750,127 @@ mod tests {
         assert!(flow.outstanding() > 10_000, "{}", flow.outstanding());
         assert!(flow.handle_timeout(t0 + Duration::from_secs(2)));
         drop(agent);
+    }
+
+    #[test]
+    fn header_end_is_found_at_every_split_and_line_ending() {
+        let tail = b"\x81\x02hi";
+        for header in [
+            &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"[..],
+            b"HTTP/1.1 101 OK\nUpgrade: websocket\n\n",
+            b"\r\n\nHTTP/1.1 101 OK\r\nA: b\n\r\n",
+            b"HTTP/1.1 403 Forbidden\r\n\r\n",
+        ] {
+            let mut all = header.to_vec();
+            all.extend_from_slice(tail);
+            for split in 0..=all.len() {
+                let mut end = HeaderEnd::default();
+                let found = match end.feed(&all[..split]) {
+                    Some(n) => n,
+                    None => split + end.feed(&all[split..]).expect("end of header found"),
+                };
+                assert_eq!(found, header.len(), "{header:?} split at {split}");
+            }
+        }
+        let mut end = HeaderEnd::default();
+        assert_eq!(end.feed(b"HTTP/1.1 101 OK\r\nA: b\r\n"), None);
+    }
+
+    #[tokio::test]
+    async fn header_only_reads_up_to_the_end_of_the_header_and_keeps_the_rest() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        theirs
+            .write_all(b"HTTP/1.1 101 OK\r\nA: b\r\n\r\n\x81\x02hi")
+            .await
+            .unwrap();
+        let mut reader = HeaderOnly {
+            inner: Some(ours),
+            end: HeaderEnd::default(),
+            done: false,
+            tail: Vec::new(),
+        };
+        let mut buf = [0u8; 4096];
+        let n = reader.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"HTTP/1.1 101 OK\r\nA: b\r\n\r\n");
+        assert_eq!(reader.tail, b"\x81\x02hi");
+        assert!(
+            reader.read(&mut buf).await.is_err(),
+            "nothing past the header"
+        );
+    }
+
+    /// An agent's end of a duplex pipe that answers the upgrade with `status` (the right
+    /// Sec-WebSocket-Accept unless `bad_accept`) and, in the same write, a text frame "hi".
+    async fn raw_agent(
+        mut pipe: tokio::io::DuplexStream,
+        status: &str,
+        bad_accept: bool,
+    ) -> tokio::io::DuplexStream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+        let mut request = Vec::new();
+        while !request.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            pipe.read_exact(&mut b).await.unwrap();
+            request.push(b[0]);
+        }
+        let request = String::from_utf8(request).unwrap();
+        let key = request
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .expect("the request has a key")
+            .trim();
+        let accept = if bad_accept {
+            derive_accept_key(b"another key")
+        } else {
+            derive_accept_key(key.as_bytes())
+        };
+        let mut out = format!(
+            "HTTP/1.1 {status}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        .into_bytes();
+        out.extend_from_slice(b"\x81\x02hi");
+        pipe.write_all(&out).await.unwrap();
+        pipe
+    }
+
+    #[tokio::test]
+    async fn upgrade_keeps_what_the_agent_sent_with_its_101() {
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let agent = tokio::spawn(raw_agent(theirs, "101 Switching Protocols", false));
+        let mut ws = upgrade("wss://agent.example/ws", ours).await.unwrap();
+        let theirs = agent.await.unwrap();
+        // "hi" came in the same write as the 101: the rebuilt stream still has it.
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
+        let mut agent = WebSocketStream::from_raw_socket(theirs, Role::Server, None).await;
+        ws.send(Message::text("hello")).await.unwrap();
+        assert_eq!(agent.next().await.unwrap().unwrap(), Message::text("hello"));
+        agent.send(Message::text("back")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("back"));
+        assert_eq!(ws.get_config().read_buffer_size, AGENT_READ_BUFFER);
+    }
+
+    #[tokio::test]
+    async fn upgrade_refused_or_with_a_wrong_accept_key_fails() {
+        use tokio_tungstenite::tungstenite::error::ProtocolError;
+        use tokio_tungstenite::tungstenite::Error;
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let agent = tokio::spawn(raw_agent(theirs, "403 Forbidden", false));
+        match upgrade("wss://agent.example/ws", ours).await {
+            Err(Error::Http(resp)) => assert_eq!(resp.status(), 403),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        drop(agent.await.unwrap());
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let agent = tokio::spawn(raw_agent(theirs, "101 Switching Protocols", true));
+        match upgrade("wss://agent.example/ws", ours).await {
+            Err(Error::Protocol(ProtocolError::SecWebSocketAcceptKeyMismatch)) => {}
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        drop(agent.await.unwrap());
     }
 
     #[test]

@@ -50,8 +50,30 @@ const SETUP_RESERVATION_TTL: Duration = Duration::from_secs(32);
 
 /// The sending half of a carrier connection. Responses go back on the connection the request came
 /// on (RFC 3261 §18.2.2); the call task keeps the latest one for its in-dialog requests.
+///
+/// One pointer: every in-dialog request reaches its call with a handle, so each slot of a call's
+/// mailbox (tokio allocates 32 at once per call) is as large as it (docs/performance.md, "Memory
+/// per call, December 2026"). Its fields are read through `Deref`.
 #[derive(Clone)]
-pub struct ConnHandle {
+pub struct ConnHandle(Arc<ConnInfo>);
+
+impl ConnHandle {
+    /// Handles to this connection alive (the reader's own included): a call whose dialog uses
+    /// the connection holds one. The count of the one `Arc`, since a clone shares the sender.
+    pub(crate) fn strong_count(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+}
+
+impl std::ops::Deref for ConnHandle {
+    type Target = ConnInfo;
+    fn deref(&self) -> &ConnInfo {
+        &self.0
+    }
+}
+
+/// What a [`ConnHandle`] points to.
+pub struct ConnInfo {
     pub id: u64,
     pub peer: SocketAddr,
     /// True for a connection sbc opened itself (`connect_outbound`): it carries in-dialog
@@ -311,11 +333,6 @@ impl WriteTx {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.tx.is_closed() || self.queue.is_closed()
-    }
-
-    /// Handles to this connection alive (the reader's own included).
-    pub(crate) fn strong_count(&self) -> usize {
-        self.tx.strong_count()
     }
 }
 
@@ -707,7 +724,7 @@ async fn run_connection<S>(
                 }
             })
         };
-        let handle = ConnHandle {
+        let handle = ConnHandle(Arc::new(ConnInfo {
             id: conn_id,
             peer,
             outbound: ready.is_some(),
@@ -715,7 +732,7 @@ async fn run_connection<S>(
                 tx,
                 queue: Arc::clone(&queue),
             },
-        };
+        }));
         if let Some(ready) = ready {
             let _ = ready.send(handle.clone());
         }
@@ -751,7 +768,7 @@ async fn run_connection<S>(
                     // A call whose dialog uses this connection holds a handle to it: the
                     // connection is not idle while such a call lasts, however quiet the
                     // carrier is (a call without re-INVITEs sends no SIP for its whole length).
-                    if ctx.handle.tx.strong_count() > 1 && !ctx.revoked_and_unused() {
+                    if ctx.handle.strong_count() > 1 && !ctx.revoked_and_unused() {
                         continue;
                     }
                     debug!("idle timeout: closing");
@@ -941,6 +958,28 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         let queue = Arc::new(WriteQueue::new(limit, write_timeout));
         (WriteTx { tx, queue }, rx)
+    }
+
+    /// The reader closes an idle or revoked connection only when no call holds a handle to
+    /// it: clones of a `ConnHandle` share one sender, so they are counted on its `Arc`.
+    #[test]
+    fn conn_handle_counts_its_clones() {
+        let (tx, _rx) = write_tx(1000);
+        let handle = ConnHandle(Arc::new(ConnInfo {
+            id: 1,
+            peer: addr("192.0.2.1:5061"),
+            outbound: false,
+            tx,
+        }));
+        assert_eq!(handle.strong_count(), 1);
+        let call = handle.clone();
+        assert_eq!(
+            (handle.strong_count(), call.peer),
+            (2, addr("192.0.2.1:5061"))
+        );
+        drop(call);
+        assert_eq!(handle.strong_count(), 1);
+        assert_eq!(std::mem::size_of::<ConnHandle>(), 8);
     }
 
     #[test]

@@ -109,7 +109,7 @@ impl ConnCtx {
 
     /// True once admission revoked this connection and no call holds it any more.
     pub(crate) fn revoked_and_unused(&self) -> bool {
-        self.revoked.load(Ordering::Relaxed) && self.handle.tx.strong_count() <= 1
+        self.revoked.load(Ordering::Relaxed) && self.handle.strong_count() <= 1
     }
 
     /// The carrier this connection was admitted as: half of every dialog-table key.

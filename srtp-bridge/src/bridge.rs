@@ -151,8 +151,12 @@ pub struct Bridge {
     inbound: Option<InboundContext>,
     /// After a re-key: the new key with the ROC continued (see
     /// [`InboundContext::with_continued_roc`]), until one hypothesis authenticates RTP.
-    inbound_alt: Option<InboundContext>,
-    previous_inbound: Option<(InboundContext, Instant)>,
+    /// Boxed, as is `previous_inbound`: a context is ~1.1 KiB (AES key schedule, HMAC state,
+    /// the SRTCP library context) and both are empty for all but a few seconds after a re-key,
+    /// so inline they would make every call's `Bridge` 2.2 KiB larger (docs/performance.md).
+    inbound_alt: Option<Box<InboundContext>>,
+    /// The inbound context before the last re-key, tried until the instant given.
+    previous_inbound: Option<Box<(InboundContext, Instant)>>,
     outbound: Option<OutboundContext>,
     rtp_dest: SocketAddr,
     rtcp_dest: SocketAddr,
@@ -343,7 +347,7 @@ impl Bridge {
                 Ok(v) => {
                     if rtp {
                         debug!("carrier kept its rollover counter across the re-key");
-                        self.inbound = self.inbound_alt.take();
+                        self.inbound = self.inbound_alt.take().map(|alt| *alt);
                     }
                     return Ok(v);
                 }
@@ -351,7 +355,7 @@ impl Bridge {
                 Err(e) => return Err(e),
             }
         }
-        match &mut self.previous_inbound {
+        match self.previous_inbound.as_deref_mut() {
             Some((old, until)) if now < *until => f(old),
             _ => Err(SrtpError::AuthFailed),
         }
@@ -816,7 +820,7 @@ impl Bridge {
         }
         if self
             .previous_inbound
-            .as_ref()
+            .as_deref()
             .is_some_and(|(_, until)| *until <= now)
         {
             self.previous_inbound = None;
@@ -865,9 +869,10 @@ impl Bridge {
                         .map(InboundContext::highest_indices)
                         .unwrap_or_default();
                     self.inbound_alt =
-                        InboundContext::with_continued_roc(&leg.suite, &leg.remote_key, &indices);
+                        InboundContext::with_continued_roc(&leg.suite, &leg.remote_key, &indices)
+                            .map(Box::new);
                     if let Some(old) = self.inbound.replace(ctx) {
-                        self.previous_inbound = Some((old, now + REKEY_GRACE));
+                        self.previous_inbound = Some(Box::new((old, now + REKEY_GRACE)));
                     }
                     // A new key: its first authenticated packet latches afresh.
                     self.latched_ssrc = None;
@@ -2106,5 +2111,16 @@ mod tests {
             "every frame sent or counted dropped"
         );
         assert!(dropped / 160 <= 20, "dropped {} frames", dropped / 160);
+    }
+
+    /// Every call holds one `Bridge` for its whole life (boxed by the daemon): RSS per call
+    /// (docs/performance.md). It was 5,584 bytes with the two re-key contexts (`inbound_alt`,
+    /// `previous_inbound`, ~1.1 KiB each) inline though they are empty but for a few seconds
+    /// after a re-key; boxed, it is about 3.4 KiB. The rekey tests above still exercise both.
+    #[test]
+    fn bridge_stays_small() {
+        let size = std::mem::size_of::<Bridge>();
+        assert!(size <= 3_584, "Bridge is {size} bytes");
+        assert!(std::mem::size_of::<Option<Box<InboundContext>>>() <= 8);
     }
 }

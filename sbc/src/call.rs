@@ -152,8 +152,8 @@ struct Call {
     conn: ConnHandle,
     /// The SIP core: UAS for a call the carrier placed, UAC for one sbc placed.
     sip: Leg,
-    /// The carrier's INVITE (inbound), or ours (outbound).
-    invite: Request,
+    /// The carrier's INVITE (inbound, shared with the `UasCall`), or ours (outbound).
+    invite: Arc<Request>,
     record: CallRecord,
     received: Instant,
     rng: rand::rngs::StdRng,
@@ -185,7 +185,8 @@ impl Call {
         let mut rng = rand::rngs::StdRng::from_entropy();
         let now = Instant::now();
         let shared = setup.shared;
-        let uas = UasCall::new(now, setup.invite.clone(), shared.uas.clone(), &mut rng);
+        let invite = Arc::new(setup.invite);
+        let uas = UasCall::new(now, Arc::clone(&invite), shared.uas.clone(), &mut rng);
         let record = CallRecord {
             call_id,
             sip_call_id: setup.sip_call_id,
@@ -194,10 +195,10 @@ impl Call {
             sip_tls: setup.sip_tls,
             from: shared
                 .audit
-                .number(&setup.invite.caller_number().unwrap_or_default()),
+                .number(&invite.caller_number().unwrap_or_default()),
             to: shared
                 .audit
-                .number(&setup.invite.called_number().unwrap_or_default()),
+                .number(&invite.called_number().unwrap_or_default()),
             received_at: crate::audit::now_rfc3339(),
             ..Default::default()
         };
@@ -208,7 +209,7 @@ impl Call {
             rx: setup.rx,
             conn: setup.conn,
             sip: Leg::Uas(uas),
-            invite: setup.invite,
+            invite,
             record,
             received: setup.received,
             rng,
@@ -240,7 +241,7 @@ impl Call {
                 core: *a.uac,
                 outcomes: Default::default(),
             })),
-            invite: a.invite,
+            invite: Arc::new(a.invite),
             record: a.record,
             received: a.started,
             rng: rand::rngs::StdRng::from_entropy(),

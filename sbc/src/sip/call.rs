@@ -22,6 +22,7 @@
 //!   [`UasCall::session_interval_too_small`] first).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -196,7 +197,9 @@ pub enum RequestMatch {
 #[derive(Debug)]
 pub struct UasCall {
     config: UasConfig,
-    invite: Request,
+    /// The initial INVITE, shared with the call task (which reads its body and numbers): one
+    /// copy per call.
+    invite: Arc<Request>,
     state: CallState,
     rng: StdRng,
     local_tag: String,
@@ -244,7 +247,13 @@ pub struct UasCall {
 impl UasCall {
     /// Takes the initial INVITE (already validated) and queues `100 Trying`, or `422` with
     /// Min-SE when its Session-Expires is below our Min-SE (RFC 4028 §8.1).
-    pub fn new(now: Instant, invite: Request, config: UasConfig, rng: &mut dyn RngCore) -> Self {
+    pub fn new(
+        now: Instant,
+        invite: impl Into<Arc<Request>>,
+        config: UasConfig,
+        rng: &mut dyn RngCore,
+    ) -> Self {
+        let invite: Arc<Request> = invite.into();
         let mut rng = StdRng::seed_from_u64(rng.next_u64());
         let to = invite.headers.get("To").unwrap_or("").to_string();
         let (local_tag, local_party) = match tag_of(&to) {
@@ -305,8 +314,7 @@ impl UasCall {
         };
         match negotiate(&call.invite, &call.config) {
             Err(TooSmall) => {
-                let mut resp =
-                    call.response_to(&call.invite.clone(), 422, "Session Interval Too Small");
+                let mut resp = call.response_to(&call.invite, 422, "Session Interval Too Small");
                 resp.headers
                     .push("Min-SE", call.config.min_se.as_secs().to_string());
                 call.send_final_error(now, resp);
@@ -618,7 +626,7 @@ impl UasCall {
         if self.state != CallState::Proceeding {
             return;
         }
-        let mut resp = self.response_to(&self.invite.clone(), 180, "Ringing");
+        let mut resp = self.response_to(&self.invite, 180, "Ringing");
         resp.headers.push("Contact", self.contact());
         self.last_provisional = Some(resp.clone());
         self.queue(SipMessage::Response(resp));
@@ -629,7 +637,7 @@ impl UasCall {
         if self.state != CallState::Proceeding {
             return;
         }
-        let resp = self.ok_with_sdp(&self.invite.clone(), Some(sdp));
+        let resp = self.ok_with_sdp(&self.invite, Some(sdp));
         self.final_response = Some(resp.clone());
         self.state = CallState::Accepted;
         tracing::debug!(call_id = %self.call_id, session = ?self.session, "INVITE accepted");
@@ -654,7 +662,7 @@ impl UasCall {
         } else {
             500
         };
-        let mut resp = self.response_to(&self.invite.clone(), status, &phrase(reason));
+        let mut resp = self.response_to(&self.invite, status, &phrase(reason));
         if let Some(w) = warning {
             resp.headers.push("Warning", self.warning(w));
         }
@@ -808,7 +816,7 @@ impl UasCall {
         }
         self.respond(req, 200, "OK");
         if self.state == CallState::Proceeding {
-            let resp = self.response_to(&self.invite.clone(), 487, "Request Terminated");
+            let resp = self.response_to(&self.invite, 487, "Request Terminated");
             self.events.push_back(CallEvent::Cancelled);
             self.send_final_error(now, resp);
         }
@@ -819,7 +827,7 @@ impl UasCall {
         self.respond(req, 200, "OK");
         if self.state == CallState::Proceeding {
             // RFC 3261 §15.1.2: answer the pending INVITE, 487 recommended.
-            let resp = self.response_to(&self.invite.clone(), 487, "Request Terminated");
+            let resp = self.response_to(&self.invite, 487, "Request Terminated");
             self.queue(SipMessage::Response(resp));
         }
         if let Some(pending) = self.pending_offer.take() {
@@ -2496,5 +2504,20 @@ Content-Length: 0\r\n\r\n"
                 while call.poll_event().is_some() {}
             }
         }
+    }
+
+    /// Issue 16: the call task and the `UasCall` share one INVITE (it was cloned, ~870 bytes
+    /// per call with its body).
+    #[test]
+    fn invite_is_shared_not_copied() {
+        let t0 = Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let inv = Arc::new(invite(""));
+        let mut call = UasCall::new(t0, Arc::clone(&inv), config(), &mut rng);
+        assert_eq!(Arc::strong_count(&inv), 2);
+        assert_eq!(one_response(&mut call).status, 100);
+        call.accept(t0, Bytes::from_static(b"v=0\r\n"));
+        assert_eq!(one_response(&mut call).status, 200);
+        assert_eq!(Arc::strong_count(&inv), 2);
     }
 }

@@ -164,6 +164,35 @@ fn phrase(text: &str) -> String {
         .collect()
 }
 
+/// The random source of one call's SIP core: tags, branches (RFC 3261 §19.3 asks for
+/// cryptographically random, globally unique values) and Retry-After. It is the same generator
+/// as before, `StdRng` (ChaCha12), but kept as its 32-byte seed: each use builds the generator
+/// from the seed, draws, then overwrites the seed with the generator's next 32 bytes (fast key
+/// erasure). A live `StdRng` with its 256-byte block buffer cost 320 bytes per call (issue 16).
+/// The seed is 256 bits from the caller's RNG; it was 64 (`seed_from_u64`).
+struct CallRng([u8; 32]);
+
+impl CallRng {
+    fn from_rng(rng: &mut dyn RngCore) -> Self {
+        let mut seed = [0; 32];
+        rng.fill_bytes(&mut seed);
+        CallRng(seed)
+    }
+
+    fn with<T>(&mut self, draw: impl FnOnce(&mut StdRng) -> T) -> T {
+        let mut rng = StdRng::from_seed(self.0);
+        let out = draw(&mut rng);
+        rng.fill_bytes(&mut self.0);
+        out
+    }
+}
+
+impl std::fmt::Debug for CallRng {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallRng(<redacted>)")
+    }
+}
+
 fn hex(rng: &mut StdRng, bytes: usize) -> String {
     (0..bytes)
         .map(|_| format!("{:02x}", rng.gen::<u8>()))
@@ -201,7 +230,7 @@ pub struct UasCall {
     /// copy per call.
     invite: Arc<Request>,
     state: CallState,
-    rng: StdRng,
+    rng: CallRng,
     local_tag: String,
     call_id: String,
     /// The INVITE's From tag (the remote tag of the dialog, RFC 3261 §12.1.1).
@@ -254,12 +283,12 @@ impl UasCall {
         rng: &mut dyn RngCore,
     ) -> Self {
         let invite: Arc<Request> = invite.into();
-        let mut rng = StdRng::seed_from_u64(rng.next_u64());
+        let mut rng = CallRng::from_rng(rng);
         let to = invite.headers.get("To").unwrap_or("").to_string();
         let (local_tag, local_party) = match tag_of(&to) {
             Some(t) => (t.to_string(), to.clone()),
             None => {
-                let t = hex(&mut rng, 8);
+                let t = rng.with(|r| hex(r, 8));
                 let party = format!("{to};tag={t}");
                 (t, party)
             }
@@ -851,7 +880,7 @@ impl UasCall {
             || (self.state == CallState::Proceeding && (is_invite || has_sdp));
         if busy {
             let mut resp = self.response_to(&req, 500, "Server Internal Error");
-            let secs = self.rng.gen_range(0..=10u32);
+            let secs = self.rng.with(|r| r.gen_range(0..=10u32));
             resp.headers.push("Retry-After", secs.to_string());
             self.queue(SipMessage::Response(resp));
             return;
@@ -1079,7 +1108,7 @@ impl UasCall {
             format!(
                 "SIP/2.0/TLS {};branch=z9hG4bK{}",
                 hostport(&self.config),
-                hex(&mut self.rng, 8)
+                self.rng.with(|r| hex(r, 8))
             ),
         );
         h.push("Max-Forwards", "70");
@@ -2519,5 +2548,28 @@ Content-Length: 0\r\n\r\n"
         call.accept(t0, Bytes::from_static(b"v=0\r\n"));
         assert_eq!(one_response(&mut call).status, 200);
         assert_eq!(Arc::strong_count(&inv), 2);
+    }
+
+    /// Issue 16: the SIP core's RNG is a 32-byte seed, not a 320-byte `StdRng`; each draw
+    /// replaces the seed, so two draws differ, and its Debug does not print the seed.
+    #[test]
+    fn call_rng_is_a_seed_that_moves_on() {
+        assert_eq!(std::mem::size_of::<CallRng>(), 32);
+        let mut rng = CallRng::from_rng(&mut ChaCha8Rng::seed_from_u64(7));
+        let seed = rng.0;
+        let a = rng.with(|r| hex(r, 8));
+        assert_ne!(rng.0, seed);
+        let b = rng.with(|r| hex(r, 8));
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, b);
+        assert_eq!(format!("{rng:?}"), "CallRng(<redacted>)");
+    }
+
+    /// Issue 16: `UasCall` lives in every call's boxed `Call`. It was 1,376 bytes with its own
+    /// `StdRng` and a copy of the INVITE inline.
+    #[test]
+    fn uas_call_stays_small() {
+        let size = std::mem::size_of::<UasCall>();
+        assert!(size <= 992, "UasCall is {size} bytes");
     }
 }

@@ -173,8 +173,9 @@ struct Call {
     callback_seq: u32,
     /// When the call was answered (for `CallDuration`).
     answered_at: Option<Instant>,
-    /// What the API asked for, when sbc placed the call (`outbound.rs`).
-    outbound: Option<crate::outbound::OutboundInfo>,
+    /// What the API asked for, when sbc placed the call (`outbound.rs`). Boxed: `None` for
+    /// every inbound call, and `OutboundInfo` is 280 bytes (issue 16).
+    outbound: Option<Box<crate::outbound::OutboundInfo>>,
     /// An outbound call's final Twilio status when its INVITE failed after early media started
     /// (`busy`, `no-answer`, `canceled`, `failed`); `None`: answered (or inbound).
     outbound_failed: Option<crate::sip::uac::TwilioStatus>,
@@ -254,7 +255,7 @@ impl Call {
             agent_notes: Default::default(),
             callback_seq: 0,
             answered_at: None,
-            outbound: Some(a.info),
+            outbound: Some(Box::new(a.info)),
             outbound_failed: None,
         });
         call.active(
@@ -1958,5 +1959,17 @@ mod tests {
         let size = std::mem::size_of::<CallInput>();
         assert!(size <= 32, "CallInput is {size} bytes");
         assert_eq!(std::mem::size_of::<ConnHandle>(), 8);
+    }
+
+    /// The boxed `Call` lives as long as the call (issue 16): 3,536 bytes with a `UasCall` of
+    /// 1,376 and an inline `Option<OutboundInfo>` of 280 that inbound calls leave `None`.
+    #[test]
+    fn call_stays_small() {
+        let size = std::mem::size_of::<Call>();
+        assert!(size <= 2784, "Call is {size} bytes");
+        assert_eq!(
+            std::mem::size_of::<Option<Box<crate::outbound::OutboundInfo>>>(),
+            8
+        );
     }
 }

@@ -249,7 +249,12 @@ pub struct UasCall {
     /// Record-Route in order: the UAS route set (RFC 3261 §12.1.1).
     route_set: Vec<String>,
     remote_allows_update: bool,
+    /// The last 1xx, resent for a retransmitted INVITE until the final response.
     last_provisional: Option<Response>,
+    /// A non-2xx final to the initial INVITE, resent for a retransmitted INVITE until its ACK.
+    /// A 2xx is not kept here: while it waits for its ACK it is in `pending_2xx`, and once the
+    /// ACK came nothing resends it (RFC 3261 §13.3.1.4; RFC 6026 §7.1: a retransmitted INVITE
+    /// is then absorbed). Keeping it cost ~820 bytes per call for the whole call (issue 16).
     final_response: Option<Response>,
     /// A non-2xx final was sent to the initial INVITE: no dialog.
     rejected: bool,
@@ -466,7 +471,11 @@ impl UasCall {
                     self.last_provisional
                         .clone()
                         .or_else(|| Some(self.trying()))
+                } else if let Some(p) = self.pending_2xx.as_ref().filter(|p| p.initial) {
+                    // Our 2xx before its ACK (RFC 3261 §13.3.1.4).
+                    Some(p.response.clone())
                 } else {
+                    // A non-2xx final; after the ACK of our 2xx, nothing (RFC 6026 §7.1).
                     self.final_response.clone()
                 };
                 if let Some(r) = again {
@@ -667,7 +676,7 @@ impl UasCall {
             return;
         }
         let resp = self.ok_with_sdp(&self.invite, Some(sdp));
-        self.final_response = Some(resp.clone());
+        self.last_provisional = None;
         self.state = CallState::Accepted;
         tracing::debug!(call_id = %self.call_id, session = ?self.session, "INVITE accepted");
         self.start_2xx(now, resp, self.invite_cseq, true);
@@ -1046,6 +1055,7 @@ impl UasCall {
     fn send_final_error(&mut self, now: Instant, resp: Response) {
         tracing::debug!(call_id = %self.call_id, status = resp.status, "INVITE refused");
         self.final_response = Some(resp.clone());
+        self.last_provisional = None;
         self.queue(SipMessage::Response(resp));
         self.rejected = true;
         self.state = CallState::Terminating;
@@ -1739,6 +1749,14 @@ Call-ID: {CALL_ID}\r\nCSeq: 101 CANCEL\r\nContent-Length: 0\r\n\r\n"
         drain(&mut call);
         call.handle_request(t0, invite(""));
         assert_eq!(one_response(&mut call).status, 200);
+        // After the ACK the 2xx is gone: a late retransmission is absorbed (RFC 6026 §7.1).
+        call.handle_request(t0, ack(&call, 101));
+        drain(&mut call);
+        assert!(call.pending_2xx.is_none() && call.final_response.is_none());
+        assert!(call.last_provisional.is_none());
+        call.handle_request(t0, invite(""));
+        assert!(drain(&mut call).is_empty());
+        assert_eq!(call.state(), CallState::Confirmed);
     }
 
     #[test]

@@ -152,8 +152,8 @@ struct Call {
     conn: ConnHandle,
     /// The SIP core: UAS for a call the carrier placed, UAC for one sbc placed.
     sip: Leg,
-    /// The carrier's INVITE (inbound), or ours (outbound).
-    invite: Request,
+    /// The carrier's INVITE (inbound, shared with the `UasCall`), or ours (outbound).
+    invite: Arc<Request>,
     record: CallRecord,
     received: Instant,
     rng: rand::rngs::StdRng,
@@ -173,8 +173,9 @@ struct Call {
     callback_seq: u32,
     /// When the call was answered (for `CallDuration`).
     answered_at: Option<Instant>,
-    /// What the API asked for, when sbc placed the call (`outbound.rs`).
-    outbound: Option<crate::outbound::OutboundInfo>,
+    /// What the API asked for, when sbc placed the call (`outbound.rs`). Boxed: `None` for
+    /// every inbound call, and `OutboundInfo` is 280 bytes (issue 16).
+    outbound: Option<Box<crate::outbound::OutboundInfo>>,
     /// An outbound call's final Twilio status when its INVITE failed after early media started
     /// (`busy`, `no-answer`, `canceled`, `failed`); `None`: answered (or inbound).
     outbound_failed: Option<crate::sip::uac::TwilioStatus>,
@@ -185,7 +186,8 @@ impl Call {
         let mut rng = rand::rngs::StdRng::from_entropy();
         let now = Instant::now();
         let shared = setup.shared;
-        let uas = UasCall::new(now, setup.invite.clone(), shared.uas.clone(), &mut rng);
+        let invite = Arc::new(setup.invite);
+        let uas = UasCall::new(now, Arc::clone(&invite), shared.uas.clone(), &mut rng);
         let record = CallRecord {
             call_id,
             sip_call_id: setup.sip_call_id,
@@ -194,10 +196,10 @@ impl Call {
             sip_tls: setup.sip_tls,
             from: shared
                 .audit
-                .number(&setup.invite.caller_number().unwrap_or_default()),
+                .number(&invite.caller_number().unwrap_or_default()),
             to: shared
                 .audit
-                .number(&setup.invite.called_number().unwrap_or_default()),
+                .number(&invite.called_number().unwrap_or_default()),
             received_at: crate::audit::now_rfc3339(),
             ..Default::default()
         };
@@ -208,7 +210,7 @@ impl Call {
             rx: setup.rx,
             conn: setup.conn,
             sip: Leg::Uas(uas),
-            invite: setup.invite,
+            invite,
             record,
             received: setup.received,
             rng,
@@ -240,7 +242,7 @@ impl Call {
                 core: *a.uac,
                 outcomes: Default::default(),
             })),
-            invite: a.invite,
+            invite: Arc::new(a.invite),
             record: a.record,
             received: a.started,
             rng: rand::rngs::StdRng::from_entropy(),
@@ -253,7 +255,7 @@ impl Call {
             agent_notes: Default::default(),
             callback_seq: 0,
             answered_at: None,
-            outbound: Some(a.info),
+            outbound: Some(Box::new(a.info)),
             outbound_failed: None,
         });
         call.active(
@@ -1957,5 +1959,17 @@ mod tests {
         let size = std::mem::size_of::<CallInput>();
         assert!(size <= 32, "CallInput is {size} bytes");
         assert_eq!(std::mem::size_of::<ConnHandle>(), 8);
+    }
+
+    /// The boxed `Call` lives as long as the call (issue 16): 3,536 bytes with a `UasCall` of
+    /// 1,376 and an inline `Option<OutboundInfo>` of 280 that inbound calls leave `None`.
+    #[test]
+    fn call_stays_small() {
+        let size = std::mem::size_of::<Call>();
+        assert!(size <= 2784, "Call is {size} bytes");
+        assert_eq!(
+            std::mem::size_of::<Option<Box<crate::outbound::OutboundInfo>>>(),
+            8
+        );
     }
 }

@@ -22,6 +22,7 @@
 //!   [`UasCall::session_interval_too_small`] first).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -163,6 +164,35 @@ fn phrase(text: &str) -> String {
         .collect()
 }
 
+/// The random source of one call's SIP core: tags, branches (RFC 3261 §19.3 asks for
+/// cryptographically random, globally unique values) and Retry-After. It is the same generator
+/// as before, `StdRng` (ChaCha12), but kept as its 32-byte seed: each use builds the generator
+/// from the seed, draws, then overwrites the seed with the generator's next 32 bytes (fast key
+/// erasure). A live `StdRng` with its 256-byte block buffer cost 320 bytes per call (issue 16).
+/// The seed is 256 bits from the caller's RNG; it was 64 (`seed_from_u64`).
+struct CallRng([u8; 32]);
+
+impl CallRng {
+    fn from_rng(rng: &mut dyn RngCore) -> Self {
+        let mut seed = [0; 32];
+        rng.fill_bytes(&mut seed);
+        CallRng(seed)
+    }
+
+    fn with<T>(&mut self, draw: impl FnOnce(&mut StdRng) -> T) -> T {
+        let mut rng = StdRng::from_seed(self.0);
+        let out = draw(&mut rng);
+        rng.fill_bytes(&mut self.0);
+        out
+    }
+}
+
+impl std::fmt::Debug for CallRng {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallRng(<redacted>)")
+    }
+}
+
 fn hex(rng: &mut StdRng, bytes: usize) -> String {
     (0..bytes)
         .map(|_| format!("{:02x}", rng.gen::<u8>()))
@@ -196,9 +226,11 @@ pub enum RequestMatch {
 #[derive(Debug)]
 pub struct UasCall {
     config: UasConfig,
-    invite: Request,
+    /// The initial INVITE, shared with the call task (which reads its body and numbers): one
+    /// copy per call.
+    invite: Arc<Request>,
     state: CallState,
-    rng: StdRng,
+    rng: CallRng,
     local_tag: String,
     call_id: String,
     /// The INVITE's From tag (the remote tag of the dialog, RFC 3261 §12.1.1).
@@ -217,7 +249,12 @@ pub struct UasCall {
     /// Record-Route in order: the UAS route set (RFC 3261 §12.1.1).
     route_set: Vec<String>,
     remote_allows_update: bool,
+    /// The last 1xx, resent for a retransmitted INVITE until the final response.
     last_provisional: Option<Response>,
+    /// A non-2xx final to the initial INVITE, resent for a retransmitted INVITE until its ACK.
+    /// A 2xx is not kept here: while it waits for its ACK it is in `pending_2xx`, and once the
+    /// ACK came nothing resends it (RFC 3261 §13.3.1.4; RFC 6026 §7.1: a retransmitted INVITE
+    /// is then absorbed). Keeping it cost ~820 bytes per call for the whole call (issue 16).
     final_response: Option<Response>,
     /// A non-2xx final was sent to the initial INVITE: no dialog.
     rejected: bool,
@@ -244,13 +281,19 @@ pub struct UasCall {
 impl UasCall {
     /// Takes the initial INVITE (already validated) and queues `100 Trying`, or `422` with
     /// Min-SE when its Session-Expires is below our Min-SE (RFC 4028 §8.1).
-    pub fn new(now: Instant, invite: Request, config: UasConfig, rng: &mut dyn RngCore) -> Self {
-        let mut rng = StdRng::seed_from_u64(rng.next_u64());
+    pub fn new(
+        now: Instant,
+        invite: impl Into<Arc<Request>>,
+        config: UasConfig,
+        rng: &mut dyn RngCore,
+    ) -> Self {
+        let invite: Arc<Request> = invite.into();
+        let mut rng = CallRng::from_rng(rng);
         let to = invite.headers.get("To").unwrap_or("").to_string();
         let (local_tag, local_party) = match tag_of(&to) {
             Some(t) => (t.to_string(), to.clone()),
             None => {
-                let t = hex(&mut rng, 8);
+                let t = rng.with(|r| hex(r, 8));
                 let party = format!("{to};tag={t}");
                 (t, party)
             }
@@ -305,8 +348,7 @@ impl UasCall {
         };
         match negotiate(&call.invite, &call.config) {
             Err(TooSmall) => {
-                let mut resp =
-                    call.response_to(&call.invite.clone(), 422, "Session Interval Too Small");
+                let mut resp = call.response_to(&call.invite, 422, "Session Interval Too Small");
                 resp.headers
                     .push("Min-SE", call.config.min_se.as_secs().to_string());
                 call.send_final_error(now, resp);
@@ -429,7 +471,11 @@ impl UasCall {
                     self.last_provisional
                         .clone()
                         .or_else(|| Some(self.trying()))
+                } else if let Some(p) = self.pending_2xx.as_ref().filter(|p| p.initial) {
+                    // Our 2xx before its ACK (RFC 3261 §13.3.1.4).
+                    Some(p.response.clone())
                 } else {
+                    // A non-2xx final; after the ACK of our 2xx, nothing (RFC 6026 §7.1).
                     self.final_response.clone()
                 };
                 if let Some(r) = again {
@@ -618,7 +664,7 @@ impl UasCall {
         if self.state != CallState::Proceeding {
             return;
         }
-        let mut resp = self.response_to(&self.invite.clone(), 180, "Ringing");
+        let mut resp = self.response_to(&self.invite, 180, "Ringing");
         resp.headers.push("Contact", self.contact());
         self.last_provisional = Some(resp.clone());
         self.queue(SipMessage::Response(resp));
@@ -629,8 +675,8 @@ impl UasCall {
         if self.state != CallState::Proceeding {
             return;
         }
-        let resp = self.ok_with_sdp(&self.invite.clone(), Some(sdp));
-        self.final_response = Some(resp.clone());
+        let resp = self.ok_with_sdp(&self.invite, Some(sdp));
+        self.last_provisional = None;
         self.state = CallState::Accepted;
         tracing::debug!(call_id = %self.call_id, session = ?self.session, "INVITE accepted");
         self.start_2xx(now, resp, self.invite_cseq, true);
@@ -654,7 +700,7 @@ impl UasCall {
         } else {
             500
         };
-        let mut resp = self.response_to(&self.invite.clone(), status, &phrase(reason));
+        let mut resp = self.response_to(&self.invite, status, &phrase(reason));
         if let Some(w) = warning {
             resp.headers.push("Warning", self.warning(w));
         }
@@ -808,7 +854,7 @@ impl UasCall {
         }
         self.respond(req, 200, "OK");
         if self.state == CallState::Proceeding {
-            let resp = self.response_to(&self.invite.clone(), 487, "Request Terminated");
+            let resp = self.response_to(&self.invite, 487, "Request Terminated");
             self.events.push_back(CallEvent::Cancelled);
             self.send_final_error(now, resp);
         }
@@ -819,7 +865,7 @@ impl UasCall {
         self.respond(req, 200, "OK");
         if self.state == CallState::Proceeding {
             // RFC 3261 §15.1.2: answer the pending INVITE, 487 recommended.
-            let resp = self.response_to(&self.invite.clone(), 487, "Request Terminated");
+            let resp = self.response_to(&self.invite, 487, "Request Terminated");
             self.queue(SipMessage::Response(resp));
         }
         if let Some(pending) = self.pending_offer.take() {
@@ -843,7 +889,7 @@ impl UasCall {
             || (self.state == CallState::Proceeding && (is_invite || has_sdp));
         if busy {
             let mut resp = self.response_to(&req, 500, "Server Internal Error");
-            let secs = self.rng.gen_range(0..=10u32);
+            let secs = self.rng.with(|r| r.gen_range(0..=10u32));
             resp.headers.push("Retry-After", secs.to_string());
             self.queue(SipMessage::Response(resp));
             return;
@@ -1009,6 +1055,7 @@ impl UasCall {
     fn send_final_error(&mut self, now: Instant, resp: Response) {
         tracing::debug!(call_id = %self.call_id, status = resp.status, "INVITE refused");
         self.final_response = Some(resp.clone());
+        self.last_provisional = None;
         self.queue(SipMessage::Response(resp));
         self.rejected = true;
         self.state = CallState::Terminating;
@@ -1071,7 +1118,7 @@ impl UasCall {
             format!(
                 "SIP/2.0/TLS {};branch=z9hG4bK{}",
                 hostport(&self.config),
-                hex(&mut self.rng, 8)
+                self.rng.with(|r| hex(r, 8))
             ),
         );
         h.push("Max-Forwards", "70");
@@ -1702,6 +1749,14 @@ Call-ID: {CALL_ID}\r\nCSeq: 101 CANCEL\r\nContent-Length: 0\r\n\r\n"
         drain(&mut call);
         call.handle_request(t0, invite(""));
         assert_eq!(one_response(&mut call).status, 200);
+        // After the ACK the 2xx is gone: a late retransmission is absorbed (RFC 6026 §7.1).
+        call.handle_request(t0, ack(&call, 101));
+        drain(&mut call);
+        assert!(call.pending_2xx.is_none() && call.final_response.is_none());
+        assert!(call.last_provisional.is_none());
+        call.handle_request(t0, invite(""));
+        assert!(drain(&mut call).is_empty());
+        assert_eq!(call.state(), CallState::Confirmed);
     }
 
     #[test]
@@ -2496,5 +2551,43 @@ Content-Length: 0\r\n\r\n"
                 while call.poll_event().is_some() {}
             }
         }
+    }
+
+    /// Issue 16: the call task and the `UasCall` share one INVITE (it was cloned, ~870 bytes
+    /// per call with its body).
+    #[test]
+    fn invite_is_shared_not_copied() {
+        let t0 = Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let inv = Arc::new(invite(""));
+        let mut call = UasCall::new(t0, Arc::clone(&inv), config(), &mut rng);
+        assert_eq!(Arc::strong_count(&inv), 2);
+        assert_eq!(one_response(&mut call).status, 100);
+        call.accept(t0, Bytes::from_static(b"v=0\r\n"));
+        assert_eq!(one_response(&mut call).status, 200);
+        assert_eq!(Arc::strong_count(&inv), 2);
+    }
+
+    /// Issue 16: the SIP core's RNG is a 32-byte seed, not a 320-byte `StdRng`; each draw
+    /// replaces the seed, so two draws differ, and its Debug does not print the seed.
+    #[test]
+    fn call_rng_is_a_seed_that_moves_on() {
+        assert_eq!(std::mem::size_of::<CallRng>(), 32);
+        let mut rng = CallRng::from_rng(&mut ChaCha8Rng::seed_from_u64(7));
+        let seed = rng.0;
+        let a = rng.with(|r| hex(r, 8));
+        assert_ne!(rng.0, seed);
+        let b = rng.with(|r| hex(r, 8));
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, b);
+        assert_eq!(format!("{rng:?}"), "CallRng(<redacted>)");
+    }
+
+    /// Issue 16: `UasCall` lives in every call's boxed `Call`. It was 1,376 bytes with its own
+    /// `StdRng` and a copy of the INVITE inline.
+    #[test]
+    fn uas_call_stays_small() {
+        let size = std::mem::size_of::<UasCall>();
+        assert!(size <= 992, "UasCall is {size} bytes");
     }
 }

@@ -23,7 +23,7 @@ pub const MAX_AGENT_MESSAGE: usize = 2 << 20;
 
 /// Initial capacity of the agent WebSocket's read buffer: three `media` messages of 20 ms
 /// (~300 bytes each); a larger message grows it. It stays at this size only because
-/// [`upgrade`] rebuilds the stream after the handshake (tungstenite would keep its handshake's
+/// `upgrade` rebuilds the stream after the handshake (tungstenite would keep its handshake's
 /// 4 KiB buffer for the whole call).
 pub const AGENT_READ_BUFFER: usize = 1024;
 
@@ -453,7 +453,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AgentLink<S> {
     /// [`AgentLink::poll_io`], except that after a read that found no complete message, the
     /// next read waits until `readable` says the socket has data (and otherwise has registered
     /// `cx` for when it does). Every read attempt costs tungstenite a zeroed read buffer (it
-    /// resizes its `BytesMut` to capacity, 4 KiB, before each read) and a trip through rustls,
+    /// resizes its `BytesMut` to capacity, at least [`AGENT_READ_BUFFER`], before each read) and
+    /// a trip through rustls,
     /// and the call polls the agent on every turn of its loop: ~5 futile reads per agent frame,
     /// 11 % of the call's instructions under callgrind (issue 16). Messages already buffered
     /// (several in one TCP read or TLS record) are still taken one per poll, since a read that

@@ -1625,8 +1625,8 @@ async fn next_agent_io(link: &mut Option<agent::AgentLink<AgentStream>>) -> agen
 /// What the carrier sent on the RTP or the RTCP socket, handed to the bridge as it is received:
 /// up to `udp_recv::RECV_BATCH` datagrams from one socket in one `recvmmsg`, into the worker
 /// thread's buffers (`udp_recv`). Returns the socket, when its datagrams were received and how
-/// many it gave, or its receive error. The socket polled first alternates, so that a flood on one cannot starve the
-/// other.
+/// many it gave, or its receive error. The socket polled first alternates, so that a flood on
+/// one cannot starve the other.
 async fn recv_carrier(
     media: &MediaSockets,
     bridge: &mut Bridge,

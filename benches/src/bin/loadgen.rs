@@ -12,7 +12,9 @@
 //! for all calls), and the agent (a TLS 1.3 WebSocket server speaking Twilio Media Streams)
 //! answers every `media` frame at once with 20 ms of its own. Each payload carries a probe
 //! (`sbc_benches::load::probe`), so the run measures latency and loss each way. sbc's CPU is
-//! `/proc/<pid>/stat` over the steady window, its RSS `/proc/<pid>/status` minus the idle value.
+//! `/proc/<pid>/stat` over the steady window, its RSS `/proc/<pid>/status` at its peak in the window minus the value after one warm-up call
+//! (set up, 0.5 s of media, ended), divided by N; the anonymous part (`RssAnon`, the heap and
+//! stacks, without the binary's pages) likewise.
 //!
 //! `setup`: full calls (INVITE, 200, ACK, BYE, 200) at increasing rates, over one shared
 //! connection (`l1`) or one new TLS connection per call (`ln`); stops at the first rate with a
@@ -752,9 +754,33 @@ async fn run_calls(env: &Env, opts: CallsOpts) -> Res<()> {
         let _ = wheel.send(WheelCmd::Clear);
         let sbc = env.start_sbc()?;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let rss0 = proc::rss_kib(sbc.pid()).map_err(|e| e.to_string())?;
+        let rss_cold = proc::rss_kib(sbc.pid()).map_err(|e| e.to_string())?;
         stats.sending.store(true, Relaxed);
         let conn = Arc::new(SipConn::connect(env.client_tls()).await?);
+        // One call with media, ended, before the baseline is read: what the first call of a
+        // process pays once (the binary's code paged in on first use, ~1.9 MiB; aws-lc's RNG
+        // and the TLS ticket store initialised; the worker's thread-local buffers) is not a cost
+        // of each call. Without it N=1 reads ~2.1 MiB "per call" (docs/performance.md).
+        let warm = one_call(
+            Arc::clone(&conn),
+            run as u32,
+            u32::MAX,
+            wheel.clone(),
+            Arc::clone(&stats),
+        )
+        .await
+        .map_err(|e| format!("warm-up call: {e}"))?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = wheel.send(WheelCmd::Clear);
+        warm.recv.abort();
+        bye(&conn, warm.call)
+            .await
+            .map_err(|e| format!("warm-up call: {e}"))?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stats.reset();
+        stats.agent_conns.store(0, Relaxed);
+        let rss0 = proc::rss_kib(sbc.pid()).map_err(|e| e.to_string())?;
+        let anon0 = proc::rss_anon_kib(sbc.pid()).map_err(|e| e.to_string())?;
         let start = tokio::time::Instant::now();
         let mut setups = Vec::new();
         for i in 0..n {
@@ -785,10 +811,11 @@ async fn run_calls(env: &Env, opts: CallsOpts) -> Res<()> {
         let (wait0, gwait0) = (proc::wait_us(sbc.pid()), proc::wait_us(me));
         let t0 = Instant::now();
         stats.measuring.store(true, Relaxed);
-        let mut rss_peak = rss0;
+        let (mut rss_peak, mut anon_peak) = (rss0, anon0);
         while t0.elapsed() < opts.window {
             tokio::time::sleep(Duration::from_millis(500)).await;
             rss_peak = rss_peak.max(proc::rss_kib(sbc.pid()).unwrap_or(0));
+            anon_peak = anon_peak.max(proc::rss_anon_kib(sbc.pid()).unwrap_or(0));
         }
         stats.measuring.store(false, Relaxed);
         let (cpu1, gen1) = (proc::cpu_us(sbc.pid()), proc::cpu_us(me));
@@ -858,7 +885,8 @@ async fn run_calls(env: &Env, opts: CallsOpts) -> Res<()> {
                     "{{\"relay\":\"sbc\",\"calls\":{n},\"window_s\":{secs:.3},\"failed\":{failed},\
                      \"lost_c2a\":{lost_c2a},\"lost_a2c\":{lost_a2c},\"c2a_p50_ms\":{},\"c2a_p99_ms\":{},\
                      \"a2c_p50_ms\":{},\"a2c_p99_ms\":{},\"us_per_call_second\":{},\
-                     \"rss_kib_per_call\":{},\"sbc_wait_pct\":\"{sbc_wait}\"}}",
+                     \"rss_kib_per_call\":{},\"anon_kib_per_call\":{},\"rss_kib_per_call_from_cold\":{},\"rss_kib_cold\":{rss_cold},\
+                     \"rss_kib_idle\":{rss0},\"sbc_wait_pct\":\"{sbc_wait}\"}}",
                     json_num(p50_ms(&stats.c2a)),
                     json_num(p99_ms(&stats.c2a)),
                     json_num(p50_ms(&stats.a2c)),
@@ -866,6 +894,12 @@ async fn run_calls(env: &Env, opts: CallsOpts) -> Res<()> {
                     json_num(Some(cpu / call_secs)),
                     json_num(Some(
                         (rss_peak.saturating_sub(rss0)) as f64 / f64::from(n)
+                    )),
+                    json_num(Some(
+                        (anon_peak.saturating_sub(anon0)) as f64 / f64::from(n)
+                    )),
+                    json_num(Some(
+                        (rss_peak.saturating_sub(rss_cold)) as f64 / f64::from(n)
                     )),
                 ),
             )?;
@@ -888,7 +922,8 @@ async fn run_calls(env: &Env, opts: CallsOpts) -> Res<()> {
         );
         println!(
             "       packets: carrier sent {sent} (send errors {}), agent got {} sent {}, carrier got {} \
-             (undecodable {}, SRTCP {}); agent sockets {}; sbc idle RSS {rss0} KiB; \
+             (undecodable {}, SRTCP {}); agent sockets {}; sbc RSS {rss_cold} KiB idle, {rss0} KiB \
+             after a warm-up call (anonymous {anon0}); per call {:.1} KiB anonymous, {:.1} KiB from cold; \
              waiting for a CPU (other load): sbc {sbc_wait} %, loadgen {gen_wait} %",
             stats.carrier_send_errors.load(Relaxed),
             stats.agent_recv.load(Relaxed),
@@ -897,6 +932,8 @@ async fn run_calls(env: &Env, opts: CallsOpts) -> Res<()> {
             stats.carrier_bad.load(Relaxed),
             stats.carrier_rtcp.load(Relaxed),
             stats.agent_conns.swap(0, Relaxed),
+            (anon_peak.saturating_sub(anon0)) as f64 / f64::from(n),
+            (rss_peak.saturating_sub(rss_cold)) as f64 / f64::from(n),
         );
         drop(conn);
         sbc.stop();

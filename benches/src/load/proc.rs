@@ -18,6 +18,14 @@ pub fn rss_kib(pid: u32) -> std::io::Result<u64> {
         .ok_or_else(|| std::io::Error::other(format!("/proc/{pid}/status: no VmRSS")))
 }
 
+/// Anonymous resident memory of `pid` in KiB (`RssAnon` in `/proc/<pid>/status`): heap, stacks
+/// and anonymous mappings, without the file-backed pages of the binary and its libraries.
+pub fn rss_anon_kib(pid: u32) -> std::io::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_status_kib(&text, "RssAnon:")
+        .ok_or_else(|| std::io::Error::other(format!("/proc/{pid}/status: no RssAnon")))
+}
+
 /// Time the threads of `pid` spent runnable but waiting for a CPU, in microseconds (second field
 /// of `/proc/<pid>/task/*/schedstat`): how much other work on the same cores held the process
 /// back. Threads that ended are not counted.
@@ -47,8 +55,12 @@ fn parse_stat_cpu_us(text: &str) -> Option<u64> {
 }
 
 fn parse_status_rss_kib(text: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line["VmRSS:".len()..]
+    parse_status_kib(text, "VmRSS:")
+}
+
+fn parse_status_kib(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..]
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -68,6 +80,8 @@ mod tests {
         let status = "Name:\tsbc\nVmPeak:\t  9000 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n";
         assert_eq!(parse_status_rss_kib(status), Some(12345));
         assert_eq!(parse_status_rss_kib("Name: x\n"), None);
+        let status = "VmRSS:\t   12345 kB\nRssAnon:\t    4321 kB\nRssFile:\t    8024 kB\n";
+        assert_eq!(parse_status_kib(status, "RssAnon:"), Some(4321));
         assert_eq!(
             parse_schedstat_wait_ns("2941323431 7846483648 2857\n"),
             Some(7846483648)
@@ -75,6 +89,7 @@ mod tests {
         wait_us(std::process::id()).unwrap();
         let me = std::process::id();
         assert!(rss_kib(me).unwrap() > 0);
+        assert!(rss_anon_kib(me).unwrap() > 0);
         cpu_us(me).unwrap();
     }
 }

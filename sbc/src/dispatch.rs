@@ -330,6 +330,6 @@ impl ConnCtx {
             rx,
             received: now,
         };
-        tokio::spawn(call::run(setup));
+        tokio::spawn(call::run(Box::new(setup)));
     }
 }

@@ -169,17 +169,25 @@ fn phrase(text: &str) -> String {
 /// as before, `StdRng` (ChaCha12), but kept as its 32-byte seed: each use builds the generator
 /// from the seed, draws, then overwrites the seed with the generator's next 32 bytes (fast key
 /// erasure). A live `StdRng` with its 256-byte block buffer cost 320 bytes per call (issue 16).
-/// The seed is 256 bits from the caller's RNG; it was 64 (`seed_from_u64`).
-struct CallRng([u8; 32]);
+/// The seed is 256 bits from the caller's RNG; it was 64 (`seed_from_u64`). The media loop's
+/// `Call` keeps one too (`crate::call`), seeded from the OS, for the call's SRTP keys, SSRC and
+/// CallSid: with fast key erasure a key drawn earlier cannot be recomputed from the call's
+/// memory later.
+pub(crate) struct CallRng([u8; 32]);
 
 impl CallRng {
-    fn from_rng(rng: &mut dyn RngCore) -> Self {
+    pub(crate) fn from_rng(rng: &mut dyn RngCore) -> Self {
         let mut seed = [0; 32];
         rng.fill_bytes(&mut seed);
         CallRng(seed)
     }
 
-    fn with<T>(&mut self, draw: impl FnOnce(&mut StdRng) -> T) -> T {
+    /// Seeded from the operating system's generator (`getrandom`).
+    pub(crate) fn from_entropy() -> Self {
+        CallRng(StdRng::from_entropy().gen())
+    }
+
+    pub(crate) fn with<T>(&mut self, draw: impl FnOnce(&mut StdRng) -> T) -> T {
         let mut rng = StdRng::from_seed(self.0);
         let out = draw(&mut rng);
         rng.fill_bytes(&mut self.0);

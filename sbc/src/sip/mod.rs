@@ -39,6 +39,7 @@ use std::time::Duration;
 use rand::Rng;
 
 mod call;
+pub(crate) use call::CallRng;
 pub mod digest;
 pub mod framing;
 pub mod message;

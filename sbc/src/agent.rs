@@ -1,6 +1,7 @@
-//! The agent leg's I/O: a `wss://` WebSocket over tokio-rustls (TLS 1.3 only, see
-//! `tls::agent_client_config`). sbc connects before it answers the INVITE, so an agent that cannot
-//! be reached means 503 to the carrier, never a silent call.
+//! The agent leg's I/O: a `wss://` WebSocket over `agent_tls::AgentTls` (TLS 1.3 only, see
+//! `tls::agent_client_config`; rustls's unbuffered API with small buffers). sbc connects before
+//! it answers the INVITE, so an agent that cannot be reached means 503 to the carrier, never a
+//! silent call.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,12 +12,12 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::http::Uri;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+use crate::agent_tls::AgentTls;
 
 /// Largest agent WebSocket message accepted (about 3 minutes of base64 mu-law audio).
 pub const MAX_AGENT_MESSAGE: usize = 2 << 20;
@@ -29,7 +30,7 @@ pub const AGENT_READ_BUFFER: usize = 1024;
 
 /// An open agent WebSocket and what its TLS negotiated.
 pub struct AgentConn {
-    pub ws: WebSocketStream<TlsStream<TcpStream>>,
+    pub ws: WebSocketStream<AgentTls>,
     pub host: String,
     pub tls_version: String,
     pub cipher: String,
@@ -114,13 +115,12 @@ pub async fn connect(
             .await
             .map_err(AgentError::Tcp)?;
         let _ = tcp.set_nodelay(true);
-        let tls = TlsConnector::from(client)
-            .connect(server_name, tcp)
+        let tls = crate::agent_tls::connect(client, server_name, tcp)
             .await
             .map_err(AgentError::Tls)?;
-        let (tls_version, cipher) = crate::tls::negotiated(tls.get_ref().1);
-        let kx_group = crate::tls::kx_group(tls.get_ref().1);
-        let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let (tls_version, cipher) = crate::tls::negotiated(tls.connection());
+        let kx_group = crate::tls::kx_group(tls.connection());
+        let resumed = tls.connection().handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let ws = upgrade(url, tls)
             .await
             .map_err(|e| AgentError::WebSocket(Box::new(e)))?;

@@ -1612,19 +1612,20 @@ fn send_datagrams(bridge: &mut Bridge, media: &MediaSockets) -> usize {
     rtp
 }
 
-type AgentStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+type AgentStream = crate::agent_tls::AgentTls;
 
 /// The agent's next message, or the end of its stream; pending forever without an agent. What
 /// was fed to the link is flushed in the same poll. After a read that found nothing, the link
 /// reads again only once the TCP socket is readable (`AgentLink::poll_io_when`): the TLS layer
-/// never holds undelivered plaintext at that point, since the read that found nothing drained it.
+/// never holds undelivered plaintext or a complete record at that point, since the read that
+/// found nothing drained it (`AgentTls`'s `poll_read`).
 async fn next_agent_io(link: &mut Option<agent::AgentLink<AgentStream>>) -> agent::AgentIo {
     match link {
         Some(l) => {
             std::future::poll_fn(|cx| {
                 l.poll_io_when(cx, |tls, cx| {
                     // Ready also on EOF or a socket error, which the read then reports.
-                    tls.get_ref().0.poll_read_ready(cx).is_ready()
+                    tls.poll_read_ready(cx).is_ready()
                 })
             })
             .await

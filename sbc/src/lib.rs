@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod agent;
+pub mod agent_tls;
 pub mod api;
 pub mod audit;
 pub mod call;

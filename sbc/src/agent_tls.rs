@@ -662,15 +662,16 @@ impl AsyncWrite for AgentTls {
 
 /// Encodes a handshake message into `out`, growing it to the size rustls asks for.
 fn encode(e: &mut EncodeTlsData<'_, ClientConnectionData>, out: &mut Outgoing) -> io::Result<()> {
-    loop {
-        match e.encode(out.spare()) {
-            Ok(n) => return out.advance(n),
-            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                out.reserve(required_size)
+    put_growing(
+        out,
+        |room| e.encode(room),
+        |err| match err {
+            EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                Some(*required_size)
             }
-            Err(e) => return Err(io::Error::other(format!("agent TLS: {e}"))),
-        }
-    }
+            _ => None,
+        },
+    )
 }
 
 /// Encrypts `data` into `out` (one record when `data` is at most [`MAX_PLAINTEXT`]), growing it
@@ -681,18 +682,8 @@ fn encrypt(
     out: &mut Outgoing,
 ) -> io::Result<usize> {
     out.reserve(data.len() + RECORD_OVERHEAD);
-    loop {
-        match w.encrypt(data, out.spare()) {
-            Ok(n) => {
-                out.advance(n)?;
-                return Ok(data.len());
-            }
-            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                out.reserve(required_size)
-            }
-            Err(e) => return Err(io::Error::other(format!("agent TLS: {e}"))),
-        }
-    }
+    put_growing(out, |room| w.encrypt(data, room), encrypt_room_needed)?;
+    Ok(data.len())
 }
 
 /// Encrypts a close_notify alert into `out`.
@@ -701,14 +692,34 @@ fn close_notify(
     out: &mut Outgoing,
 ) -> io::Result<()> {
     out.reserve(RECORD_OVERHEAD);
+    put_growing(out, |room| w.queue_close_notify(room), encrypt_room_needed)
+}
+
+/// Lets `put` (a rustls encode or encrypt) write into `out`'s spare room; when rustls says the
+/// room is too small (`room_needed` gives the size it asked for), grows `out` and asks again.
+fn put_growing<E: std::fmt::Display>(
+    out: &mut Outgoing,
+    mut put: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    room_needed: impl Fn(&E) -> Option<usize>,
+) -> io::Result<()> {
     loop {
-        match w.queue_close_notify(out.spare()) {
+        match put(out.spare()) {
             Ok(n) => return out.advance(n),
-            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                out.reserve(required_size)
-            }
-            Err(e) => return Err(io::Error::other(format!("agent TLS: {e}"))),
+            Err(e) => match room_needed(&e) {
+                Some(size) => out.reserve(size),
+                None => return Err(io::Error::other(format!("agent TLS: {e}"))),
+            },
         }
+    }
+}
+
+/// The room an encryption asked for, when that is why it failed.
+fn encrypt_room_needed(e: &EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(*required_size)
+        }
+        _ => None,
     }
 }
 

@@ -428,25 +428,10 @@ impl AgentTls {
             ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut rb))?;
             let n = rb.filled().len();
             if n == 0 {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the agent closed TCP without a TLS close_notify",
-                )));
+                return Poll::Ready(Err(eof_without_close_notify()));
             }
             s.end = n;
-            let done = loop {
-                let before = buf.filled().len();
-                match self.process(Cipher::Scratch(s), None, Some(buf), WriteOp::None)? {
-                    Reached::Data => {
-                        // As in `poll_read`: a record with an empty payload delivers nothing.
-                        if buf.filled().len() > before || self.take_plaintext(buf) {
-                            break true;
-                        }
-                    }
-                    Reached::PeerClosed | Reached::Closed => break true,
-                    Reached::Writable(_) => break false,
-                }
-            };
+            let done = self.read_records(Some(&mut *s), buf)?;
             Poll::Ready(self.incoming.keep(s.held()).map(|()| done))
         });
         r.unwrap_or_else(|_| {
@@ -506,6 +491,34 @@ impl AgentTls {
         }
     }
 
+    /// Processes the records held (in the thread's read scratch when given, else in the
+    /// connection's own buffer) for a read: true once plaintext was delivered to `buf` or the
+    /// peer closed, false when nothing more can be processed without more bytes. A record with
+    /// an empty payload delivers nothing, so it does not end the read (Ready with no bytes
+    /// would mean the end of the stream).
+    fn read_records(
+        &mut self,
+        mut scratch: Option<&mut Scratch>,
+        buf: &mut ReadBuf<'_>,
+    ) -> io::Result<bool> {
+        loop {
+            let cipher = match scratch.as_deref_mut() {
+                Some(s) => Cipher::Scratch(s),
+                None => Cipher::Own,
+            };
+            let before = buf.filled().len();
+            match self.process(cipher, None, Some(buf), WriteOp::None)? {
+                Reached::Data => {
+                    if buf.filled().len() > before || self.take_plaintext(buf) {
+                        return Ok(true);
+                    }
+                }
+                Reached::PeerClosed | Reached::Closed => return Ok(true),
+                Reached::Writable(_) => return Ok(false),
+            }
+        }
+    }
+
     /// Copies waiting plaintext into `buf`; false when none waits.
     fn take_plaintext(&mut self, buf: &mut ReadBuf<'_>) -> bool {
         let rest = self
@@ -546,21 +559,8 @@ impl AsyncRead for AgentTls {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if this.peer_closed {
+            if this.peer_closed || this.read_records(None, buf)? {
                 return Poll::Ready(Ok(()));
-            }
-            let before = buf.filled().len();
-            match this.process(Cipher::Own, None, Some(buf), WriteOp::None)? {
-                Reached::Data => {
-                    // A record with an empty payload delivers nothing: reading on, since
-                    // Ready with no bytes would mean the end of the stream.
-                    if buf.filled().len() > before || this.take_plaintext(buf) {
-                        return Poll::Ready(Ok(()));
-                    }
-                    continue;
-                }
-                Reached::PeerClosed | Reached::Closed => return Poll::Ready(Ok(())),
-                Reached::Writable(_) => {}
             }
             // Pending output (the client's Finished after `connect`, a KeyUpdate answer
             // processing queued) is offered to the socket without waiting for it (a pending
@@ -579,10 +579,7 @@ impl AsyncRead for AgentTls {
             ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut rb))?;
             let n = rb.filled().len();
             if n == 0 {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the agent closed TCP without a TLS close_notify",
-                )));
+                return Poll::Ready(Err(eof_without_close_notify()));
             }
             this.incoming.filled += n;
         }
@@ -727,6 +724,14 @@ fn encrypt_room_needed(e: &EncryptError) -> Option<usize> {
 /// rustls's message ("invalid peer certificate: ...").
 fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// TCP ended without the peer's close_notify: as tokio-rustls reports it, an `UnexpectedEof`.
+fn eof_without_close_notify() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the agent closed TCP without a TLS close_notify",
+    )
 }
 
 /// rustls told us to discard more than it was given: a bug, reported rather than panicking.

@@ -1056,6 +1056,13 @@ mod tests {
         (c.unwrap(), s.unwrap())
     }
 
+    /// Reads exactly `want.len()` bytes from `r` and checks they are `want`.
+    async fn read_expecting(r: &mut (impl AsyncRead + Unpin), want: &[u8]) {
+        let mut got = vec![0u8; want.len()];
+        r.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, want);
+    }
+
     /// An idle connection holds no buffer: everything went through the threads' scratch
     /// buffers or was freed once drained.
     fn holds_no_buffer(c: &AgentTls) {
@@ -1072,18 +1079,15 @@ mod tests {
             c.connection().protocol_version(),
             Some(rustls::ProtocolVersion::TLSv1_3)
         );
-        let mut buf = [0u8; 64];
         for i in 0..20 {
             let msg = format!("client message {i}");
             c.write_all(msg.as_bytes()).await.unwrap();
             c.flush().await.unwrap();
-            s.read_exact(&mut buf[..msg.len()]).await.unwrap();
-            assert_eq!(&buf[..msg.len()], msg.as_bytes());
+            read_expecting(&mut s, msg.as_bytes()).await;
             let msg = format!("server message {i}");
             s.write_all(msg.as_bytes()).await.unwrap();
             s.flush().await.unwrap();
-            c.read_exact(&mut buf[..msg.len()]).await.unwrap();
-            assert_eq!(&buf[..msg.len()], msg.as_bytes());
+            read_expecting(&mut c, msg.as_bytes()).await;
         }
         holds_no_buffer(&c);
     }
@@ -1102,18 +1106,14 @@ mod tests {
                 s
             })
         };
-        let mut got = vec![0u8; big.len()];
-        c.read_exact(&mut got).await.unwrap();
-        assert_eq!(got, big);
+        read_expecting(&mut c, &big).await;
         let mut s = writer.await.unwrap();
         holds_no_buffer(&c);
         // Client to server: 16 KiB records through the write scratch; what the socket did not
         // take at once is kept, then freed once written.
         c.write_all(&big).await.unwrap();
         c.flush().await.unwrap();
-        let mut got = vec![0u8; big.len()];
-        s.read_exact(&mut got).await.unwrap();
-        assert_eq!(got, big);
+        read_expecting(&mut s, &big).await;
         holds_no_buffer(&c);
     }
 
@@ -1149,9 +1149,7 @@ mod tests {
             all.extend_from_slice(msg.as_bytes());
         }
         s.flush().await.unwrap();
-        let mut got = vec![0u8; all.len()];
-        c.read_exact(&mut got).await.unwrap();
-        assert_eq!(got, all);
+        read_expecting(&mut c, &all).await;
         holds_no_buffer(&c);
     }
 
@@ -1166,9 +1164,7 @@ mod tests {
         // The server's tickets went out with (just before) this data.
         s.write_all(b"hello at once").await.unwrap();
         s.flush().await.unwrap();
-        let mut buf = [0u8; 13];
-        c.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"hello at once");
+        read_expecting(&mut c, b"hello at once").await;
         assert!(c.connection().tls13_tickets_received() >= 1);
         drop((c, s));
         // A second connection with the same ClientConfig resumes.
@@ -1179,9 +1175,7 @@ mod tests {
         );
         c.write_all(b"ping").await.unwrap();
         c.flush().await.unwrap();
-        let mut buf = [0u8; 4];
-        s.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"ping");
+        read_expecting(&mut s, b"ping").await;
     }
 
     #[tokio::test]
@@ -1239,9 +1233,7 @@ mod tests {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let name = ServerName::try_from("localhost").unwrap();
         let mut c = connect(Arc::clone(&f.client), name, tcp).await.unwrap();
-        let mut buf = [0u8; 11];
-        c.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"early hello");
+        read_expecting(&mut c, b"early hello").await;
         c.write_all(b"ack").await.unwrap();
         c.flush().await.unwrap();
         assert_eq!(server.await.unwrap(), b"ack");
@@ -1327,9 +1319,7 @@ mod tests {
         c.read_exact(&mut one).await.unwrap();
         c.write_all(&[b'm'; 400]).await.unwrap();
         c.flush().await.unwrap();
-        let mut got = [0u8; 400];
-        s.read_exact(&mut got).await.unwrap();
-        assert_eq!(got, [b'm'; 400]);
+        read_expecting(&mut s, &[b'm'; 400]).await;
         // 2,048 before the threads' scratch buffers: 1,024 of incoming buffer kept for the
         // connection's life, and the 1,024 of outgoing buffer kept once written.
         assert_eq!(c.buffered_capacity(), 0);
@@ -1393,9 +1383,7 @@ mod tests {
         let mut s = server.await.unwrap();
         let wire = s.records(&[b"ready"]);
         s.tcp.write_all(&wire).await.unwrap();
-        let mut buf = [0u8; 5];
-        c.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"ready");
+        read_expecting(&mut c, b"ready").await;
         holds_no_buffer(&c);
         (c, s)
     }
@@ -1491,10 +1479,8 @@ mod tests {
         // The rests, crossed.
         s2.tcp.write_all(&b2[300..]).await.unwrap();
         s1.tcp.write_all(&a2[200..]).await.unwrap();
-        c2.read_exact(&mut buf[..900]).await.unwrap();
-        assert_eq!(&buf[..900], &[b'2'; 900]);
-        c1.read_exact(&mut buf[..700]).await.unwrap();
-        assert_eq!(&buf[..700], &[b'1'; 700]);
+        read_expecting(&mut c2, &[b'2'; 900]).await;
+        read_expecting(&mut c1, &[b'1'; 700]).await;
         holds_no_buffer(&c1);
         holds_no_buffer(&c2);
     }

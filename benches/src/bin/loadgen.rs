@@ -862,6 +862,14 @@ async fn run_calls(env: &Env, opts: CallsOpts) -> Res<()> {
             _ => f64::NAN,
         };
         let call_secs = f64::from(n) * secs;
+        // RSS per call (KiB): from the baseline after the warm-up call, its anonymous part, and
+        // from the idle process before any call.
+        let per_call = |peak: u64, base: u64| peak.saturating_sub(base) as f64 / f64::from(n);
+        let (kib_per_call, anon_per_call, cold_per_call) = (
+            per_call(rss_peak, rss0),
+            per_call(anon_peak, anon0),
+            per_call(rss_peak, rss_cold),
+        );
         let fmt3 = |h: &Mutex<Histogram>| {
             let h = lock(h);
             let ms = |v: Option<u64>| {
@@ -892,15 +900,9 @@ async fn run_calls(env: &Env, opts: CallsOpts) -> Res<()> {
                     json_num(p50_ms(&stats.a2c)),
                     json_num(p99_ms(&stats.a2c)),
                     json_num(Some(cpu / call_secs)),
-                    json_num(Some(
-                        (rss_peak.saturating_sub(rss0)) as f64 / f64::from(n)
-                    )),
-                    json_num(Some(
-                        (anon_peak.saturating_sub(anon0)) as f64 / f64::from(n)
-                    )),
-                    json_num(Some(
-                        (rss_peak.saturating_sub(rss_cold)) as f64 / f64::from(n)
-                    )),
+                    json_num(Some(kib_per_call)),
+                    json_num(Some(anon_per_call)),
+                    json_num(Some(cold_per_call)),
                 ),
             )?;
         }
@@ -917,7 +919,7 @@ async fn run_calls(env: &Env, opts: CallsOpts) -> Res<()> {
             fmt3(&stats.a2c),
             rtt99,
             cpu / call_secs,
-            (rss_peak.saturating_sub(rss0)) as f64 / f64::from(n),
+            kib_per_call,
             gen / (secs * 1e6) * 100.0,
         );
         println!(
@@ -932,8 +934,8 @@ async fn run_calls(env: &Env, opts: CallsOpts) -> Res<()> {
             stats.carrier_bad.load(Relaxed),
             stats.carrier_rtcp.load(Relaxed),
             stats.agent_conns.swap(0, Relaxed),
-            (anon_peak.saturating_sub(anon0)) as f64 / f64::from(n),
-            (rss_peak.saturating_sub(rss_cold)) as f64 / f64::from(n),
+            anon_per_call,
+            cold_per_call,
         );
         drop(conn);
         sbc.stop();

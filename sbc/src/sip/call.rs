@@ -184,7 +184,7 @@ impl CallRng {
 
     /// Seeded from the operating system's generator (`getrandom`).
     pub(crate) fn from_entropy() -> Self {
-        CallRng(StdRng::from_entropy().gen())
+        Self::from_rng(&mut rand::rngs::OsRng)
     }
 
     pub(crate) fn with<T>(&mut self, draw: impl FnOnce(&mut StdRng) -> T) -> T {
